@@ -70,3 +70,28 @@ def same_language(label: str, detected: str | None) -> bool:
     if label.startswith("zh") and detected.startswith("zh"):
         return True
     return label == detected
+
+
+def contradicts(texts: Sequence[str], label: str, candidates: Iterable[str] | None = None, margin: float = 0.3) -> list[str | None]:
+    """For each text, the detected language if it confidently contradicts `label`, else None.
+
+    Confident means the top language's confidence beats the label's by `margin`:
+    short texts and names ("Was hälst du von Leonardo di Caprio?") are ambiguous,
+    and we quarantine only clear contradictions.
+    """
+    from lingua import Language
+
+    names = _names(set(candidates or LANGUAGES) | {label})
+    detector = _detector(names)
+    label_lang = getattr(Language, LANGUAGES[label].lingua)
+    out: list[str | None] = []
+    detected = detect_many(texts, candidates and set(candidates) | {label})
+    for text, det in zip(texts, detected, strict=True):
+        if det is None or same_language(label, det):
+            out.append(None)
+            continue
+        values = detector.compute_language_confidence_values(text)
+        top = values[0].value if values else 0.0
+        mine = next((v.value for v in values if v.language == label_lang), 0.0)
+        out.append(det if top - mine >= margin else None)
+    return out

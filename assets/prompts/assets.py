@@ -1,0 +1,49 @@
+"""The `prompts` asset: validated multilingual prompts with a held-out eval split."""
+
+
+import dagster as dg
+import polars as pl
+
+from assets.partitions import language_partitions
+from assets.resources import FactoryResource
+from factory.prompts import UNROUTED, load_prompts
+
+PROMPT_CHECKS = [
+    dg.AssetCheckSpec("not_empty", asset="prompts", description="The language partition has at least one prompt."),
+    dg.AssetCheckSpec("unique_prompt_id", asset="prompts", description="No prompt_id appears twice."),
+    dg.AssetCheckSpec("splits_disjoint", asset="prompts", description="No prompt is in both train and eval."),
+]
+
+
+@dg.asset(
+    partitions_def=language_partitions,
+    io_manager_key="warehouse",
+    group_name="data",
+    kinds={"polars", "parquet"},
+    check_specs=PROMPT_CHECKS,
+)
+def prompts(context: dg.AssetExecutionContext, factory: FactoryResource):
+    """Prompts per language from the configured sources (embedded default: chatterbot-corpus),
+    validated, deduplicated, with a held-out `eval` split (~10%, by prompt_id) never used for
+    training. Rejected rows go to `quarantine` with the reason."""
+    cfg = factory.settings()
+    lang = context.partition_key
+    batch = load_prompts(cfg.prompts, lang, context.run_id, cfg.languages)
+    wh = factory.warehouse()
+    wh.quarantine("prompts", lang, batch.quarantine, context.run_id)
+    if batch.unrouted.height:
+        wh.quarantine("prompts", UNROUTED, batch.unrouted, context.run_id)
+    df = batch.prompts
+    reasons = batch.quarantine.group_by("reason").len().sort("len", descending=True).head(10)
+    yield dg.Output(
+        df,
+        metadata={
+            **{f"count/{k}": v for k, v in batch.counts.items()},
+            "quarantine_reasons": dg.MetadataValue.json(dict(reasons.iter_rows())),
+        },
+    )
+    yield dg.AssetCheckResult(check_name="not_empty", passed=df.height > 0, metadata={"rows": df.height})
+    dupes = df.height - df["prompt_id"].n_unique()
+    yield dg.AssetCheckResult(check_name="unique_prompt_id", passed=dupes == 0, metadata={"duplicates": dupes})
+    both = df.group_by("prompt_id").agg(pl.col("split").n_unique().alias("n")).filter(pl.col("n") > 1).height
+    yield dg.AssetCheckResult(check_name="splits_disjoint", passed=both == 0, metadata={"in_both": both})

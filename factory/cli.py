@@ -1,0 +1,143 @@
+"""The `factory` command line: run the pipeline, query it, trace it, publish it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Multilingual preference-data factory: Dagster assets over Parquet + DuckDB.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="Run config YAML (or a shipped profile name: default, tiny). Env: FACTORY_CONFIG."),
+]
+HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
+
+
+def _env(config: str | None, home: str | None) -> None:
+    """Options become env vars so Dagster definitions and resources see the same choice."""
+    if config:
+        from factory.config import config_path
+
+        os.environ["FACTORY_CONFIG"] = str(config_path(config).resolve())
+    if home:
+        os.environ["FACTORY_HOME"] = str(Path(home).resolve())
+    from factory.config import ConfigError, active_config
+
+    try:
+        active_config()
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    select: Annotated[str | None, typer.Option("--select", "-s", help="Assets: `a,b`; `+a` adds upstream, `a+` downstream. Default: all.")] = None,
+    partition: Annotated[list[str] | None, typer.Option("--partition", "-p", help="Language partition(s); default all.")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Materialize the selected assets, all partitions, in-process, with progress."""
+    _env(config, home)
+    from assets.run import materialize_selection
+
+    try:
+        steps = materialize_selection(select, partition or None)
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
+
+
+@app.command()
+def demo(config: ConfigOpt = None, home: HomeOpt = None) -> None:
+    """Run everything on the embedded default (tiny local models, chatterbot prompts, CPU)."""
+    import time
+
+    _env(config, home)
+    from assets.run import materialize_selection
+    from warehouse.home import resolve_home
+
+    t0 = time.perf_counter()
+    try:
+        materialize_selection(None, None)
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    home_dir = resolve_home()
+    typer.echo(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Warehouse: {home_dir}")
+    from factory.summary import demo_summary
+
+    typer.echo(demo_summary(home_dir))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A read-only SQL query over the warehouse views.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    home: HomeOpt = None,
+    limit: Annotated[int, typer.Option(help="Rows to print in table format.")] = 50,
+) -> None:
+    """Query any table with DuckDB SQL (read-only)."""
+    _env(None, home)
+    from warehouse.sql import WriteRefused
+    from warehouse.store import Warehouse
+
+    try:
+        df = Warehouse().sql(query)
+    except WriteRefused as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # duckdb errors: show the message, not a traceback
+        typer.secho(f"query failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if format == "csv":
+        sys.stdout.write(_flat(df).write_csv())
+    elif format == "json":
+        sys.stdout.write(df.write_json() + "\n")
+    elif format == "table":
+        import polars as pl
+
+        with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+            typer.echo(df)
+    else:
+        typer.secho(f"unknown format {format!r}: use table, csv or json", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+def _flat(df):
+    """CSV cannot hold nested columns: encode them as JSON strings."""
+    import json
+
+    import polars as pl
+
+    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
+    return df.with_columns(
+        [pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, ensure_ascii=False), return_dtype=pl.String) for c in nested]
+    )
+
+
+@app.command()
+def status(home: HomeOpt = None) -> None:
+    """Each table: rows, languages, last run."""
+    _env(None, home)
+    from warehouse.status import table_status
+
+    typer.echo(table_status())
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

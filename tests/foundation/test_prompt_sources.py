@@ -1,0 +1,94 @@
+import json
+
+import polars as pl
+import pytest
+
+from factory.config import ConfigError, PromptsConfig, PromptSource, parse_config
+from factory.prompts import load_prompts
+
+LANGS = ["en", "es", "ja", "ru"]
+
+
+def _cfg(*sources, **kw) -> PromptsConfig:
+    return PromptsConfig(sources=list(sources), **kw)
+
+
+def _jsonl(path, lines: list[bytes]):
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+def test_jsonl_every_validation_rule_lands_in_quarantine(tmp_path):
+    long_text = "hola " * 50
+    lines = [
+        json.dumps({"prompt": "¿Cómo estás hoy, amigo mío?", "language": "es"}).encode(),
+        json.dumps({"prompt": "¿Cómo estás hoy, amigo mío?", "language": "ES"}).encode(),  # duplicate (alias label)
+        json.dumps({"prompt": "   ", "language": "es"}).encode(),  # whitespace only
+        json.dumps({"prompt": long_text, "language": "es"}).encode(),  # over max_chars
+        json.dumps({"prompt": "The weather is lovely in London this afternoon", "language": "es"}).encode(),
+        b'{"prompt": "broken json", "language": "es"',  # invalid JSON
+        b'{"prompt": "bad \xff\xfe bytes", "language": "es"}',  # undecodable
+        json.dumps({"prompt": "bonjour", "language": "xx"}).encode(),  # unknown code
+        json.dumps({"prompt": "¿Dónde está la biblioteca?", "language": "es"}).encode(),
+    ]
+    src = PromptSource(kind="jsonl", path=_jsonl(tmp_path / "p.jsonl", lines))
+    batch = load_prompts(_cfg(src, max_chars=100), "es", "run1", LANGS)
+    reasons = batch.quarantine["reason"].to_list()
+    assert any("empty or whitespace-only" in r for r in reasons)
+    assert any("over max_chars=100" in r for r in reasons)
+    assert any("contradicts label es" in r for r in reasons)
+    unrouted = batch.unrouted["reason"].to_list()
+    assert any("invalid JSON at line 6" in r for r in unrouted)
+    assert any("undecodable bytes at line 7" in r for r in unrouted)
+    assert any("unknown language code 'xx'" in r for r in unrouted)
+    assert sorted(batch.prompts["text"].to_list()) == ["¿Cómo estás hoy, amigo mío?", "¿Dónde está la biblioteca?"]
+    c = batch.counts
+    assert c["duplicates"] == 1 and c["kept"] == 2 and c["quarantined"] == 3
+    assert c["read"] == c["kept"] + c["quarantined"] + c["duplicates"]
+    # nothing is lost: every rejected row keeps its payload
+    assert all(json.loads(p) for p in batch.quarantine["payload"])
+
+
+def test_csv_parquet_and_fixed_language(tmp_path):
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_bytes("question,lang\n\"Привет, как дела?\",ru\nWhat time is it?,en\n".encode() + b"\xff\xfe,ru\n")
+    pq_path = tmp_path / "p.parquet"
+    pl.DataFrame({"q": ["How are you?", "Where is the station?"]}).write_parquet(pq_path)
+    csv_src = PromptSource(kind="csv", path=str(csv_path), prompt_column="question", language_column="lang")
+    pq_src = PromptSource(kind="parquet", path=str(pq_path), prompt_column="q", language="en")
+    en = load_prompts(_cfg(csv_src, pq_src), "en", "r", LANGS)
+    assert sorted(en.prompts["text"]) == ["How are you?", "What time is it?", "Where is the station?"]
+    assert set(en.prompts["source"]) == {"csv:p.csv", "parquet:p.parquet"}
+    ru = load_prompts(_cfg(csv_src), "ru", "r", LANGS)
+    assert ru.prompts["text"].to_list() == ["Привет, как дела?"]
+    assert any("undecodable bytes at line 4" in r for r in ru.unrouted["reason"])
+
+
+def test_hf_dataset_source(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"instruction": ["Hola, ¿qué tal?", "Buenos días"], "answer": ["Bien", "Hola"]})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    src = PromptSource(kind="hf", path=str(tmp_path / "ds"), prompt_column="instruction", language="es", references_column="answer")
+    batch = load_prompts(_cfg(src), "es", "r", LANGS)
+    assert batch.prompts.height == 2
+    assert batch.prompts.sort("text")["references"].to_list() == [["Hola"], ["Bien"]]
+
+
+def test_chatterbot_ids_stable_and_split_deterministic():
+    cfg = _cfg(PromptSource(kind="chatterbot", max_per_language=30), eval_fraction=0.3)
+    a = load_prompts(cfg, "ja", "run-a", LANGS).prompts
+    b = load_prompts(cfg, "ja", "run-b", LANGS).prompts
+    assert a.height > 10
+    assert a.select("prompt_id", "split").equals(b.select("prompt_id", "split"))
+    assert set(a["split"]) == {"train", "eval"}
+    assert (a["references"].list.len() > 0).mean() > 0.9
+
+
+def test_config_errors_name_the_bad_key():
+    with pytest.raises(ConfigError, match=r"prompts\.sources\.0\.kind"):
+        parse_config({"languages": ["en"], "prompts": {"sources": [{"kind": "xml"}]}})
+    with pytest.raises(ConfigError, match=r"prompts\.eval_fractoin: unknown key"):
+        parse_config({"languages": ["en"], "prompts": {"eval_fractoin": 0.1}})
+    with pytest.raises(ConfigError, match="unknown language code 'klingon'"):
+        parse_config({"languages": ["klingon"]})
