@@ -135,6 +135,22 @@ def status(home: HomeOpt = None) -> None:
     typer.echo(table_status())
 
 
+@app.command()
+def lineage(
+    row_id: Annotated[str, typer.Argument(help="A pair (pr_), completion (c_), prompt (p_), checkpoint (ck_) or judgment (j_) id.")],
+    home: HomeOpt = None,
+) -> None:
+    """Print the ancestry of a row: pair -> completions -> prompt, teachers, scores, runs."""
+    _env(None, home)
+    from warehouse.lineage import trace
+
+    try:
+        typer.echo(trace(row_id))
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:  # pragma: no cover
     app()
 

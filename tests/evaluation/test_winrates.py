@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from factory.schemas import WIN_RATES
+from factory.winrates import WinRateConfig, bradley_terry, validate_judgments, win_rates
+
+SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
+def judgments(verdicts_by_language: dict[str, list[str]], stage="sft", model="ck_m", baseline="ck_b") -> pl.DataFrame:
+    rows = [
+        {
+            "prompt_id": f"p_{lang}_{i}",
+            "language": lang,
+            "judge": "reference",
+            "model": model,
+            "baseline": baseline,
+            "stage": stage,
+            "verdict": v,
+            "score": SCORE[v],
+        }
+        for lang, verdicts in verdicts_by_language.items()
+        for i, v in enumerate(verdicts)
+    ]
+    return pl.DataFrame(rows)
+
+
+def row(df: pl.DataFrame, language: str) -> dict:
+    return df.filter(pl.col("language") == language).to_dicts()[0]
+
+
+def test_all_wins_gives_degenerate_interval():
+    out = win_rates(judgments({"en": ["win"] * 10}), WinRateConfig(n_boot=200))
+    r = row(out, "en")
+    assert (r["wins"], r["ties"], r["losses"]) == (10, 0, 0)
+    assert r["win_rate"] == r["ci_low"] == r["ci_high"] == 1.0
+    assert list(out.columns[: len(WIN_RATES)]) == list(WIN_RATES)
+
+
+def test_ties_count_half_and_macro_average():
+    # en: 1 win, 2 ties, 1 loss -> 0.5 ; fr: 8 wins of 8 -> 1.0. Macro = 0.75, micro would be 10/12.
+    out = win_rates(judgments({"en": ["win", "tie", "tie", "loss"], "fr": ["win"] * 8}), WinRateConfig(n_boot=300))
+    assert row(out, "en")["win_rate"] == pytest.approx(0.5)
+    assert row(out, "fr")["win_rate"] == pytest.approx(1.0)
+    overall = row(out, "all")
+    assert overall["win_rate"] == pytest.approx(0.75)
+    assert (overall["wins"], overall["ties"], overall["losses"], overall["n"]) == (9, 2, 1, 12)
+    # fr never varies, so the macro bootstrap varies only through en: CI = 0.5 + en's CI / 2.
+    en = row(out, "en")
+    assert overall["ci_low"] == pytest.approx(0.5 + en["ci_low"] / 2)
+    assert overall["ci_high"] == pytest.approx(0.5 + en["ci_high"] / 2)
+
+
+def test_balanced_set_contains_half_and_narrows_with_more_data():
+    small = win_rates(judgments({"en": ["win", "loss"] * 10}), WinRateConfig(n_boot=1000))
+    big = win_rates(judgments({"en": ["win", "loss"] * 200}), WinRateConfig(n_boot=1000))
+    s, b = row(small, "en"), row(big, "en")
+    assert s["ci_low"] < 0.5 < s["ci_high"] and b["ci_low"] < 0.5 < b["ci_high"]
+    assert (b["ci_high"] - b["ci_low"]) < 0.5 * (s["ci_high"] - s["ci_low"])
+    # Normal approximation for the 20-prompt case: half-width ~ 1.96 * 0.5 / sqrt(20) ~ 0.22.
+    assert (s["ci_high"] - s["ci_low"]) / 2 == pytest.approx(1.96 * 0.5 / np.sqrt(20), abs=0.05)
+
+
+def test_seeded_and_grouped_per_stage():
+    data = pl.concat([judgments({"en": ["win", "loss", "tie"] * 5}, stage=s) for s in ("sft", "dpo")])
+    a = win_rates(data, WinRateConfig(seed=3, n_boot=200))
+    b = win_rates(data, WinRateConfig(seed=3, n_boot=200))
+    c = win_rates(data, WinRateConfig(seed=4, n_boot=200))
+    assert a.equals(b)
+    assert not a["ci_low"].equals(c["ci_low"]) or not a["ci_high"].equals(c["ci_high"])
+    assert sorted(a.select("stage", "language").unique().rows()) == [
+        ("dpo", "all"),
+        ("dpo", "en"),
+        ("sft", "all"),
+        ("sft", "en"),
+    ]
+    # A group's CI does not depend on which other groups are in the table.
+    alone = win_rates(data.filter(pl.col("stage") == "dpo"), WinRateConfig(seed=3, n_boot=200))
+    assert alone.equals(a.filter(pl.col("stage") == "dpo"))
+
+
+def test_invalid_judgments_are_quarantined_not_counted():
+    data = judgments({"en": ["win", "loss"]}).vstack(
+        pl.DataFrame(
+            [
+                {
+                    "prompt_id": "p_x",
+                    "language": "en",
+                    "judge": "reference",
+                    "model": "ck_m",
+                    "baseline": "ck_b",
+                    "stage": "sft",
+                    "verdict": "maybe",
+                    "score": None,
+                }
+            ]
+        )
+    )
+    good, bad = validate_judgments(data)
+    assert good.height == 2 and bad.height == 1
+    assert "maybe" in bad["reason"][0] and bad["row_key"][0] == "p_x"
+    with pytest.raises(ValueError, match="invalid judgments"):
+        win_rates(data)
+
+
+def test_bradley_terry_orders_models():
+    strong = judgments({"en": ["win"] * 8 + ["loss"] * 2}, model="strong", baseline="base")
+    weak = judgments({"en": ["win"] * 3 + ["loss"] * 7}, model="weak", baseline="base")
+    bt = bradley_terry(pl.concat([strong, weak]), n_boot=50, seed=0)
+    assert bt["model"].to_list() == ["strong", "base", "weak"]
+    assert bt["strength"].sum() == pytest.approx(1.0)
+    assert bt["rating"].mean() == pytest.approx(1000.0)
+    assert (bt["ci_low"] <= bt["rating"]).all() and (bt["rating"] <= bt["ci_high"]).all()
+    # Two-model case has the closed form p_strong / p_base = wins / losses (up to the small prior).
+    two = bradley_terry(strong, prior=0.0)
+    ratio = (
+        two.filter(pl.col("model") == "strong")["strength"][0] / two.filter(pl.col("model") == "base")["strength"][0]
+    )
+    assert ratio == pytest.approx(8 / 2, rel=1e-4)

@@ -1,0 +1,262 @@
+"""Publish a table as a Hugging Face dataset folder, and push it to a hub when credentials exist.
+
+Layout: data/<config>/<split>-0000i-of-0000N.parquet (one config per value of
+`config_column`, sharded by `max_rows_per_shard`) and a README.md dataset card
+whose YAML front matter declares the configs, so
+`datasets.load_dataset(folder, name=config)` works, and TRL trains on
+preference pairs as they are (prompt/chosen/rejected message lists).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+SIZE_BUCKETS = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+]
+
+
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class PublishConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "aya-factory-preference-pairs"
+    description: str = "Multilingual preference pairs built by the preference-data factory."
+    config_column: str | None = "language"
+    licenses: list[str] = Field(default_factory=lambda: ["bsd-3-clause"])  # chatterbot-corpus is BSD
+    task_categories: list[str] = Field(default_factory=lambda: ["text-generation"])
+    split: str = "train"
+    max_rows_per_shard: int = 100_000
+    repo_id: str | None = None
+    private: bool = True
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _size_category(n: int) -> str:
+    return next((label for limit, label in SIZE_BUCKETS if n < limit), "n>10M")
+
+
+def _hub_language(code: str) -> str:
+    # The hub's `language` field takes ISO 639 codes; scripts go in config names (zh-Hans, zh-Hant).
+    return code.split("-")[0].lower()
+
+
+def _plain_arrow(df: pl.DataFrame):
+    """Arrow table with large_string/large_list/string_view turned into string/list, which every reader takes."""
+    import pyarrow as pa
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t) or pa.types.is_list_view(t):
+            return pa.list_(pa.field("item", plain(t.value_type)))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, plain(f.type), f.nullable) for f in t])
+        return t
+
+    table = df.to_arrow()
+    schema = pa.schema([pa.field(f.name, plain(f.type), f.nullable) for f in table.schema])
+    return table.cast(schema)
+
+
+def _write_shards(df: pl.DataFrame, folder: Path, split: str, max_rows: int) -> list[str]:
+    import pyarrow.parquet as pq
+
+    n_shards = max(1, math.ceil(df.height / max_rows))
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n_shards):
+        name = f"{split}-{i:05d}-of-{n_shards:05d}.parquet"
+        pq.write_table(_plain_arrow(df.slice(i * max_rows, max_rows)), folder / name)
+        names.append(name)
+    return names
+
+
+def dataset_card(
+    *,
+    name: str,
+    description: str,
+    licenses: list[str],
+    task_categories: list[str],
+    split: str,
+    config_column: str | None,
+    counts: dict[str, int],
+    columns: dict[str, str],
+    source_info: dict[str, Any],
+) -> str:
+    """README.md text: YAML front matter (configs, language, license, ...) and a readable card body."""
+    import yaml
+
+    total = sum(counts.values())
+    meta: dict[str, Any] = {"pretty_name": name}
+    if config_column == "language":
+        meta["language"] = sorted({_hub_language(c) for c in counts})
+    meta["license"] = licenses[0] if len(licenses) == 1 else licenses
+    meta["size_categories"] = [_size_category(total)]
+    meta["task_categories"] = task_categories
+    meta["configs"] = [
+        {
+            "config_name": c,
+            "data_files": [{"split": split, "path": f"data/{c}/{split}-*.parquet"}],
+            **({"default": True} if i == 0 else {}),
+        }
+        for i, c in enumerate(counts)
+    ]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    first = next(iter(counts))
+    lines = [
+        "---",
+        front.rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
+        description,
+        "",
+        f"{total} rows in {len(counts)} config(s)" + (f", one per `{config_column}`." if config_column else "."),
+        "",
+        "## Configs",
+        "",
+        "| config | rows |",
+        "|---|---:|",
+        *[f"| {c} | {n} |" for c, n in counts.items()],
+        "",
+        "## Columns",
+        "",
+        "| column | type |",
+        "|---|---|",
+        *[f"| {c} | `{t}` |" for c, t in columns.items()],
+        "",
+        "## Provenance",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *[f"| {k} | {_cell(v)} |" for k, v in source_info.items()],
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("<this folder or repo id>", name="{first}", split="{split}")',
+        "```",
+        "",
+        "Preference pairs (`prompt`, `chosen`, `rejected` message lists) train as they are with TRL's `DPOTrainer`.",
+        "",
+        f"License: {', '.join(licenses)}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def publish_dataset(
+    df: pl.DataFrame,
+    out_dir: str | Path,
+    *,
+    name: str,
+    config_column: str | None = "language",
+    description: str = "",
+    licenses: list[str],
+    source_info: dict[str, Any],
+    split: str = "train",
+    max_rows_per_shard: int = 100_000,
+    task_categories: list[str] | None = None,
+) -> Path:
+    """Write `df` as a Hugging Face dataset folder at `out_dir` (atomically: temp dir, then rename).
+
+    One config per distinct value of `config_column` (a single "default" config when None);
+    rows with a null config value are an error, not silently dropped.
+    """
+    if df.is_empty():
+        raise ValueError("refusing to publish an empty dataset")
+    if max_rows_per_shard < 1:
+        raise ValueError("max_rows_per_shard must be >= 1")
+    if config_column is not None:
+        if config_column not in df.columns:
+            raise ValueError(f"config column {config_column!r} not in {df.columns}")
+        nulls = df[config_column].null_count()
+        if nulls:
+            raise ValueError(f"{nulls} rows have a null {config_column!r}; quarantine them before publishing")
+        configs = sorted(df[config_column].unique().to_list())
+        parts = {str(c): df.filter(pl.col(config_column) == c) for c in configs}
+        unsafe = [c for c in parts if not _CONFIG_NAME.fullmatch(c)]
+        if unsafe:
+            raise ValueError(f"config names must match {_CONFIG_NAME.pattern} (they become folder names): {unsafe}")
+    else:
+        parts = {"default": df}
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for config, part in parts.items():
+            _write_shards(part, tmp / "data" / config, split, max_rows_per_shard)
+        card = dataset_card(
+            name=name,
+            description=description,
+            licenses=licenses,
+            task_categories=task_categories or ["text-generation"],
+            split=split,
+            config_column=config_column,
+            counts={c: p.height for c, p in parts.items()},
+            columns={c: str(t) for c, t in df.schema.items()},
+            source_info=source_info,
+        )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = True) -> str:
+    """Upload a published folder to a Hugging Face dataset repo; returns the commit URL.
+
+    The token comes from `token` or the HF_TOKEN environment variable; without one this
+    raises PublishError before touching the network.
+    """
+    token = token or os.environ.get("HF_TOKEN")
+    if not token:
+        raise PublishError(
+            f"cannot push {folder} to {repo_id}: no Hugging Face token. Set HF_TOKEN (a write token) or pass token=..."
+        )
+    folder = Path(folder)
+    if not (folder / "README.md").is_file():
+        raise PublishError(f"{folder} is not a published dataset folder (no README.md); run publish_dataset first")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type="dataset", commit_message="Publish dataset"
+    )
+    return str(getattr(info, "commit_url", info))
