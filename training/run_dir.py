@@ -1,0 +1,232 @@
+"""Crash-safe training runs shared by the SFT and DPO stages.
+
+Layout next to the final model folder `out/`:
+
+- `out.work/`  Trainer checkpoints (`checkpoint-N/`) and `run.json` holding the
+  run's fingerprint (config + inputs). A rerun with the same fingerprint resumes
+  from the newest complete checkpoint; a different fingerprint wipes it.
+- `out.tmp/`   the final model, tokenizer and `metrics.json` being written.
+- `out/`       appears only by renaming a complete `out.tmp/`, so a crash never
+  leaves a half-written model. Its `metrics.json` carries the fingerprint, so a
+  rerun after success returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from training.device import DevicePref
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"
+
+
+class TrainLoopConfig(BaseModel):
+    """Settings every training stage shares (optimiser schedule, checkpoints, device)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(-1, description="optimizer steps; -1 trains for `epochs` instead")
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    lr_scheduler: str = "linear"
+    warmup: float = Field(0.0, description="warmup steps; a value below 1 is a fraction of all steps")
+    max_length: int = 256
+    seed: int = 0
+    logging_steps: int = 5
+    save_steps: int = Field(50, description="a resumable Trainer checkpoint every N steps")
+    save_total_limit: int = 2
+    gradient_checkpointing: bool = False
+    device: DevicePref = "auto"
+    keep_work_dir: bool = Field(False, description="keep Trainer checkpoints after a successful run")
+
+
+def trainer_loop_args(cfg: TrainLoopConfig, work_dir: Path, progress: bool) -> dict[str, Any]:
+    """The TrainingArguments fields derived from `cfg` (TRL-config agnostic)."""
+    return {
+        "output_dir": str(work_dir),
+        "max_steps": cfg.max_steps,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.lr,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": cfg.warmup,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "logging_strategy": "steps",
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        "disable_tqdm": not progress,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+
+
+def _dir_identity(path: str | Path | None) -> Any:
+    """Cheap identity of a model folder: resolved path plus each file's size and mtime (no hashing of weights)."""
+    if path is None:
+        return None
+    root = Path(path).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [str(root)] + [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def fingerprint(stage: str, cfg: BaseModel, model_dirs: list[str | Path | None], rows: list[dict]) -> str:
+    """A hash of everything that determines the trained weights: stage, config, input models and rows."""
+    payload = {
+        "stage": stage,
+        "config": cfg.model_dump(mode="json", exclude={"keep_work_dir"}),
+        "models": [_dir_identity(d) for d in model_dirs],
+        "rows": rows,
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    """Trainer writes trainer_state.json last, so a parseable one marks a finished checkpoint."""
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "optimizer.pt").exists() and any(path.glob("*.safetensors"))
+
+
+@dataclass
+class StageRun:
+    """The folders of one training run and the operations that keep them consistent."""
+
+    out_dir: Path
+    fingerprint: str
+    keep_work_dir: bool = False
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out_dir.parent / f"{self.out_dir.name}.work"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.out_dir.parent / f"{self.out_dir.name}.tmp"
+
+    def finished(self) -> dict | None:
+        """The metrics of a completed run with this fingerprint, or None."""
+        try:
+            metrics = json.loads((self.out_dir / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if metrics.get("config_hash") != self.fingerprint or not any(self.out_dir.glob("*.safetensors")):
+            return None
+        return {**metrics, "reused": True}
+
+    def prepare(self) -> str | None:
+        """Make the work dir ready; return the checkpoint to resume from, if any."""
+        run_file = self.work_dir / RUN_FILE
+        try:
+            previous = json.loads(run_file.read_text()).get("config_hash")
+        except (OSError, ValueError):
+            previous = None
+        if previous != self.fingerprint:
+            if self.work_dir.exists():
+                logger.info("starting clean: %s belongs to another config (%s)", self.work_dir, previous)
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir.mkdir(parents=True)
+            run_file.write_text(json.dumps({"config_hash": self.fingerprint}))
+            return None
+        checkpoints = sorted(
+            (int(m.group(1)), p) for p in self.work_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
+        )
+        for step, path in reversed(checkpoints):
+            if _complete_checkpoint(path):
+                logger.info("resuming from %s (step %d)", path, step)
+                return str(path)
+            logger.warning("dropping incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+        return None
+
+    def publish(self, model: Any, tokenizer: Any, metrics: dict) -> Path:
+        """Write model, tokenizer and metrics to the temp folder, then rename it to `out_dir`."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        model.save_pretrained(self.tmp_dir)
+        tokenizer.save_pretrained(self.tmp_dir)
+        (self.tmp_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        old = self.out_dir.parent / f"{self.out_dir.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.out_dir.exists():
+            os.replace(self.out_dir, old)
+        os.replace(self.tmp_dir, self.out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        if not self.keep_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return self.out_dir
+
+
+def make_log_callback(stage: str, keys: tuple[str, ...] = ()) -> Any:
+    """A TrainerCallback writing one short log line per logging step (loss, lr and `keys`)."""
+    from transformers import TrainerCallback
+
+    class StageLogLine(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            line = f"{stage} step {state.global_step}/{state.max_steps} loss={logs['loss']:.4f}"
+            line += f" lr={logs.get('learning_rate', 0.0):.3g}"
+            line += "".join(f" {k}={logs[k]:.4g}" for k in keys if k in logs)
+            logger.info(line)
+
+    return StageLogLine()
+
+
+def train_and_publish(
+    run: StageRun, trainer: Any, tokenizer: Any, resume_from: str | None, base: dict, extra_keys: tuple[str, ...] = ()
+) -> dict:
+    """Run `trainer` (resuming if asked), publish the model atomically and return its metrics.
+
+    `extra_keys` are log keys (e.g. "rewards/accuracies") reported from the last log entry that has them.
+    """
+    from transformers.trainer_callback import PrinterCallback
+
+    if trainer.args.disable_tqdm:  # quiet mode: our log line replaces the Trainer's printed dicts
+        trainer.remove_callback(PrinterCallback)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    curve = [(int(h["step"]), float(h["loss"])) for h in history if "loss" in h]
+    metrics = {
+        **base,
+        "train_loss": float(output.training_loss),
+        "first_loss": curve[0][1] if curve else None,
+        "final_loss": curve[-1][1] if curve else None,
+        "loss_curve": curve,
+        "steps": int(trainer.state.global_step),
+        "resumed_from_step": int(_CHECKPOINT_RE.match(Path(resume_from).name).group(1)) if resume_from else 0,
+        "seconds": round(seconds, 3),
+        "samples_per_second": output.metrics.get("train_samples_per_second"),
+        "config_hash": run.fingerprint,
+    }
+    for key in extra_keys:
+        last = next((h[key] for h in reversed(history) if key in h), None)
+        metrics[key] = None if last is None else float(last)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    run.publish(model, tokenizer, metrics)
+    return metrics
