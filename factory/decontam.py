@@ -1,0 +1,114 @@
+"""Decontamination: drop training prompts that match or overlap an evaluation prompt.
+
+Three tests, strongest first, each naming the eval prompt it matched:
+1. exact match (after stripping surrounding whitespace);
+2. normalised match: NFKC, casefold, and every punctuation, separator and
+   control character removed (so "What is AI?" == "what is ai");
+3. character n-gram overlap over the normalised text, as the overlap
+   coefficient |A & B| / min(|A|, |B|) >= threshold.
+
+Why characters, not words: chatterbot prompts are short and a third of the
+languages are written without spaces (zh, ja) or with rich morphology, so word
+n-grams would be empty or never match. Character n-grams need no tokenizer.
+The n is per script: `ngram` (5) for alphabetic text, `ngram_cjk` (2) when most
+characters are Han, kana or Hangul, where one character carries about a word.
+The overlap coefficient catches an eval prompt embedded in a longer training
+prompt; `min_ngrams` keeps a very short prompt ("hi") from matching every
+prompt that contains it, so short texts are only caught by tests 1 and 2.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+
+class DecontamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ngram: int = 5  # characters, alphabetic scripts
+    ngram_cjk: int = 2  # characters, Han / kana / Hangul
+    threshold: float = 0.6  # overlap coefficient at or above which a prompt is contaminated
+    min_ngrams: int = 3  # both texts need this many n-grams for the overlap test
+    text_column: str = "text"
+
+
+def normalize(text: str) -> str:
+    """NFKC, casefold, with punctuation (P*), separators (Z*) and controls (C*) removed."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch)[0] not in "PZC")
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return 0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x9FFF or 0xAC00 <= o <= 0xD7AF or 0xF900 <= o <= 0xFAFF
+
+
+def char_ngrams(norm: str, cfg: DecontamConfig) -> set[str]:
+    """The set of character n-grams of a normalised text (n by script); the whole text if shorter."""
+    if not norm:
+        return set()
+    n = cfg.ngram_cjk if sum(map(_is_cjk, norm)) * 2 > len(norm) else cfg.ngram
+    if len(norm) <= n:
+        return {norm}
+    return {norm[i : i + n] for i in range(len(norm) - n + 1)}
+
+
+class EvalIndex:
+    """Eval prompts indexed for exact, normalised and n-gram lookups."""
+
+    def __init__(self, eval_texts: list[str], cfg: DecontamConfig):
+        self.cfg = cfg
+        self.texts = eval_texts
+        self.exact = {t.strip(): i for i, t in reversed(list(enumerate(eval_texts)))}
+        norms = [normalize(t) for t in eval_texts]
+        self.normalised = {n: i for i, n in reversed(list(enumerate(norms))) if n}
+        self.grams = [char_ngrams(n, cfg) for n in norms]
+        self.postings: dict[str, list[int]] = {}
+        for i, grams in enumerate(self.grams):
+            for g in grams:
+                self.postings.setdefault(g, []).append(i)
+
+    def _name(self, i: int) -> str:
+        text = self.texts[i].strip().replace("\n", " ")
+        return f"eval prompt #{i} {text[:80]!r}"
+
+    def match(self, text: str) -> str | None:
+        """The contamination reason for `text`, or None if it is clean."""
+        if (i := self.exact.get(text.strip())) is not None:
+            return f"exact match of {self._name(i)}"
+        norm = normalize(text)
+        if (i := self.normalised.get(norm)) is not None:
+            return f"normalised match of {self._name(i)}"
+        grams = char_ngrams(norm, self.cfg)
+        if len(grams) < self.cfg.min_ngrams:
+            return None
+        hits = Counter(i for g in grams for i in self.postings.get(g, ()))
+        best, best_score = None, 0.0
+        for i, h in hits.items():
+            if len(self.grams[i]) < self.cfg.min_ngrams:
+                continue
+            score = h / min(len(grams), len(self.grams[i]))
+            if score > best_score or (score == best_score and best is not None and i < best):
+                best, best_score = i, score
+        if best is not None and best_score >= self.cfg.threshold:
+            return f"char n-gram overlap {best_score:.2f} >= {self.cfg.threshold:.2f} with {self._name(best)}"
+        return None
+
+
+def decontaminate(df: pl.DataFrame, eval_texts: list[str], cfg: DecontamConfig | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split `df` [prompt_id, text, ...] into (kept rows, quarantine [row_key, reason, payload])."""
+    cfg = cfg or DecontamConfig()
+    index = EvalIndex(eval_texts, cfg)
+    reasons = [index.match(t or "") for t in df[cfg.text_column].to_list()]
+    flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
+    hits = flagged.filter(pl.col("_reason").is_not_null())
+    quarantine = hits.select(
+        pl.col("prompt_id").alias("row_key"),
+        pl.format("contaminated: {}", pl.col("_reason")).alias("reason"),
+        pl.struct(pl.exclude("_reason")).struct.json_encode().alias("payload"),
+    )
+    return flagged.filter(pl.col("_reason").is_null()).drop("_reason"), quarantine

@@ -1,0 +1,316 @@
+"""Preference-pair builders and their checks.
+
+Output rows follow factory.schemas.PREFERENCE_PAIRS: TRL's conversational
+preference format (prompt = [user turn], chosen / rejected = [assistant turn],
+lists of {role, content}), so `trl.DPOTrainer` trains on a `datasets.Dataset`
+of the table as is; plus pair_id, ids, rewards, margin, method, round, run_id,
+and the extra columns chosen_teacher / rejected_teacher.
+
+Builders (PAIR_BUILDERS):
+- best_worst: per prompt the highest- vs lowest-reward eligible completion
+  (also the online rounds: method="online", round=k).
+- native_vs_translated: chosen = the best in-language completion; rejected = a
+  weaker teacher's English answer translated into the language.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from functools import partial
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig
+from factory.ids import completion_id, normalize_text, pair_id
+from factory.languages import LANGUAGES
+from factory.routing import RoutingConfig, ranked
+from factory.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
+from factory.scoring.base import RewardScorer
+from factory.sft_data import message
+
+Frame = pl.DataFrame | pl.LazyFrame
+DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
+
+
+class BestWorstConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_margin: float = 0.0  # keep a pair only if chosen_reward - rejected_reward >= this
+    require_language_match: bool = True
+
+
+# --- best_worst -------------------------------------------------------------------------------
+
+
+def best_worst_candidates(scored: Frame, require_language_match: bool = True, min_margin: float = 0.0) -> pl.LazyFrame:
+    """Per prompt the best and worst eligible completion and a `status`: kept, or why it is dropped
+    (single: < 2 eligible completions, tie, identical texts, margin below min_margin).
+    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?]."""
+    lf = scored.lazy() if isinstance(scored, pl.DataFrame) else scored
+    has_text = "text" in lf.collect_schema().names()
+    cols = ["completion_id", "teacher", "reward", *(["text"] if has_text else [])]
+    order = ranked(lf, RoutingConfig(require_language_match=require_language_match))
+    picks = order.group_by("prompt_id", maintain_order=True).agg(
+        pl.len().alias("n_eligible"), pl.col(cols).first().name.prefix("chosen_"), pl.col(cols).last().name.prefix("rejected_")
+    )
+    # Every prompt is counted, even one with no eligible completion (status "single").
+    out = lf.group_by("prompt_id").agg(pl.col("language").first()).join(picks, on="prompt_id", how="left")
+    out = out.with_columns(pl.col("n_eligible").fill_null(0))
+    out = out.with_columns((pl.col("chosen_reward") - pl.col("rejected_reward")).alias("margin"))
+    status = pl.when(pl.col("n_eligible") < 2).then(pl.lit("single")).when(pl.col("margin") <= 0).then(pl.lit("tie"))
+    if has_text:
+        same = pl.col("chosen_text").str.strip_chars() == pl.col("rejected_text").str.strip_chars()
+        status = status.when(same).then(pl.lit("identical"))
+    status = status.when(pl.col("margin") < min_margin).then(pl.lit("margin")).otherwise(pl.lit("kept"))
+    return out.with_columns(status.alias("status"))
+
+
+_SAFE = r"^[A-Za-z0-9_.+\-]*$"
+
+
+def pair_ids(prompt_ids: pl.Series, method: str, round: int, chosen: pl.Series, rejected: pl.Series) -> pl.Series:
+    """factory.ids.pair_id over columns. When every id is plain ASCII (as generated ids are), the
+    canonical JSON is built in polars and only the hash runs in Python; otherwise pair_id row by row."""
+    frame = pl.DataFrame({"p": prompt_ids, "c": chosen, "r": rejected})
+    safe = frame.select(pl.all().str.contains(_SAFE).all()).row(0)
+    if all(safe) and re.fullmatch(_SAFE, method):
+        payload = frame.select(
+            pl.concat_str([pl.lit('["pair","'), "p", pl.lit(f'","{method}",{int(round)},"'), "c", pl.lit('","'), "r", pl.lit('"]')])
+        ).to_series()
+        values = ["pr_" + hashlib.blake2b(s.encode(), digest_size=8).hexdigest() for s in payload]
+    else:
+        values = [pair_id(p, method, round, c, r) for p, c, r in frame.iter_rows()]
+    return pl.Series("pair_id", values, dtype=pl.String)
+
+
+def best_worst(
+    scored: Frame,
+    prompts: pl.DataFrame,
+    min_margin: float = 0.0,
+    method: str = "best_worst",
+    round: int = 0,
+    require_language_match: bool = True,
+    run_id: str = "",
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Highest- vs lowest-reward completion per prompt. Returns (pairs per PREFERENCE_PAIRS, stats) with
+    stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts."""
+    cand = best_worst_candidates(scored, require_language_match, min_margin).collect(engine="streaming")
+    cand = cand.join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left")
+    cand = cand.with_columns(
+        pl.when((pl.col("status") == "kept") & pl.col("prompt_text").is_null()).then(pl.lit("no_prompt")).otherwise("status").alias("status")
+    )
+    counts = dict(cand.group_by("status").len().iter_rows())
+    stats = {"n_prompts": cand.height, "n_pairs": counts.get("kept", 0)} | {f"dropped_{r}": counts.get(r, 0) for r in DROP_REASONS}
+    kept = cand.filter(pl.col("status") == "kept").sort("prompt_id")
+    kept = kept.with_columns(pair_ids(kept["prompt_id"], method, round, kept["chosen_completion_id"], kept["rejected_completion_id"]))
+    pairs = kept.select(
+        "pair_id",
+        "prompt_id",
+        "language",
+        pl.lit(method).alias("method"),
+        pl.lit(round).alias("round"),
+        message("user", pl.col("prompt_text")).alias("prompt"),
+        message("assistant", pl.col("chosen_text")).alias("chosen"),
+        message("assistant", pl.col("rejected_text")).alias("rejected"),
+        "chosen_completion_id",
+        "rejected_completion_id",
+        "chosen_reward",
+        "rejected_reward",
+        "margin",
+        pl.lit(run_id).alias("run_id"),
+        "chosen_teacher",
+        "rejected_teacher",
+    )
+    return conform(pairs, PREFERENCE_PAIRS), stats
+
+
+# --- native_vs_translated ---------------------------------------------------------------------
+
+
+class TranslatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = "Translate the following text from {source} to {target}. Reply with the translation only.\n\n{text}"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=96))
+
+
+class NativeVsTranslatedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    translator: TranslatorConfig = Field(default_factory=TranslatorConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)  # the weak teacher's English answer
+    skip_languages: list[str] = Field(default_factory=lambda: ["en"])  # nothing to translate
+    batch_size: int = 32
+
+
+def _generate(backend: GenerationBackend, prompts: list[str], sampling: SamplingConfig, batch_size: int) -> list[Completion]:
+    out: list[Completion] = []
+    for start in range(0, len(prompts), batch_size):
+        convs: list[list[Message]] = [[{"role": "user", "content": p}] for p in prompts[start : start + batch_size]]
+        out.extend(c[0] for c in backend.generate(convs, sampling, n=1))
+    return out
+
+
+def _translate(backend: GenerationBackend, texts: list[str], sources: list[str], targets: list[str], cfg: NativeVsTranslatedConfig) -> list[Completion]:
+    t = cfg.translator
+    prompts = [t.template.format(source=s, target=g, text=x) for x, s, g in zip(texts, sources, targets, strict=True)]
+    return _generate(backend, prompts, t.sampling, cfg.batch_size)
+
+
+def _failed(c: Completion) -> bool:
+    return c.finish_reason == "error" or not c.text.strip()
+
+
+def native_vs_translated(
+    best_in_language: pl.DataFrame,
+    prompts: pl.DataFrame,
+    weak_backend: GenerationBackend,
+    translator_backend: GenerationBackend,
+    cfg: NativeVsTranslatedConfig | None = None,
+    run_id: str = "",
+    scorer: RewardScorer | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Chosen = best in-language completion; rejected = weak teacher's English answer to the prompt's
+    English translation, translated back into the prompt's language.
+
+    Reads best_in_language [prompt_id, language, completion_id, reward, text] (e.g. reward_routing
+    selections joined with generations' text) and prompts [prompt_id, text]. Returns (pairs,
+    translated completions as GENERATIONS rows with teacher "<weak>+translate" plus english_prompt /
+    english_answer, quarantine [row_key, reason, payload]). rejected_reward is filled when a scorer is given.
+    """
+    cfg = cfg or NativeVsTranslatedConfig()
+    rows = best_in_language.join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left")
+    quarantine: list[dict] = []
+    todo = []
+    for r in rows.iter_rows(named=True):
+        if r["language"] in cfg.skip_languages:
+            reason = f"language {r['language']} is skipped (nothing to translate)"
+        elif not r["prompt_text"]:
+            reason = "prompt text missing"
+        elif not (r.get("text") or "").strip():
+            reason = "chosen completion text missing"
+        else:
+            todo.append(r)
+            continue
+        quarantine.append(_q(r, reason))
+    name = {code: lang.name for code, lang in LANGUAGES.items()}
+    stage = [_translate(translator_backend, [r["prompt_text"] for r in todo], [name[r["language"]] for r in todo], ["English"] * len(todo), cfg)]
+    todo, stage = _drop_failed(todo, stage, "translating the prompt to English failed", quarantine)
+    answers = _generate(weak_backend, [c.text for c in stage[0]], cfg.sampling, cfg.batch_size)
+    todo, (en_prompts, answers) = _drop_failed(todo, [stage[0], answers], "the weak teacher's English answer failed", quarantine)
+    back = _translate(translator_backend, [a.text for a in answers], ["English"] * len(todo), [name[r["language"]] for r in todo], cfg)
+    todo, (en_prompts, answers, back) = _drop_failed(todo, [en_prompts, answers, back], "translating the answer back failed", quarantine)
+
+    teacher = f"{weak_backend.name}+translate"
+    sampling = {"weak": cfg.sampling.key(), "translator": cfg.translator.sampling.key(), "template": cfg.translator.template}
+    gens = pl.DataFrame(
+        [
+            {
+                "completion_id": completion_id(r["prompt_id"], teacher, sampling, 0),
+                "prompt_id": r["prompt_id"],
+                "language": r["language"],
+                "teacher": teacher,
+                "backend": f"{weak_backend.name}+{translator_backend.name}",
+                "sample_index": 0,
+                "sampling": json.dumps(sampling, sort_keys=True),
+                "text": b.text,
+                "n_tokens": b.n_tokens,
+                "finish_reason": b.finish_reason,
+                "seconds": p.seconds + a.seconds + b.seconds,
+                "run_id": run_id,
+                "english_prompt": p.text,
+                "english_answer": a.text,
+            }
+            for r, p, a, b in zip(todo, en_prompts, answers, back, strict=True)
+        ],
+        schema={**GENERATIONS, "english_prompt": pl.String, "english_answer": pl.String},
+    )
+    rejected_rewards: list[float | None] = [None] * len(todo)
+    if scorer is not None and todo:
+        rejected_rewards = scorer.score([[{"role": "user", "content": r["prompt_text"]}] for r in todo], [b.text for b in back])
+    pair_rows = []
+    for r, g, rr in zip(todo, gens.iter_rows(named=True), rejected_rewards, strict=True):
+        if normalize_text(g["text"]) == normalize_text(r["text"]):
+            quarantine.append(_q(r, "translated answer is identical to the chosen completion"))
+            continue
+        pair_rows.append(
+            {
+                "pair_id": pair_id(r["prompt_id"], "native_vs_translated", 0, r["completion_id"], g["completion_id"]),
+                "prompt_id": r["prompt_id"],
+                "language": r["language"],
+                "method": "native_vs_translated",
+                "round": 0,
+                "prompt": [{"role": "user", "content": r["prompt_text"]}],
+                "chosen": [{"role": "assistant", "content": r["text"]}],
+                "rejected": [{"role": "assistant", "content": g["text"]}],
+                "chosen_completion_id": r["completion_id"],
+                "rejected_completion_id": g["completion_id"],
+                "chosen_reward": r.get("reward"),
+                "rejected_reward": rr,
+                "margin": None if rr is None or r.get("reward") is None else r["reward"] - rr,
+                "run_id": run_id,
+                "chosen_teacher": r.get("teacher"),
+                "rejected_teacher": teacher,
+            }
+        )
+    pairs = pl.DataFrame(pair_rows, schema={**PREFERENCE_PAIRS, "chosen_teacher": pl.String, "rejected_teacher": pl.String})
+    q = pl.DataFrame(quarantine, schema={"row_key": pl.String, "reason": pl.String, "payload": pl.String})
+    return pairs, gens, q
+
+
+def _q(row: dict, reason: str) -> dict:
+    return {"row_key": row["prompt_id"], "reason": f"native_vs_translated: {reason}", "payload": json.dumps(row, ensure_ascii=False, default=str)}
+
+
+def _drop_failed(todo: list[dict], stages: list[list[Completion]], reason: str, quarantine: list[dict]):
+    """Keep the rows whose latest stage succeeded; quarantine the others with `reason`."""
+    keep = [i for i, c in enumerate(stages[-1]) if not _failed(c)]
+    for i in sorted(set(range(len(todo))) - set(keep)):
+        quarantine.append(_q(todo[i], f"{reason} ({stages[-1][i].finish_reason})"))
+    return [todo[i] for i in keep], [[s[i] for i in keep] for s in stages]
+
+
+PAIR_BUILDERS = {
+    "best_worst": best_worst,
+    "online": partial(best_worst, method="online"),
+    "native_vs_translated": native_vs_translated,
+}
+
+
+# --- checks (pure; the Dagster layer turns them into asset checks) ----------------------------
+
+
+def check_pairs(pairs: pl.DataFrame) -> list[str]:
+    """Problems in a pairs table: best_worst/online rows must have chosen_reward > rejected_reward;
+    no pair may have identical chosen and rejected text or completion ids; pair ids are unique."""
+    problems = []
+    ranked = pairs.filter(pl.col("method").is_in(["best_worst", "online"]))
+    bad = ranked.filter(~(pl.col("chosen_reward") > pl.col("rejected_reward")).fill_null(False))
+    if bad.height:
+        problems.append(f"{bad.height} {'/'.join(sorted(set(bad['method'])))} pairs without chosen_reward > rejected_reward, e.g. {bad['pair_id'][0]}")
+    last = lambda c: pl.col(c).list.last().struct.field("content").str.strip_chars()  # noqa: E731
+    same = pairs.filter((last("chosen") == last("rejected")) | (pl.col("chosen_completion_id") == pl.col("rejected_completion_id")))
+    if same.height:
+        problems.append(f"{same.height} pairs with identical chosen and rejected, e.g. {same['pair_id'][0]}")
+    dup = pairs.height - pairs["pair_id"].n_unique()
+    if dup:
+        problems.append(f"{dup} duplicate pair_id values")
+    return problems
+
+
+def pair_counts(pairs: pl.DataFrame, min_per_language: int, languages: Sequence[str] | None = None) -> tuple[pl.DataFrame, list[str]]:
+    """Pairs per language x method, and a warning for every language (of `languages`, default the
+    ones present) with fewer than `min_per_language` pairs in total."""
+    counts = pairs.group_by("language", "method").len("n_pairs").sort("language", "method")
+    totals = dict(counts.group_by("language").agg(pl.col("n_pairs").sum()).iter_rows())
+    expected = list(languages) if languages is not None else sorted(totals)
+    warnings = [
+        f"language {lang}: {totals.get(lang, 0)} pairs < minimum {min_per_language}"
+        for lang in expected
+        if totals.get(lang, 0) < min_per_language
+    ]
+    return counts, warnings
