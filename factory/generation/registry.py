@@ -1,0 +1,64 @@
+"""Teacher configuration and the one place a backend is built from it.
+
+A teacher is a name, a backend kind and a model. `model: "embedded:<cluster>"`
+names a teacher of the built-in pool; its folder is only known once the pool is
+built, so the caller passes it as `model_path`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.generation.base import GenerationBackend, SamplingConfig
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str  # a folder, an HF name, a served model name, or "embedded:<cluster>"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batch_size: int = 16  # prompts per generate() call, and per resumable shard
+    device: str = "auto"  # transformers: auto | cpu | cuda | cuda:N
+    api_base: str = "http://127.0.0.1:8000/v1"  # openai
+    api_key_env: str | None = "OPENAI_API_KEY"  # openai: env var holding the key
+    max_concurrency: int = 8  # openai
+    timeout_s: float = 60.0  # openai
+    max_retries: int = 5  # openai
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+
+    @property
+    def embedded(self) -> bool:
+        return self.model.startswith(EMBEDDED_PREFIX)
+
+
+def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> GenerationBackend:
+    """Build the backend `cfg` describes; `model_path` overrides `cfg.model` (required for embedded teachers)."""
+    if cfg.embedded and model_path is None:
+        raise ValueError(
+            f"teacher {cfg.name!r}: {cfg.model!r} is an embedded teacher; pass the built pool's model_path"
+        )
+    model = str(model_path) if model_path is not None else cfg.model
+    if cfg.backend == "transformers":
+        from factory.generation.transformers_backend import TransformersBackend
+
+        return TransformersBackend(model, name=cfg.name, device=cfg.device, batch_size=cfg.batch_size)
+    if cfg.backend == "vllm":
+        from factory.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            model, name=cfg.name, tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )  # fmt: skip
+    from factory.generation.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(
+        model, cfg.api_base, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
+        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+    )  # fmt: skip

@@ -1,0 +1,170 @@
+"""Resumable, batched generation over a teacher pool.
+
+Reads: prompts [prompt_id, language, text]. Writes: GENERATIONS rows (factory/schemas.py)
+and a quarantine frame [row_key, reason, payload].
+
+Every batch of prompts a teacher answers is written as one Parquet shard, atomically
+(temp file, then `os.replace`), into `shard_dir`. On start, the completion ids
+already in the shards are skipped, so a killed run resumes and generates only
+what is missing. A batch that raises is retried prompt by prompt; a prompt that
+keeps failing is quarantined for that teacher, and every other answer is kept.
+One run per `shard_dir` at a time (give each partition its own): a starting run
+clears temp files it finds there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import polars as pl
+
+from factory.generation.base import Completion, GenerationBackend
+from factory.generation.registry import TeacherConfig
+from factory.ids import completion_id
+from factory.schemas import GENERATIONS, conform, empty
+
+log = logging.getLogger(__name__)
+QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
+
+
+def read_shards(shard_dir: Path) -> pl.DataFrame:
+    """Every finished shard in `shard_dir` (temp files of a killed run are ignored), deduplicated."""
+    frames = []
+    for path in sorted(Path(shard_dir).glob("*.parquet")):
+        try:
+            frames.append(conform(pl.read_parquet(path), GENERATIONS).select(list(GENERATIONS)))
+        except Exception as exc:  # an unreadable shard is regenerated, not trusted
+            log.warning("ignoring unreadable shard %s: %s", path, exc)
+    if not frames:
+        return empty(GENERATIONS)
+    return pl.concat(frames).unique("completion_id", keep="first", maintain_order=True)
+
+
+def _write_shard(rows: list[dict], shard_dir: Path, teacher: str) -> Path:
+    df = conform(pl.DataFrame(rows, schema=GENERATIONS), GENERATIONS)
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in teacher)
+    final = shard_dir / f"{safe}-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = shard_dir / f".{final.name}.tmp"
+    df.write_parquet(tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def _rows(
+    prompt: dict, cfg: TeacherConfig, completions: list[Completion], ids: list[str], wanted: set[str], run_id: str
+) -> list[dict]:
+    sampling_json = json.dumps(cfg.sampling.key(), sort_keys=True)
+    return [
+        {
+            "completion_id": cid,
+            "prompt_id": prompt["prompt_id"],
+            "language": prompt["language"],
+            "teacher": cfg.name,
+            "backend": cfg.backend,
+            "sample_index": i,
+            "sampling": sampling_json,
+            "text": c.text,
+            "n_tokens": c.n_tokens,
+            "finish_reason": c.finish_reason,
+            "seconds": c.seconds,
+            "run_id": run_id,
+        }
+        for i, (c, cid) in enumerate(zip(completions, ids, strict=True))
+        if cid in wanted
+    ]
+
+
+def _generate_checked(backend: GenerationBackend, prompts: list[dict], cfg: TeacherConfig, k: int):
+    convs = [[{"role": "user", "content": p["text"]}] for p in prompts]
+    out = backend.generate(convs, cfg.sampling, n=k)
+    if len(out) != len(prompts) or any(len(cs) != k for cs in out):
+        raise RuntimeError(f"backend returned {[len(cs) for cs in out]} completions for {len(prompts)} prompts x {k}")
+    return out
+
+
+def _batch_with_retries(
+    backend: GenerationBackend, batch: list[dict], cfg: TeacherConfig, k: int, retries: int
+) -> tuple[list[tuple[dict, list[Completion]]], list[dict]]:
+    """(answered prompts, quarantine rows): the whole batch at once, else prompt by prompt."""
+    try:
+        return list(zip(batch, _generate_checked(backend, batch, cfg, k), strict=True)), []
+    except Exception as exc:
+        log.warning("teacher %s: batch of %d failed (%s); retrying prompt by prompt", cfg.name, len(batch), exc)
+    answered, failed = [], []
+    for prompt in batch:
+        error: Exception = RuntimeError("the batch failed and retries=0")
+        for _ in range(max(0, retries)):
+            try:
+                answered.append((prompt, _generate_checked(backend, [prompt], cfg, k)[0]))
+                break
+            except Exception as exc:
+                error = exc
+        else:
+            failed.append(
+                {
+                    "row_key": prompt["prompt_id"],
+                    "reason": f"teacher {cfg.name} failed after {retries} retries: {type(error).__name__}: {error}",
+                    "payload": json.dumps({**prompt, "teacher": cfg.name, "k": k}, ensure_ascii=False, default=str),
+                }
+            )
+    return answered, failed
+
+
+def generate_completions(
+    prompts: pl.DataFrame,
+    teachers: list[tuple[TeacherConfig, GenerationBackend]],
+    k: int,
+    shard_dir: Path,
+    run_id: str,
+    retries: int = 2,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Generate `k` completions per prompt from every teacher, resuming from `shard_dir`.
+
+    Returns (generations, quarantine). Generations holds exactly the requested
+    completion ids that exist (resumed or new), one row each; quarantine holds a
+    row per (prompt, teacher) that failed after `retries` prompt-by-prompt attempts.
+    """
+    from tqdm.auto import tqdm
+
+    names = [cfg.name for cfg, _ in teachers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names must be unique (they are part of completion_id): {names}")
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    records = prompts.select("prompt_id", "language", "text").unique("prompt_id", maintain_order=True).to_dicts()
+    done = set(read_shards(shard_dir)["completion_id"].to_list())
+    requested: set[str] = set()
+    quarantine: list[dict] = []
+    for cfg, backend in teachers:
+        key = cfg.sampling.key()
+        todo = []
+        for p in records:
+            ids = [completion_id(p["prompt_id"], cfg.name, key, i) for i in range(k)]
+            requested.update(ids)
+            if any(cid not in done for cid in ids):
+                todo.append((p, ids))
+        size = max(1, cfg.batch_size)
+        bar = tqdm(total=len(todo), desc=f"generate[{cfg.name}]", unit="prompt", disable=not progress, leave=False)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            answered, failed = _batch_with_retries(backend, [p for p, _ in chunk], cfg, k, retries)
+            quarantine.extend(failed)
+            ids_of = {p["prompt_id"]: ids for p, ids in chunk}
+            rows = []
+            for p, completions in answered:
+                wanted = {cid for cid in ids_of[p["prompt_id"]] if cid not in done}
+                rows.extend(_rows(p, cfg, completions, ids_of[p["prompt_id"]], wanted, run_id))
+            if rows:
+                _write_shard(rows, shard_dir, cfg.name)
+                done.update(r["completion_id"] for r in rows)
+            bar.update(len(chunk))
+        bar.close()
+    generations = read_shards(shard_dir).filter(pl.col("completion_id").is_in(list(requested)))
+    return generations, pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+TEXTS = [
+    "hello, how are you?",
+    "I am fine, thank you.",
+    "what is your name?",
+    "my name is bot.",
+    "hola, ¿cómo estás?",
+    "estoy bien, gracias.",
+    "bonjour, ça va?",
+    "oui, merci beaucoup.",
+    "こんにちは、元気ですか？",
+    "元気です、ありがとう。",
+    "привет, как дела?",
+    "хорошо, спасибо.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny untrained causal LM folder (random weights: enough to exercise generation)."""
+    from training.tiny import init_causal_lm, save_model, train_tokenizer
+
+    tok = train_tokenizer(TEXTS * 4, vocab_size=300, max_length=64)
+    model = init_causal_lm(tok, seed=0, hidden_size=32, layers=1, heads=2, max_positions=128)
+    return save_model(model, tok, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def eos_model_dir(tmp_path_factory):
+    """A tiny model whose EOS logit is large about half the time, so answers stop at varied lengths."""
+    import torch
+
+    from training.tiny import init_causal_lm, save_model, train_tokenizer
+
+    tok = train_tokenizer(TEXTS * 4, vocab_size=300, max_length=64)
+    model = init_causal_lm(tok, seed=1, hidden_size=32, layers=1, heads=2, max_positions=128)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[tok.eos_token_id] = torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(0)) * 0.5
+    return save_model(model, tok, tmp_path_factory.mktemp("tiny_eos") / "model")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the CI box is shared; restore afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
