@@ -1,0 +1,130 @@
+"""Pydantic models for merges: a mergekit-style YAML (`MergeConfig`) and the asset settings (`MergeSettings`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+OutputDtype = Literal["float32", "bfloat16", "float16"]
+
+
+class ModelParameters(BaseModel):
+    """Per-model parameters: weight (all methods but slerp) and density (ties / dare_*)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float | None = None
+    density: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class ModelEntry(BaseModel):
+    """One input model: a local folder holding a safetensors checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    parameters: ModelParameters = Field(default_factory=ModelParameters)
+
+
+class MergeParameters(BaseModel):
+    """Top-level parameters; None means the method's own default (as in mergekit)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    t: float | None = None  # slerp: 0 = base model, 1 = the other model
+    normalize: bool | None = None  # linear, ties: True; dare_*: False
+    rescale: bool | None = None  # dare_*: rescale kept entries by 1/density (True)
+    lambda_: float | None = Field(default=None, alias="lambda")  # task-vector methods: scale of the merged delta
+    int8_mask: bool | None = None  # accepted for mergekit compatibility; ignored with a warning
+    weight: float | None = None  # default weight for models that set none
+    density: float | None = Field(default=None, gt=0.0, le=1.0)  # default density for models that set none
+
+
+class MergeConfig(BaseModel):
+    """A mergekit-style merge config (`merge_method`, `base_model`, `models`, `parameters`, `dtype`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str = "linear"
+    base_model: str | None = None
+    models: list[ModelEntry] = Field(min_length=1)
+    parameters: MergeParameters = Field(default_factory=MergeParameters)
+    dtype: OutputDtype | None = None  # None keeps each input tensor's dtype
+    tokenizer_source: str | None = None  # "base", or a model folder; vocabularies must match either way
+    max_shard_size: int | str = "5GB"
+    seed: int = 0  # DARE's random drops are seeded per (seed, tensor name)
+    # Merging is memory-bound and works on cache-sized chunks: one torch thread is fastest,
+    # above all on a shared machine (None leaves torch's setting alone).
+    threads: int | None = Field(default=1, ge=1)
+
+    @field_validator("merge_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from training.merge.registry import get_method
+
+        get_method(value)
+        return value
+
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _supported_tokenizer_source(cls, value: str | None) -> str | None:
+        if value == "union":
+            raise ValueError("tokenizer_source 'union' is not supported: merged models must share one vocabulary")
+        return value
+
+    @model_validator(mode="after")
+    def _method_requirements(self) -> MergeConfig:
+        from training.merge.registry import get_method
+
+        method = get_method(self.merge_method)
+        if method.requires_base and not self.base_model:
+            raise ValueError(f"merge_method {self.merge_method!r} needs base_model")
+        if self.tokenizer_source == "base" and not self.base_model:
+            raise ValueError("tokenizer_source 'base' needs base_model")
+        if method.n_models is not None:
+            members = {m.model for m in self.models} | ({self.base_model} if self.base_model else set())
+            if len(members) != method.n_models:
+                raise ValueError(
+                    f"merge_method {self.merge_method!r} merges exactly {method.n_models} models "
+                    f"(base_model included), got {len(members)}"
+                )
+        return self
+
+
+class MergeSettings(BaseModel):
+    """Settings of the merged_model asset: how the cluster models are merged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = "linear"  # the method Aya Expanse kept
+    weights: dict[str, float] | None = None  # per input (e.g. cluster name); None = equal weights
+    dtype: OutputDtype | None = None
+    max_shard_size: int | str = "5GB"
+    seed: int = 0
+    threads: int | None = Field(default=1, ge=1)
+    parameters: MergeParameters = Field(default_factory=MergeParameters)
+
+
+def format_validation_error(error: ValidationError, source: str = "merge config") -> str:
+    """One line per problem, naming the offending key path (e.g. `models.0.parameters.densty`)."""
+    lines = [f"invalid {source}:"]
+    for e in error.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_merge_config(path: str | Path) -> MergeConfig:
+    """Read and validate a mergekit-style YAML; raises ValueError naming each bad key."""
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"invalid merge config {path}: expected a mapping at the top level")
+    try:
+        return MergeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, f"merge config {path}")) from None
