@@ -1,14 +1,30 @@
 """The Dagster Definitions: every asset, check and resource of the factory."""
 
-from __future__ import annotations
-
 import dagster as dg
 
+from assets.arbitrage.assets import generations, preference_pairs, routing_stats, scores, selections, sft_data
+from assets.evaluation.assets import judgments, published_datasets, win_rates
+from assets.models.assets import arbiter, embedded_pool
 from assets.prompts.assets import prompts
 from assets.resources import FactoryResource
+from assets.training.assets import TRAINING_ASSETS
 from warehouse.io_manager import WarehouseIOManager
 
-ALL_ASSETS = [prompts]
+ALL_ASSETS = [
+    prompts,
+    embedded_pool,
+    arbiter,
+    generations,
+    scores,
+    selections,
+    routing_stats,
+    sft_data,
+    preference_pairs,
+    *TRAINING_ASSETS,
+    judgments,
+    win_rates,
+    published_datasets,
+]
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,

@@ -28,21 +28,23 @@ def _graph(assets: list[dg.AssetsDefinition]) -> dict[str, tuple[set[str], bool]
 
 
 def toposort(graph: dict[str, tuple[set[str], bool]]) -> list[str]:
+    """Dependencies first. Among ready assets: unpartitioned ones that per-language work still
+    waits for, then partitioned ones, then the rest, so that per-language work (generations,
+    scores, pairs) shares one run per language."""
+    names = list(graph)
+    pending = {n: {d for d in graph[n][0] if d in graph} for n in names}
+    feeds_partitioned = {n for n in names if any(graph[m][1] and _reaches(graph, m, n) for m in names if m != n)}
     order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(name: str, stack: tuple[str, ...] = ()) -> None:
-        if name in seen or name not in graph:
-            return
-        if name in stack:
-            raise ValueError(f"cycle in asset graph at {name}")
-        for dep in sorted(graph[name][0]):
-            visit(dep, stack + (name,))
-        seen.add(name)
-        order.append(name)
-
-    for name in graph:
-        visit(name)
+    while pending:
+        ready = [n for n in names if n in pending and not pending[n]]
+        if not ready:
+            raise ValueError(f"cycle in asset graph among {sorted(pending)}")
+        ready.sort(key=lambda n: (0 if n in feeds_partitioned and not graph[n][1] else 1 if graph[n][1] else 2, names.index(n)))
+        pick = ready[0]
+        order.append(pick)
+        del pending[pick]
+        for deps in pending.values():
+            deps.discard(pick)
     return order
 
 

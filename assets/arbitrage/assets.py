@@ -1,0 +1,284 @@
+"""Data arbitrage: teacher generations, Arbiter scores, routed selections, SFT data, pairs."""
+
+import dagster as dg
+import polars as pl
+
+from assets.common import find_model, image_markdown, only
+from assets.partitions import language_partitions
+from assets.resources import FactoryResource
+from warehouse.io_manager import markdown_table
+
+
+def teacher_backends(cfg, pool: pl.DataFrame) -> list:
+    """(TeacherConfig, backend) for every configured teacher; embedded ones resolve to the pool's folders."""
+    from factory.generation.registry import EMBEDDED_PREFIX, make_backend
+
+    out = []
+    for t in cfg.resolved_teachers():
+        path = find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"] if t.embedded else None
+        out.append((t, make_backend(t, path)))
+    return out
+
+
+def arbiter_scorer(cfg, arbiter: pl.DataFrame):
+    from factory.scoring.sequence_classifier import SequenceClassifierScorer
+
+    row = only(arbiter)
+    return SequenceClassifierScorer(
+        row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device
+    ), row
+
+
+@dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"pytorch"})
+def generations(
+    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
+) -> pl.DataFrame:
+    """Every teacher's k completions for each training prompt of the language (the eval split is
+    never generated here). Written in shards as it goes: a killed run resumes where it stopped.
+    A teacher that keeps failing on a prompt is quarantined; the others' answers are kept."""
+    from factory.generation.runner import generate_completions
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    lang = context.partition_key
+    train = prompts.filter(pl.col("split") == "train")
+    shard_dir = wh.dir("staging", "generations", f"language={lang}")
+    gens, quarantine = generate_completions(
+        train, teacher_backends(cfg, embedded_pool), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
+    )
+    wh.quarantine("generations", lang, quarantine, context.run_id)
+    per_teacher = gens.group_by("teacher").agg(
+        n=pl.len(), tokens=pl.col("n_tokens").sum(), seconds=pl.col("seconds").sum(),
+        empty=(pl.col("text").str.strip_chars() == "").sum(),
+    ).with_columns(tokens_per_s=pl.col("tokens") / pl.col("seconds")).sort("teacher")
+    context.add_output_metadata({
+        "teachers": dg.MetadataValue.md(markdown_table(per_teacher)),
+        "tokens_generated": int(gens["n_tokens"].sum() or 0),
+        "quarantined": quarantine.height,
+    })
+    return gens
+
+
+SCORE_CHECKS = [
+    dg.AssetCheckSpec("one_score_per_completion", asset="scores", description="Exactly one score per completion per scorer."),
+    dg.AssetCheckSpec("rewards_finite", asset="scores", description="Every reward and reward_z is finite."),
+]
+
+
+@dg.asset(
+    partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"pytorch"},
+    check_specs=SCORE_CHECKS,
+)
+def scores(
+    context: dg.AssetExecutionContext, factory: FactoryResource, generations: pl.DataFrame, prompts: pl.DataFrame,
+    arbiter: pl.DataFrame,
+):
+    """The Arbiter's reward for every completion, standardised per language (reward_z), with the
+    detected language and language_match (wrong-language answers are never selectable)."""
+    from factory.scoring.score import score_generations, teacher_table
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    scorer, _ = arbiter_scorer(cfg, arbiter)
+    scored, quarantine = score_generations(generations, prompts, [scorer], cfg.scoring.fidelity, context.run_id)
+    wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
+    table = teacher_table(scored)
+    total_s = float(generations["seconds"].sum() or 0)
+    yield dg.Output(scored, metadata={
+        "teacher_table": dg.MetadataValue.md(markdown_table(table)),
+        "tokens_generated": int(generations["n_tokens"].sum() or 0),
+        "tokens_per_second": float(generations["n_tokens"].sum() or 0) / total_s if total_s else 0.0,
+        "quarantined": quarantine.height,
+    })
+    per = scored.group_by("completion_id", "scorer").len()
+    scored_ids = set(scored["completion_id"]) | set(quarantine["row_key"]) if quarantine.height else set(scored["completion_id"])
+    missing = generations.filter(~pl.col("completion_id").is_in(list(scored_ids))).height
+    yield dg.AssetCheckResult(
+        check_name="one_score_per_completion", passed=bool(per["len"].max() in (None, 1)) and missing == 0,
+        metadata={"duplicates": int((per["len"] > 1).sum()), "unscored_not_quarantined": missing},
+    )
+    finite = scored.select(pl.col("reward").is_finite().all() & pl.col("reward_z").is_finite().all()).item()
+    yield dg.AssetCheckResult(check_name="rewards_finite", passed=bool(finite) if scored.height else True)
+
+
+def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame) -> pl.DataFrame:
+    """Scores joined with what routing and pairing need from generations (sample index, text)."""
+    return scores.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")
+
+
+@dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
+def selections(
+    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    prompts: pl.DataFrame,
+) -> pl.DataFrame:
+    """One selected completion per training prompt for every routing strategy: reward_routing (the
+    Arbiter's argmax), fixed_routing, random_routing, single_teacher (baseline) and learned_routing
+    (a router that predicts the winning teacher from the prompt alone)."""
+    from factory.router import evaluate_router, train_router
+    from factory.routing import reward_routing, select, strategy_summary
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    arb = cfg.arbitrage
+    scored = scored_frame(scores, generations)
+    texts = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
+    router = router_report = None
+    if "learned_routing" in arb.strategies:
+        winners, _ = reward_routing(scored.lazy(), arb.routing)
+        router = train_router(texts, winners.collect(), arb.router)
+        router_report = evaluate_router(router, texts, scored, arb.router, arb.routing)
+    sel, quarantine = select(scored, arb.strategies, arb.routing, context.run_id, router=router, prompts=prompts)
+    wh.quarantine("selections", None, quarantine, context.run_id)
+    summary = strategy_summary(sel).group_by("strategy").agg(
+        n=pl.col("n_selected").sum(), mean_reward=(pl.col("mean_reward") * pl.col("n_selected")).sum() / pl.col("n_selected").sum()
+    ).sort("mean_reward", descending=True)
+    meta = {"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height}
+    if router_report:
+        meta["learned_router"] = dg.MetadataValue.json(router_report)
+    context.add_output_metadata(meta)
+    return sel
+
+
+@dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
+def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame) -> pl.DataFrame:
+    """Per language, how often each teacher wins under reward routing (with a chart)."""
+    from factory.charts import routing_chart
+    from factory.routing import routing_stats as stats
+
+    df = stats(selections)
+    png = factory.warehouse().dir("reports") / "routing.png"
+    routing_chart(df, png)
+    context.add_output_metadata({"chart": dg.MetadataValue.md(image_markdown(png, "reward-routing wins")), "chart_path": str(png)})
+    return df
+
+
+def eval_texts(prompts: pl.DataFrame) -> list[str]:
+    return prompts.filter(pl.col("split") == "eval")["text"].to_list()
+
+
+@dg.asset(
+    io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"},
+    check_specs=[dg.AssetCheckSpec("decontaminated", asset="sft_data", blocking=True,
+                                   description="No eval prompt (exact or normalised/n-gram match) is in the SFT data.")],
+)
+def sft_data(
+    context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame, prompts: pl.DataFrame,
+    generations: pl.DataFrame,
+):
+    """SFT targets in TRL's conversational prompt-completion format, for the configured strategy
+    (reward_routing by default) and for the single-teacher baseline, decontaminated against the eval split."""
+    from factory.decontam import decontaminate
+    from factory.sft_data import to_sft_rows
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    frames, quarantined = [], []
+    for strategy in dict.fromkeys([cfg.arbitrage.sft_strategy, cfg.arbitrage.baseline_strategy]):
+        rows, q = to_sft_rows(selections.filter(pl.col("strategy") == strategy), prompts, generations)
+        frames.append(rows)
+        quarantined.append(q)
+    df = pl.concat(frames, how="diagonal_relaxed")
+    texts = prompts.select("prompt_id", "text")
+    kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam)
+    wh.quarantine("sft_data", None, pl.concat([*quarantined, hits]), context.run_id)
+    kept = kept.drop("text")
+    yield dg.Output(kept, metadata={"contaminated_removed": hits.height, "per_strategy": dg.MetadataValue.md(
+        markdown_table(kept.group_by("strategy").len().sort("strategy")))})
+    yield contamination_check("decontaminated", kept, prompts, cfg)
+
+
+def contamination_check(name: str, rows: pl.DataFrame, prompts: pl.DataFrame, cfg) -> dg.AssetCheckResult:
+    """Re-verify written training rows against the eval split (blocking: downstream training stops)."""
+    from factory.decontam import decontaminate
+
+    joined = rows.select("prompt_id").join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
+    joined = joined.with_columns(pl.col("text").fill_null(""))
+    _, hits = decontaminate(joined, eval_texts(prompts), cfg.arbitrage.decontam)
+    in_eval = rows.filter(pl.col("prompt_id").is_in(prompts.filter(pl.col("split") == "eval")["prompt_id"].to_list())).height
+    return dg.AssetCheckResult(
+        check_name=name, passed=hits.height == 0 and in_eval == 0,
+        metadata={"contaminated_rows": hits.height, "eval_prompt_ids": in_eval,
+                  "examples": dg.MetadataValue.json(hits["reason"].head(5).to_list())},
+    )
+
+
+PAIR_CHECKS = [
+    dg.AssetCheckSpec("pairs_valid", asset="preference_pairs",
+                      description="best_worst chosen reward > rejected reward; no identical chosen and rejected."),
+    dg.AssetCheckSpec("decontaminated", asset="preference_pairs", blocking=True,
+                      description="No eval prompt is in the preference pairs."),
+    dg.AssetCheckSpec("enough_pairs", asset="preference_pairs",
+                      description="At least pairs.min_pairs_per_language pairs (a warning otherwise)."),
+]
+
+
+@dg.asset(
+    partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"},
+    check_specs=PAIR_CHECKS,
+)
+def preference_pairs(
+    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    prompts: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
+):
+    """Offline chosen/rejected pairs in TRL's conversational preference format: best_worst (highest vs
+    lowest reward, above a margin) and native_vs_translated (best in-language answer vs a weaker
+    teacher's English answer translated into the language)."""
+    from factory.decontam import decontaminate
+    from factory.pairs import best_worst, check_pairs, pair_counts
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    lang = context.partition_key
+    scored = scored_frame(scores, generations)
+    bw = cfg.pairs.best_worst
+    pairs, stats = best_worst(scored, prompts, bw.min_margin, require_language_match=bw.require_language_match, run_id=context.run_id)
+    frames, quarantined = [pairs], []
+    nvt = cfg.pairs.native_vs_translated
+    if nvt.enabled and lang not in nvt.skip_languages and scored.height:
+        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, prompts, embedded_pool, arbiter, context.run_id)
+        frames.append(nvt_pairs)
+        quarantined.append(q)
+        if translated.height:
+            wh.write_table("generations", translated, {"producer": "native_vs_translated", "language": lang})
+    df = pl.concat(frames, how="diagonal_relaxed")
+    kept, hits = decontaminate(
+        df.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam
+    )
+    kept = kept.drop("text")
+    wh.quarantine("preference_pairs", lang, pl.concat([*quarantined, hits], how="diagonal_relaxed") if quarantined or hits.height else hits, context.run_id)
+    counts, warnings = pair_counts(kept, cfg.pairs.min_pairs_per_language, [lang])
+    yield dg.Output(kept, metadata={
+        "best_worst_stats": dg.MetadataValue.json(stats),
+        "per_method": dg.MetadataValue.md(markdown_table(counts)),
+        "contaminated_removed": hits.height,
+    })
+    problems = check_pairs(kept)
+    yield dg.AssetCheckResult(check_name="pairs_valid", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
+    yield contamination_check("decontaminated", kept, prompts, cfg)
+    yield dg.AssetCheckResult(
+        check_name="enough_pairs", passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"warnings": dg.MetadataValue.json(warnings), "pairs": kept.height},
+    )
+
+
+def native_vs_translated_pairs(cfg, scored: pl.DataFrame, prompts: pl.DataFrame, pool: pl.DataFrame, arbiter: pl.DataFrame, run_id: str):
+    """Chosen: the best in-language completion (reward routing). Rejected: the weak teacher's English
+    answer to the prompt's English translation, translated back by the translator model."""
+    from factory.generation.registry import TeacherConfig, make_backend
+    from factory.pairs import native_vs_translated
+    from factory.routing import reward_routing
+
+    nvt = cfg.pairs.native_vs_translated
+    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool)}
+    weak = nvt.weak_teacher or (
+        scored.group_by("teacher").agg(pl.col("reward").mean()).sort(["reward", "teacher"]).row(0)[0]
+    )
+    if weak not in teachers:
+        raise ValueError(f"pairs.native_vs_translated.weak_teacher {weak!r} is not a teacher; have {sorted(teachers)}")
+    translator_cfg = nvt.translator_model or TeacherConfig(name="translator", model="embedded:base")
+    translator_path = find_model(pool, "base")["path"] if translator_cfg.embedded else None
+    translator = make_backend(translator_cfg, translator_path)
+    best, _ = reward_routing(scored.lazy(), cfg.arbitrage.routing)
+    best = best.collect().join(scored.select("completion_id", "text"), on="completion_id", how="left")
+    scorer, _ = arbiter_scorer(cfg, arbiter)
+    return native_vs_translated(best, prompts, teachers[weak][1], translator, nvt, run_id=run_id, scorer=scorer)

@@ -1,0 +1,142 @@
+"""Evaluation and publishing: judgments against the single-teacher baseline, win rates with
+confidence intervals, the step-by-step chart, and datasets in the Hugging Face layout."""
+
+import dagster as dg
+import polars as pl
+
+from assets.common import image_markdown, only
+from assets.resources import FactoryResource
+from factory.evaluation import BASELINE, STAGES
+from warehouse.io_manager import markdown_table
+
+@dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})
+def judgments(
+    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame,
+    sft_model_single_teacher: pl.DataFrame, sft_model: pl.DataFrame, dpo_offline_model: pl.DataFrame,
+    dpo_online_round_1: pl.DataFrame, dpo_online_round_2: pl.DataFrame, dpo_online_round_3: pl.DataFrame,
+    merged_model: pl.DataFrame,
+):
+    """Every stage's model answers the eval split (never trained on) and is judged against the
+    single-teacher SFT baseline. Default judge: chrF against the corpus's reference replies with a
+    language-ID check; never the Arbiter, which chose the training data."""
+    from factory.evaluation import answer_eval, judge_against_baseline
+    from factory.judges import build_judge
+
+    models = {
+        "sft_model_single_teacher": sft_model_single_teacher, "sft_model": sft_model, "dpo_offline_model": dpo_offline_model,
+        "dpo_online_round_1": dpo_online_round_1, "dpo_online_round_2": dpo_online_round_2,
+        "dpo_online_round_3": dpo_online_round_3, "merged_model": merged_model,
+    }
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    ev = cfg.evaluation
+    scorer = backend = None
+    if ev.judge.name == "reward":
+        from factory.scoring.sequence_classifier import SequenceClassifierScorer
+
+        scorer = SequenceClassifierScorer(ev.reward_model)
+    if ev.judge.name == "llm":
+        from factory.generation.registry import make_backend
+
+        backend = make_backend(ev.judge_model)
+    judge = build_judge(ev.judge, scorer=scorer, backend=backend)
+    staging = wh.dir("staging", "eval_answers")
+    baseline = only(models[BASELINE])
+    answers, quarantined = {}, []
+    for name in [BASELINE, *(n for _, n in STAGES)]:
+        ck = only(models[name])
+        ans, q = answer_eval(ck, prompts, ev.sampling, staging / ck["checkpoint_id"], context.run_id, ev.batch_size)
+        answers[name] = ans
+        quarantined.append(q)
+        wh.write_table("generations", ans, {"producer": f"eval_answers_{name}"})
+    frames = []
+    for stage, name in STAGES:
+        j, q = judge_against_baseline(judge, prompts, answers[name], answers[BASELINE], only(models[name])["checkpoint_id"],
+                                      baseline["checkpoint_id"], stage, context.run_id)
+        frames.append(j)
+        quarantined.append(q)
+    wh.quarantine("judgments", None, pl.concat(quarantined, how="diagonal_relaxed"), context.run_id)
+    df = pl.concat(frames, how="diagonal_relaxed")
+    tally = df.group_by("stage").agg(
+        wins=(pl.col("verdict") == "win").sum(), ties=(pl.col("verdict") == "tie").sum(), losses=(pl.col("verdict") == "loss").sum()
+    )
+    context.add_output_metadata({"judge": judge.name, "tally": dg.MetadataValue.md(markdown_table(tally.sort("stage")))})
+    return df
+
+
+@dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"polars"})
+def win_rates(context: dg.AssetExecutionContext, factory: FactoryResource, judgments: pl.DataFrame) -> pl.DataFrame:
+    """Win rate (ties count half) per language and overall (macro average) against the baseline,
+    with seeded bootstrap 95% CIs, and the step-by-step chart (also under FACTORY_HOME/reports/)."""
+    from factory.charts import language_chart, step_chart
+    from factory.winrates import validate_judgments
+    from factory.winrates import win_rates as compute
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    valid, quarantine = validate_judgments(judgments)
+    wh.quarantine("win_rates", None, quarantine, context.run_id)
+    rates = compute(valid, cfg.evaluation.winrates, run_id=context.run_id)
+    order = [s for s, _ in STAGES]
+    reports = wh.dir("reports")
+    label = "single-teacher SFT"
+    named = rates.with_columns(pl.lit(label).alias("baseline"))  # charts name the baseline, not its id
+    step_png = step_chart(named, order, label, reports / "step_by_step.png")
+    lang_png = language_chart(named, order, reports / "win_rates_by_language.png", baseline_name=label)
+    step = step_table(rates)
+    (reports / "step_by_step.md").write_text(markdown_table(step) + "\n")
+    context.add_output_metadata({
+        "step_by_step": dg.MetadataValue.md(markdown_table(step)),
+        "chart": dg.MetadataValue.md(image_markdown(step_png, "win rate vs single-teacher SFT")),
+        "per_language_chart": dg.MetadataValue.md(image_markdown(lang_png, "per-language win rates")),
+        "reports": str(reports),
+    })
+    return rates
+
+
+def step_table(rates: pl.DataFrame) -> pl.DataFrame:
+    """The headline: overall (macro) win rate against the baseline after each stage."""
+    order = {s: i for i, (s, _) in enumerate(STAGES)}
+    return (
+        rates.filter(pl.col("language") == "all")
+        .select("stage", "wins", "ties", "losses", pl.col("win_rate").round(3), pl.col("ci_low").round(3), pl.col("ci_high").round(3))
+        .sort(pl.col("stage").replace_strict(order, default=99))
+    )
+
+
+@dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"huggingface"})
+def published_datasets(
+    context: dg.AssetExecutionContext, factory: FactoryResource, sft_data: pl.DataFrame, preference_pairs: pl.DataFrame,
+) -> pl.DataFrame:
+    """The SFT data and the offline preference pairs as Hugging Face dataset folders (Parquet
+    shards per language config, README card with YAML configs, licenses and provenance), loadable
+    with datasets.load_dataset(folder, name=LANG) and trainable by TRL as they are."""
+    from factory.version import code_version
+    from warehouse.publish import publish_dataset
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    pub = cfg.publish
+    out_root = wh.dir("published")
+    provenance = {
+        "run_ids": sorted(set(preference_pairs["run_id"].unique().to_list()) | set(sft_data["run_id"].unique().to_list())),
+        "teachers": [t.name for t in cfg.resolved_teachers()],
+        "reward_model": cfg.arbiter.model,
+        "strategy": cfg.arbitrage.sft_strategy,
+        "code_version": code_version(),
+        "config": cfg.name,
+    }
+    rows = []
+    for name, df, desc in [
+        ("preference_pairs", preference_pairs, pub.description),
+        ("sft_data", sft_data.filter(pl.col("strategy") == cfg.arbitrage.sft_strategy),
+         f"Multilingual SFT data selected by {cfg.arbitrage.sft_strategy} from a teacher pool."),
+    ]:
+        folder = publish_dataset(df, out_root / name, name=f"{pub.name}-{name}" if name == "sft_data" else pub.name,
+                                 config_column=pub.config_column, description=desc, licenses=pub.licenses,
+                                 source_info=provenance, split=pub.split, max_rows_per_shard=pub.max_rows_per_shard,
+                                 task_categories=pub.task_categories)
+        rows.append({"dataset": name, "path": str(folder), "rows": df.height, "configs": df["language"].n_unique()})
+    table = pl.DataFrame(rows)
+    context.add_output_metadata({"published": dg.MetadataValue.md(markdown_table(table))})
+    return table

@@ -1,0 +1,84 @@
+"""The embedded model pool (tokenizer, base, one teacher per cluster) and the Arbiter."""
+
+import dagster as dg
+import polars as pl
+
+from assets.common import cached_metrics, checkpoint_frame, write_metrics
+from assets.resources import FactoryResource
+from factory.sources.chatterbot import Dialog
+
+
+def train_dialogs(prompts: pl.DataFrame) -> list[Dialog]:
+    """Training-split prompts with their reference replies (eval prompts are never trained on)."""
+    train = prompts.filter(pl.col("split") == "train")
+    return [
+        Dialog(r["language"], r["text"], list(r["references"] or []), r["source"])
+        for r in train.iter_rows(named=True)
+    ]
+
+
+@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
+def embedded_pool(context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame) -> pl.DataFrame:
+    """The embedded default's tiny models, built locally from the training prompts: a byte-level
+    BPE tokenizer, a weak generalist base model, and one specialised teacher per language
+    cluster (its languages plus en/es/fr). Cached: a rerun with the same inputs reuses them."""
+    from training.teachers import build_embedded_pool
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    info = build_embedded_pool(train_dialogs(prompts), wh.dir("models", "embedded"), cfg.models.embedded, cfg.languages)
+    datasets = {"prompts": wh.version("prompts")}
+    base = {"stage": "base", "name": "base", "path": info["base"]["path"], "config": info["base"].get("config", {}),
+            "metrics": info["base"].get("metrics", {}), "datasets": datasets}
+    base_id = checkpoint_frame([base], context.run_id)["checkpoint_id"][0]
+    records = [base] + [
+        {"stage": "teacher", "name": cluster, "path": t["path"], "parents": [base_id], "datasets": datasets,
+         "config": {**t.get("config", {}), "languages": t.get("languages")}, "metrics": t.get("metrics", {})}
+        for cluster, t in info["teachers"].items()
+    ]
+    table = pl.DataFrame([
+        {"model": r["name"], "final_loss": r["metrics"].get("final_loss"), "seconds": r["metrics"].get("seconds"),
+         "reused": (info["base"] if r["name"] == "base" else info["teachers"][r["name"]]).get("reused")}
+        for r in records
+    ])
+    from warehouse.io_manager import markdown_table
+
+    context.add_output_metadata({"models": dg.MetadataValue.md(markdown_table(table))})
+    return checkpoint_frame(records, context.run_id)
+
+
+@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
+def arbiter(
+    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
+) -> pl.DataFrame:
+    """The Arbiter: the reward model that scores every teacher's completion. The embedded one is
+    trained with TRL's RewardTrainer on corpus pairs (in-language reference reply preferred over a
+    reply in another language, a reply to another prompt, or a degenerate one); its accuracy on
+    held-out pairs is reported here."""
+    from assets.common import find_model
+    from training.reward_model import make_reward_pairs, train_reward_model
+    from training.run_dir import fingerprint
+
+    cfg = factory.settings()
+    wh = factory.warehouse()
+    if cfg.arbiter.model != "embedded":
+        record = {"stage": "reward_model", "name": "arbiter", "path": cfg.arbiter.model, "config": {"external": True}}
+        return checkpoint_frame([record], context.run_id)
+    base = find_model(embedded_pool, "base")
+    pairs = make_reward_pairs(train_dialogs(prompts), seed=cfg.seed, heldout_fraction=cfg.arbiter.train.heldout_fraction)
+    out = wh.dir("models") / "arbiter"
+    fp = fingerprint("reward_model", cfg.arbiter.train, [base["path"]], pairs.select("prompt", "chosen", "rejected").to_dicts())
+    metrics = cached_metrics(out, fp)
+    if metrics is None:
+        metrics = train_reward_model(base["path"], pairs, out, cfg.arbiter.train)
+        write_metrics(out, fp, metrics)
+    record = {
+        "stage": "reward_model", "name": "arbiter", "path": out, "parents": [base["checkpoint_id"]],
+        "datasets": {"prompts": wh.version("prompts")}, "config": cfg.arbiter.train.model_dump(), "metrics": metrics,
+    }
+    context.add_output_metadata({
+        "heldout_accuracy": float(metrics.get("accuracy", float("nan"))),
+        "accuracy_by_kind": dg.MetadataValue.json(metrics.get("accuracy_by_kind", {})),
+        "n_train_pairs": int(metrics.get("n_train", 0)),
+    })
+    return checkpoint_frame([record], context.run_id)
