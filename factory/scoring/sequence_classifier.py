@@ -1,0 +1,103 @@
+"""Reward from any `AutoModelForSequenceClassification` reward model (the Arbiter, or a real RM).
+
+(prompt, completion) is rendered with the tokenizer's chat template, tokenised
+without truncation (so truncation can be recorded), cut to `max_length`
+(right side) and scored in batches. Batches are built from length-sorted inputs
+so each batch pads little; rewards come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from factory.generation.base import Message
+
+
+class SequenceClassifierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str  # a local model folder (e.g. the trained Arbiter)
+    name: str | None = None  # scorer name in the scores table; default "rm:<folder name>"
+    batch_size: int = 32
+    max_length: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sort_by_length: bool = True
+
+    def build(self) -> SequenceClassifierScorer:
+        return SequenceClassifierScorer(**self.model_dump())
+
+
+class SequenceClassifierScorer:
+    """RewardScorer over a sequence-classification reward model (num_labels=1); bf16 on CUDA, fp32 on CPU."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        batch_size: int = 32,
+        max_length: int = 256,
+        device: str = "auto",
+        sort_by_length: bool = True,
+        name: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model_path = Path(model_path)
+        self.name = name or f"rm:{self.model_path.name}"
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.sort_by_length = sort_by_length
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_path, dtype=dtype)
+        if self.model.config.num_labels != 1:
+            raise ValueError(f"{self.model_path} has num_labels={self.model.config.num_labels}; a reward model needs 1")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    def encode(self, prompts: list[list[Message]], completions: list[str]) -> list[list[int]]:
+        """Token ids of each chat-formatted (prompt, completion), untruncated."""
+        texts = self.tokenizer.apply_chat_template(
+            [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)],
+            tokenize=False,
+        )
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def score_with_info(self, prompts: list[list[Message]], completions: list[str]) -> tuple[list[float], list[bool]]:
+        """(rewards, truncated): one reward per pair, and whether its input was cut to max_length."""
+        import torch
+
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if not prompts:
+            return [], []
+        ids = self.encode(prompts, completions)
+        truncated = [len(x) > self.max_length for x in ids]
+        ids = [x[: self.max_length] for x in ids]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if self.sort_by_length else list(range(len(ids)))
+        rewards: list[float] = [0.0] * len(ids)
+        pad = self.model.config.pad_token_id
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for i, value in zip(batch, logits[:, 0].float().cpu().tolist(), strict=True):
+                    rewards[i] = value
+        return rewards, truncated
+
+    def score(self, prompts: list[list[Message]], completions: list[str]) -> list[float | None]:
+        return list(self.score_with_info(prompts, completions)[0])

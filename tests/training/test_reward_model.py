@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from factory.sources.chatterbot import Dialog
+from training.reward_model import PAIR_KINDS, RewardModelConfig, degenerate_reply, make_reward_pairs, train_reward_model
+
+EN = [
+    ("Hi there", "Hello! How can I help you?"),
+    ("What is your name", "I am a small chat bot."),
+    ("Do you like music", "Yes, I love listening to music."),
+    ("Where do you live", "I live inside a computer."),
+    ("Are you happy", "I am very happy today, thanks."),
+    ("Tell me a joke", "Why did the chicken cross the road?"),
+]
+ES = [
+    ("Hola", "¡Hola! ¿En qué puedo ayudarte?"),
+    ("Cómo te llamas", "Soy un pequeño robot de charla."),
+    ("Te gusta la música", "Sí, me encanta escuchar música."),
+    ("Dónde vives", "Vivo dentro de un ordenador."),
+    ("Estás feliz", "Estoy muy feliz hoy, gracias."),
+    ("Cuéntame un chiste", "¿Por qué cruzó el pollo la calle?"),
+]
+RU = [
+    ("Привет", "Привет! Чем я могу помочь?"),
+    ("Как тебя зовут", "Я маленький чат-бот."),
+    ("Ты любишь музыку", "Да, я люблю слушать музыку."),
+    ("Где ты живешь", "Я живу внутри компьютера."),
+    ("Ты счастлив", "Я сегодня очень счастлив, спасибо."),
+    ("Расскажи шутку", "Почему курица перешла дорогу?"),
+]
+
+
+def dialogs() -> list[Dialog]:
+    out = []
+    for lang, rows in (("en", EN), ("es", ES), ("ru", RU)):
+        out += [Dialog(lang, p, [r], f"test:{lang}#{i}") for i, (p, r) in enumerate(rows)]
+    out.append(Dialog("en", "no reply here", [], "test:en#x"))  # unusable: no reference
+    return out
+
+
+def test_pairs_are_balanced_well_formed_and_deterministic():
+    ds = dialogs()
+    pairs = make_reward_pairs(ds, seed=1, heldout_fraction=0.3)
+    assert pairs.height == 3 * 18
+    assert pairs.group_by("kind").len()["len"].to_list() == [18, 18, 18]
+    refs = {(d.language, d.prompt): d.references for d in ds}
+    lang_of_reply = {r: d.language for d in ds for r in d.references}
+    for row in pairs.iter_rows(named=True):
+        prompt, chosen, rejected = (
+            row["prompt"][0]["content"],
+            row["chosen"][0]["content"],
+            row["rejected"][0]["content"],
+        )
+        assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+        assert chosen in refs[(row["language"], prompt)] and rejected != chosen
+        if row["kind"] == "other_language":
+            assert lang_of_reply[rejected] != row["language"]
+        elif row["kind"] == "other_prompt":
+            assert lang_of_reply[rejected] == row["language"]
+            assert rejected not in refs[(row["language"], prompt)]
+        else:
+            assert rejected not in lang_of_reply
+    # a prompt's pairs share one split; same inputs, same pairs
+    assert pairs.group_by("prompt").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert set(pairs["split"]) == {"train", "heldout"}
+    assert make_reward_pairs(ds, seed=1, heldout_fraction=0.3).equals(pairs)
+    assert not make_reward_pairs(ds, seed=2, heldout_fraction=0.3).equals(pairs)
+
+
+def test_degenerate_replies_differ_from_the_original():
+    import random
+
+    rng = random.Random(0)
+    for text in ["I am very happy today, thanks.", "哈哈哈", "ok", "人工智能是工程和科学的分支"]:
+        for _ in range(10):
+            assert degenerate_reply(text, rng) != text
+
+
+@pytest.fixture
+def base_dir(tmp_path) -> Path:
+    from training.tiny import init_causal_lm, save_model, train_tokenizer
+
+    texts = [t for rows in (EN, ES, RU) for pair in rows for t in pair]
+    tok = train_tokenizer(texts, vocab_size=400)
+    return save_model(init_causal_lm(tok, hidden_size=32, layers=1, heads=2), tok, tmp_path / "base")
+
+
+def test_train_reward_model_saves_a_scorable_model_and_reports_heldout_accuracy(base_dir, tmp_path):
+    from factory.scoring.sequence_classifier import SequenceClassifierScorer
+
+    pairs = make_reward_pairs(dialogs(), heldout_fraction=0.3)
+    cfg = RewardModelConfig(max_steps=25, batch_size=8, lr=3e-3, max_length=64)
+    out = tmp_path / "arbiter"
+    metrics = train_reward_model(base_dir, pairs, out, cfg)
+
+    assert metrics["steps"] == 25
+    assert metrics["n_train"] == pairs.filter(pl.col("split") == "train").height
+    assert metrics["n_heldout"] == pairs.filter(pl.col("split") == "heldout").height
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert set(metrics["accuracy_by_kind"]) == set(PAIR_KINDS)
+    assert metrics["seconds"] > 0
+    assert (out / "config.json").exists() and not (out.parent / "arbiter.tmp").exists()
+    assert not (out.parent / "arbiter.trainer").exists()
+
+    # the saved Arbiter learnt the training pairs: chosen outscores rejected on most of them
+    train = pairs.filter(pl.col("split") == "train")
+    rm = SequenceClassifierScorer(out, max_length=64)
+    chosen = rm.score(train["prompt"].to_list(), [m[0]["content"] for m in train["chosen"].to_list()])
+    rejected = rm.score(train["prompt"].to_list(), [m[0]["content"] for m in train["rejected"].to_list()])
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) / train.height > 0.7
