@@ -30,6 +30,9 @@ def _env(config: str | None, home: str | None) -> None:
         os.environ["FACTORY_CONFIG"] = str(config_path(config).resolve())
     if home:
         os.environ["FACTORY_HOME"] = str(Path(home).resolve())
+    from factory.quiet import quiet_libraries
+
+    quiet_libraries()
     from factory.config import ConfigError, active_config
 
     try:

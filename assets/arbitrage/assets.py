@@ -181,7 +181,7 @@ def sft_data(
     texts = prompts.select("prompt_id", "text")
     kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam)
     wh.quarantine("sft_data", None, pl.concat([*quarantined, hits]), context.run_id)
-    kept = kept.drop("text")
+    kept = kept.drop("text").with_columns(pl.lit(context.run_id).alias("run_id"))
     yield dg.Output(kept, metadata={"contaminated_removed": hits.height, "per_strategy": dg.MetadataValue.md(
         markdown_table(kept.group_by("strategy").len().sort("strategy")))})
     yield contamination_check("decontaminated", kept, prompts, cfg)

@@ -1,0 +1,108 @@
+"""The whole graph on the tiny profile, in a temporary home: every stage runs for real
+(tiny models, TRL trainers, real Parquet/DuckDB), and the outputs hang together."""
+
+import json
+
+import duckdb
+import polars as pl
+import pytest
+
+from factory.evaluation import STAGES
+
+
+@pytest.fixture(scope="module")
+def pipeline_home(tmp_path_factory):
+    import os
+
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    old = os.environ.get("FACTORY_HOME")
+    os.environ["FACTORY_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(home / ".dagster")
+    try:
+        from assets.run import materialize_selection
+        from factory.quiet import quiet_libraries
+
+        quiet_libraries()
+        materialize_selection(None, None)
+    finally:
+        os.environ.pop("DAGSTER_HOME", None)
+        if old is None:
+            os.environ.pop("FACTORY_HOME", None)
+        else:
+            os.environ["FACTORY_HOME"] = old
+    return home
+
+
+def q(home, sql):
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.sql(sql).pl()
+    finally:
+        con.close()
+
+
+def test_every_training_prompt_answered_by_every_teacher_and_scored(pipeline_home):
+    gens = q(pipeline_home, "select * from generations where producer is null")
+    train = q(pipeline_home, "select prompt_id from prompts where split = 'train'")
+    teachers = gens["teacher"].unique().to_list()
+    assert len(teachers) >= 3
+    per_prompt = gens.group_by("prompt_id").agg(pl.col("teacher").n_unique().alias("t"))
+    assert set(per_prompt["prompt_id"]) == set(train["prompt_id"])
+    assert per_prompt["t"].min() == len(teachers)
+    scores = q(pipeline_home, "select * from scores where producer is null")
+    assert scores.height == gens.height
+    assert scores.group_by("completion_id").len()["len"].max() == 1
+    assert scores["reward"].is_finite().all()
+    evals = q(pipeline_home, "select prompt_id from prompts where split = 'eval'")["prompt_id"].to_list()
+    assert not set(evals) & set(gens["prompt_id"])
+
+
+def test_selections_pairs_and_decontamination(pipeline_home):
+    sel = q(pipeline_home, "select strategy, avg(reward) r, count(*) n from selections group by 1")
+    assert set(sel["strategy"]) == {"reward_routing", "fixed_routing", "random_routing", "single_teacher", "learned_routing"}
+    best = sel.sort("r", descending=True)["strategy"][0]
+    assert best == "reward_routing"
+    pairs = q(pipeline_home, "select * from preference_pairs")
+    assert {"best_worst", "native_vs_translated", "online"} <= set(pairs["method"])
+    bw = pairs.filter(pl.col("method") == "best_worst")
+    assert (bw["chosen_reward"] > bw["rejected_reward"]).all()
+    evals = set(q(pipeline_home, "select prompt_id from prompts where split = 'eval'")["prompt_id"])
+    sft = q(pipeline_home, "select prompt_id from sft_data")
+    assert sft.height > 0 and not evals & set(sft["prompt_id"]) and not evals & set(pairs["prompt_id"])
+
+
+def test_checkpoints_and_win_rates(pipeline_home):
+    from transformers import AutoModelForCausalLM
+
+    ck = q(pipeline_home, "select * from checkpoints")
+    stages = set(ck["stage"])
+    assert {"base", "teacher", "reward_model", "sft", "dpo_offline", "dpo_online_1", "dpo_online_2", "dpo_online_3",
+            "cluster", "merged"} <= stages
+    merged = ck.filter(pl.col("stage") == "merged").row(0, named=True)
+    assert len(merged["parents"]) == ck.filter(pl.col("stage") == "cluster").height
+    model = AutoModelForCausalLM.from_pretrained(merged["path"])
+    assert model.num_parameters() > 0
+    rates = q(pipeline_home, "select * from win_rates")
+    assert set(rates["stage"]) == {s for s, _ in STAGES}
+    overall = rates.filter(pl.col("language") == "all")
+    assert ((overall["ci_low"] <= overall["win_rate"]) & (overall["win_rate"] <= overall["ci_high"])).all()
+    assert (pipeline_home / "reports" / "step_by_step.png").stat().st_size > 5000
+
+
+def test_lineage_and_publishing(pipeline_home):
+    import datasets
+
+    from warehouse.lineage import trace
+    from warehouse.store import Warehouse
+
+    pair = q(pipeline_home, "select pair_id, prompt_id from preference_pairs where method = 'best_worst' limit 1").row(0)
+    tree = trace(pair[0], Warehouse(pipeline_home))
+    assert pair[0] in tree and pair[1] in tree and "score by" in tree and "completion" in tree
+    published = pipeline_home / "published" / "preference_pairs"
+    card = (published / "README.md").read_text()
+    assert "configs:" in card
+    lang = q(pipeline_home, "select language from preference_pairs where producer is null limit 1").item()
+    ds = datasets.load_dataset(str(published), name=lang, split="train")
+    assert ds.num_rows > 0 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    lineage = q(pipeline_home, "select * from lineage where asset = 'sft_data'")
+    assert json.loads(lineage["input_versions"][0])  # names the versions it read
