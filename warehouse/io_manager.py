@@ -47,17 +47,17 @@ def frame_metadata(df: pl.DataFrame, preview_rows: int = 5) -> dict:
     }
     if "language" in df.columns and df.height:
         counts = df.group_by("language").len().sort("language")
-        meta["per_language"] = dg.MetadataValue.md(_markdown(counts))
+        meta["per_language"] = dg.MetadataValue.md(markdown_table(counts))
     if df.height:
         preview = df.head(preview_rows).select(
             [pl.col(c).cast(pl.String, strict=False).str.slice(0, 80) if dt == pl.String else pl.col(c)
              for c, dt in df.schema.items() if dt.is_numeric() or dt == pl.String or dt == pl.Boolean]
         )
-        meta["preview"] = dg.MetadataValue.md(_markdown(preview))
+        meta["preview"] = dg.MetadataValue.md(markdown_table(preview))
     return meta
 
 
-def _markdown(df: pl.DataFrame) -> str:
+def markdown_table(df: pl.DataFrame) -> str:
     cols = df.columns
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in df.iter_rows():
