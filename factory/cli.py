@@ -154,6 +154,57 @@ def lineage(
         raise typer.Exit(2) from None
 
 
+@app.command()
+def merge(
+    config: Annotated[Path, typer.Argument(help="A mergekit-style YAML (merge_method, base_model, models, parameters, dtype).")],
+    output_dir: Annotated[Path, typer.Argument(help="Where to write the merged Hugging Face model folder.")],
+) -> None:
+    """Merge models from a mergekit-style YAML (linear, slerp, ties, dare_ties, dare_linear), streaming."""
+    from factory.quiet import quiet_libraries
+    from training.merge.run import merge_from_yaml
+
+    quiet_libraries()
+    try:
+        info = merge_from_yaml(config, output_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"merged {len(info.get('inputs', []))} models with {info.get('method')} into {info.get('output', output_dir)} "
+               f"({info.get('n_tensors')} tensors, {info.get('seconds', 0):.1f}s)")
+
+
+@app.command()
+def publish(
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload each dataset to REPO (needs HF_TOKEN); REPO-sft for the SFT data.")] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write the SFT data and preference pairs as Hugging Face dataset folders (FACTORY_HOME/published)."""
+    _env(config, home)
+    from assets.run import materialize_selection
+
+    try:
+        materialize_selection("published_datasets", None)
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    from warehouse.home import resolve_home
+
+    root = resolve_home() / "published"
+    for name in ("preference_pairs", "sft_data"):
+        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}', name=LANG))")
+    if push_to_hub:
+        from warehouse.publish import PublishError
+        from warehouse.publish import push_to_hub as push
+
+        try:
+            typer.echo(push(root / "preference_pairs", push_to_hub))
+            typer.echo(push(root / "sft_data", f"{push_to_hub}-sft"))
+        except PublishError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(2) from None
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -127,6 +127,9 @@ class ArbitrageConfig(Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    # Remove eval-contaminated rows before writing. Off, contaminated rows are written and the
+    # blocking `decontaminated` checks fail, stopping training downstream.
+    decontaminate: bool = True
 
     @model_validator(mode="after")
     def _known(self):

@@ -180,6 +180,8 @@ def sft_data(
     df = pl.concat(frames, how="diagonal_relaxed")
     texts = prompts.select("prompt_id", "text")
     kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam)
+    if not cfg.arbitrage.decontaminate:
+        kept, hits = df.join(texts, on="prompt_id", how="left"), hits.clear()
     wh.quarantine("sft_data", None, pl.concat([*quarantined, hits]), context.run_id)
     kept = kept.drop("text").with_columns(pl.lit(context.run_id).alias("run_id"))
     yield dg.Output(kept, metadata={"contaminated_removed": hits.height, "per_strategy": dg.MetadataValue.md(
@@ -241,9 +243,10 @@ def preference_pairs(
         if translated.height:
             wh.write_table("generations", translated, {"producer": "native_vs_translated", "language": lang})
     df = pl.concat(frames, how="diagonal_relaxed")
-    kept, hits = decontaminate(
-        df.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam
-    )
+    with_text = df.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
+    kept, hits = decontaminate(with_text, eval_texts(prompts), cfg.arbitrage.decontam)
+    if not cfg.arbitrage.decontaminate:
+        kept, hits = with_text, hits.clear()
     kept = kept.drop("text")
     wh.quarantine("preference_pairs", lang, pl.concat([*quarantined, hits], how="diagonal_relaxed") if quarantined or hits.height else hits, context.run_id)
     counts, warnings = pair_counts(kept, cfg.pairs.min_pairs_per_language, [lang])

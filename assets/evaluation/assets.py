@@ -9,6 +9,7 @@ from assets.resources import FactoryResource
 from factory.evaluation import BASELINE, STAGES
 from warehouse.io_manager import markdown_table
 
+
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})
 def judgments(
     context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame,
