@@ -106,3 +106,26 @@ def test_lineage_and_publishing(pipeline_home):
     assert ds.num_rows > 0 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
     lineage = q(pipeline_home, "select * from lineage where asset = 'sft_data'")
     assert json.loads(lineage["input_versions"][0])  # names the versions it read
+
+
+def test_cli_lineage_status_and_publish(pipeline_home):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    runner = CliRunner()
+    home = ["--home", str(pipeline_home)]
+    pair_id = q(pipeline_home, "select pair_id from preference_pairs where method = 'native_vs_translated' limit 1").item()
+    out = runner.invoke(app, ["lineage", pair_id, *home])
+    assert out.exit_code == 0, out.output
+    assert "+translate" in out.output and "prompt p_" in out.output
+    ck = q(pipeline_home, "select checkpoint_id from checkpoints where stage = 'merged'").item()
+    out = runner.invoke(app, ["lineage", ck, *home])
+    assert out.exit_code == 0 and out.output.count("[cluster]") >= 3
+    bad = runner.invoke(app, ["lineage", "zz_nothing", *home])
+    assert bad.exit_code == 2
+    out = runner.invoke(app, ["publish", "--config", "tiny", *home])
+    assert out.exit_code == 0, out.output
+    assert "preference_pairs:" in out.output
+    no_token = runner.invoke(app, ["publish", "--config", "tiny", "--push-to-hub", "me/x", *home], env={"HF_TOKEN": ""})
+    assert no_token.exit_code == 2 and "HF_TOKEN" in no_token.output
