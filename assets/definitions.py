@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.arbitrage.assets import generations, preference_pairs, routing_stats, scores, selections, sft_data
+from assets.arbitrage.assets import generations, preference_pairs, router, routing_stats, scores, selections, sft_data
 from assets.evaluation.assets import judgments, published_datasets, win_rates
 from assets.models.assets import arbiter, embedded_pool
 from assets.prompts.assets import prompts
@@ -16,6 +16,7 @@ ALL_ASSETS = [
     arbiter,
     generations,
     scores,
+    router,
     selections,
     routing_stats,
     sft_data,

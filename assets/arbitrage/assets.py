@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from assets.common import find_model, image_markdown, only
+from assets.common import checkpoint_frame, find_model, image_markdown, only
 from assets.partitions import language_partitions
 from assets.resources import FactoryResource
 from warehouse.io_manager import markdown_table
@@ -106,36 +106,62 @@ def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame) -> pl.DataFram
     return scores.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")
 
 
-@dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
-def selections(
+ROUTING_COLUMNS = ["prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match"]
+
+
+@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="arbitrage", kinds={"numpy"})
+def router(
     context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame,
 ) -> pl.DataFrame:
-    """One selected completion per training prompt for every routing strategy: reward_routing (the
-    Arbiter's argmax), fixed_routing, random_routing, single_teacher (baseline) and learned_routing
-    (a router that predicts the winning teacher from the prompt alone)."""
+    """What routing needs from all languages at once: the single best teacher (macro-mean reward,
+    the baseline) and the learned router, trained on reward routing's winners of part of the
+    training prompts to predict the winning teacher from the prompt alone. Its report (measured on
+    prompts it was not trained on) is in the metadata: share of reward routing's reward it
+    recovers and generations it would save."""
     from factory.router import evaluate_router, train_router
-    from factory.routing import reward_routing, select, strategy_summary
+    from factory.routing import best_mean_teacher, reward_routing
 
     cfg = factory.settings()
-    wh = factory.warehouse()
     arb = cfg.arbitrage
-    scored = scored_frame(scores, generations)
-    texts = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
-    router = router_report = None
+    scored = scored_frame(scores, generations).select(ROUTING_COLUMNS)
+    single = arb.routing.single_teacher or best_mean_teacher(scored)
+    path, report = "", {}
     if "learned_routing" in arb.strategies:
+        texts = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
         winners, _ = reward_routing(scored.lazy(), arb.routing)
-        router = train_router(texts, winners.collect(), arb.router)
-        router_report = evaluate_router(router, texts, scored, arb.router, arb.routing)
-    sel, quarantine = select(scored, arb.strategies, arb.routing, context.run_id, router=router, prompts=prompts)
-    wh.quarantine("selections", None, quarantine, context.run_id)
-    summary = strategy_summary(sel).group_by("strategy").agg(
-        n=pl.col("n_selected").sum(), mean_reward=(pl.col("mean_reward") * pl.col("n_selected")).sum() / pl.col("n_selected").sum()
-    ).sort("mean_reward", descending=True)
-    meta = {"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height}
-    if router_report:
-        meta["learned_router"] = dg.MetadataValue.json(router_report)
-    context.add_output_metadata(meta)
+        model = train_router(texts, winners.collect(), arb.router)
+        report = evaluate_router(model, texts, scored, arb.router, arb.routing)
+        path = str(model.save(factory.warehouse().dir("models") / "router.npz"))
+    context.add_output_metadata({"single_teacher": single, "learned_router": dg.MetadataValue.json(report)})
+    return checkpoint_frame([{
+        "stage": "router", "name": "router", "path": path, "datasets": {"scores": factory.warehouse().version("scores")},
+        "config": {"single_teacher": single, "router": arb.router.model_dump()}, "metrics": report,
+    }], context.run_id)
+
+
+@dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
+def selections(
+    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    prompts: pl.DataFrame, router: pl.DataFrame,
+) -> pl.DataFrame:
+    """One selected completion per training prompt of the language for every routing strategy:
+    reward_routing (the Arbiter's argmax), fixed_routing, random_routing, single_teacher (the
+    baseline) and learned_routing (the router's pick from the prompt alone)."""
+    import json
+
+    from factory.router import Router
+    from factory.routing import select, strategy_summary
+
+    cfg = factory.settings()
+    arb = cfg.arbitrage
+    row = only(router)
+    routing = arb.routing.model_copy(update={"single_teacher": json.loads(row["config"])["single_teacher"]})
+    model = Router.load(row["path"]) if row["path"] else None
+    sel, quarantine = select(scored_frame(scores, generations), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
+    factory.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
+    summary = strategy_summary(sel).select("strategy", "n_selected", "mean_reward").sort("mean_reward", descending=True)
+    context.add_output_metadata({"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height})
     return sel
 
 
@@ -220,7 +246,7 @@ PAIR_CHECKS = [
 )
 def preference_pairs(
     context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
-    prompts: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
+    prompts: pl.DataFrame, selections: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
 ):
     """Offline chosen/rejected pairs in TRL's conversational preference format: best_worst (highest vs
     lowest reward, above a margin) and native_vs_translated (best in-language answer vs a weaker
@@ -237,7 +263,8 @@ def preference_pairs(
     frames, quarantined = [pairs], []
     nvt = cfg.pairs.native_vs_translated
     if nvt.enabled and lang not in nvt.skip_languages and scored.height:
-        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, prompts, embedded_pool, arbiter, context.run_id)
+        best = selections.filter(pl.col("strategy") == "reward_routing")
+        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id)
         frames.append(nvt_pairs)
         quarantined.append(q)
         if translated.height:
@@ -264,12 +291,12 @@ def preference_pairs(
     )
 
 
-def native_vs_translated_pairs(cfg, scored: pl.DataFrame, prompts: pl.DataFrame, pool: pl.DataFrame, arbiter: pl.DataFrame, run_id: str):
-    """Chosen: the best in-language completion (reward routing). Rejected: the weak teacher's English
-    answer to the prompt's English translation, translated back by the translator model."""
+def native_vs_translated_pairs(cfg, scored: pl.DataFrame, best: pl.DataFrame, prompts: pl.DataFrame, pool: pl.DataFrame,
+                               arbiter: pl.DataFrame, run_id: str):
+    """Chosen: the best in-language completion (reward routing's selection). Rejected: the weak
+    teacher's English answer to the prompt's English translation, translated back by the translator."""
     from factory.generation.registry import TeacherConfig, make_backend
     from factory.pairs import native_vs_translated
-    from factory.routing import reward_routing
 
     nvt = cfg.pairs.native_vs_translated
     teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool)}
@@ -281,7 +308,6 @@ def native_vs_translated_pairs(cfg, scored: pl.DataFrame, prompts: pl.DataFrame,
     translator_cfg = nvt.translator_model or TeacherConfig(name="translator", model="embedded:base")
     translator_path = find_model(pool, "base")["path"] if translator_cfg.embedded else None
     translator = make_backend(translator_cfg, translator_path)
-    best, _ = reward_routing(scored.lazy(), cfg.arbitrage.routing)
-    best = best.collect().join(scored.select("completion_id", "text"), on="completion_id", how="left")
+    best = best.join(scored.select("completion_id", "text"), on="completion_id", how="left")
     scorer, _ = arbiter_scorer(cfg, arbiter)
     return native_vs_translated(best, prompts, teachers[weak][1], translator, nvt, run_id=run_id, scorer=scorer)

@@ -35,7 +35,7 @@ def _plant(home) -> None:
         "strategy": ["reward_routing"] * 2 + ["single_teacher"] * 2, "completion_id": ["c_1", "c_2"] * 2,
         "teacher": ["t1"] * 4, "reward": [1.0, 0.5] * 2, "margin": [0.0] * 4, "run_id": ["r"] * 4,
     })
-    wh.write_table("selections", sel)
+    wh.write_table("selections", sel, {"language": "es"})
 
 
 def _run(home, tmp_path, decontaminate: bool):
