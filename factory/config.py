@@ -24,6 +24,7 @@ from factory.pairs import BestWorstConfig, NativeVsTranslatedConfig
 from factory.router import RouterConfig
 from factory.routing import RoutingConfig
 from factory.scoring.fidelity import FidelityConfig
+from factory.scoring.llm_judge import LLMJudgeConfig
 from factory.winrates import WinRateConfig
 from training.dpo import DPOStageConfig
 from training.reward_model import RewardModelConfig
@@ -114,7 +115,21 @@ class ArbiterConfig(Strict):
 
 
 class ScoringConfig(Strict):
+    """The Arbiter always scores; an LLM judge can score too (its rows are kept alongside, under
+    its own scorer name). Routing and pairs use `primary`: the Arbiter unless set otherwise."""
+
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    llm_judge: LLMJudgeConfig | None = None  # an extra absolute-score scorer through any backend
+    llm_judge_model: TeacherConfig | None = None  # its backend (e.g. an OpenAI-compatible server)
+    primary: Literal["arbiter", "llm_judge"] = "arbiter"
+
+    @model_validator(mode="after")
+    def _judge(self):
+        if (self.llm_judge is None) != (self.llm_judge_model is None):
+            raise ValueError("scoring.llm_judge and scoring.llm_judge_model go together")
+        if self.primary == "llm_judge" and self.llm_judge is None:
+            raise ValueError("scoring.primary: llm_judge needs scoring.llm_judge")
+        return self
 
 
 STRATEGY_NAMES = ["reward_routing", "fixed_routing", "random_routing", "single_teacher", "learned_routing"]

@@ -20,12 +20,28 @@ def teacher_backends(cfg, pool: pl.DataFrame) -> list:
     return out
 
 
+def configured_scorers(cfg, arbiter: pl.DataFrame) -> list:
+    """The Arbiter, plus the LLM judge scorer when configured."""
+    scorers = [arbiter_scorer(cfg, arbiter)[0]]
+    if cfg.scoring.llm_judge is not None:
+        from factory.generation.registry import make_backend
+
+        scorers.append(cfg.scoring.llm_judge.build(make_backend(cfg.scoring.llm_judge_model)))
+    return scorers
+
+
+def primary_scorer(cfg) -> str:
+    """The scorer whose rewards drive routing and pairs."""
+    return cfg.scoring.llm_judge.name if cfg.scoring.primary == "llm_judge" else "arbiter"
+
+
 def arbiter_scorer(cfg, arbiter: pl.DataFrame):
     from factory.scoring.sequence_classifier import SequenceClassifierScorer
 
     row = only(arbiter)
     return SequenceClassifierScorer(
-        row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device
+        row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device,
+        name="arbiter",
     ), row
 
 
@@ -79,8 +95,8 @@ def scores(
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    scorer, _ = arbiter_scorer(cfg, arbiter)
-    scored, quarantine = score_generations(generations, prompts, [scorer], cfg.scoring.fidelity, context.run_id)
+    scored, quarantine = score_generations(generations, prompts, configured_scorers(cfg, arbiter), cfg.scoring.fidelity,
+                                           context.run_id)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
     table = teacher_table(scored)
     total_s = float(generations["seconds"].sum() or 0)
@@ -101,9 +117,10 @@ def scores(
     yield dg.AssetCheckResult(check_name="rewards_finite", passed=bool(finite) if scored.height else True)
 
 
-def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame) -> pl.DataFrame:
-    """Scores joined with what routing and pairing need from generations (sample index, text)."""
-    return scores.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")
+def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame, scorer: str = "arbiter") -> pl.DataFrame:
+    """One scorer's scores joined with what routing and pairing need from generations (sample index, text)."""
+    mine = scores.filter(pl.col("scorer") == scorer)
+    return mine.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")
 
 
 ROUTING_COLUMNS = ["prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match"]
@@ -124,7 +141,7 @@ def router(
 
     cfg = factory.settings()
     arb = cfg.arbitrage
-    scored = scored_frame(scores, generations).select(ROUTING_COLUMNS)
+    scored = scored_frame(scores, generations, primary_scorer(cfg)).select(ROUTING_COLUMNS)
     single = arb.routing.single_teacher or best_mean_teacher(scored)
     path, report = "", {}
     if "learned_routing" in arb.strategies:
@@ -158,7 +175,7 @@ def selections(
     row = only(router)
     routing = arb.routing.model_copy(update={"single_teacher": json.loads(row["config"])["single_teacher"]})
     model = Router.load(row["path"]) if row["path"] else None
-    sel, quarantine = select(scored_frame(scores, generations), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
+    sel, quarantine = select(scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
     factory.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
     summary = strategy_summary(sel).select("strategy", "n_selected", "mean_reward").sort("mean_reward", descending=True)
     context.add_output_metadata({"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height})
@@ -257,7 +274,7 @@ def preference_pairs(
     cfg = factory.settings()
     wh = factory.warehouse()
     lang = context.partition_key
-    scored = scored_frame(scores, generations)
+    scored = scored_frame(scores, generations, primary_scorer(cfg))
     bw = cfg.pairs.best_worst
     pairs, stats = best_worst(scored, prompts, bw.min_margin, require_language_match=bw.require_language_match, run_id=context.run_id)
     frames, quarantined = [pairs], []
