@@ -70,7 +70,7 @@ def win_rates(context: dg.AssetExecutionContext, factory: FactoryResource, judgm
     """Win rate (ties count half) per language and overall (macro average) against the baseline,
     with seeded bootstrap 95% CIs, and the step-by-step chart (also under FACTORY_HOME/reports/)."""
     from factory.charts import language_chart, step_chart
-    from factory.winrates import validate_judgments
+    from factory.winrates import bradley_terry, validate_judgments
     from factory.winrates import win_rates as compute
 
     cfg = factory.settings()
@@ -86,10 +86,14 @@ def win_rates(context: dg.AssetExecutionContext, factory: FactoryResource, judgm
     lang_png = language_chart(named, order, reports / "win_rates_by_language.png", baseline_name=label)
     step = step_table(rates)
     (reports / "step_by_step.md").write_text(markdown_table(step) + "\n")
+    # Bradley-Terry over every model (all compared with the same baseline), stage names for ids.
+    names = dict(zip(valid["model"], valid["stage"], strict=False)) | {b: "baseline" for b in valid["baseline"].unique()}
+    bt = bradley_terry(valid).with_columns(pl.col("model").replace_strict(names, default=pl.col("model")).alias("model"))
     context.add_output_metadata({
         "step_by_step": dg.MetadataValue.md(markdown_table(step)),
         "chart": dg.MetadataValue.md(image_markdown(step_png, "win rate vs single-teacher SFT")),
         "per_language_chart": dg.MetadataValue.md(image_markdown(lang_png, "per-language win rates")),
+        "bradley_terry": dg.MetadataValue.md(markdown_table(bt.sort("rating", descending=True))),
         "reports": str(reports),
     })
     return rates
