@@ -256,14 +256,8 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
 
 def load_prompts(cfg: PromptsConfig, language: str, run_id: str, languages: list[str]) -> PromptBatch:
     """Read every configured source for `language` and validate the rows."""
-    def rows() -> Iterator[RawPrompt]:
-        for src in cfg.sources:
-            for row in read_source(src, language):
-                if src.origin == "translated":
-                    row.source = row.source or src.source_label()
-                yield row
-
-    batch = build_prompts(rows(), language, cfg, run_id, languages)
+    rows = (row for src in cfg.sources for row in read_source(src, language))
+    batch = build_prompts(rows, language, cfg, run_id, languages)
     origins = {s.source_label(): s.origin for s in cfg.sources}
     if batch.prompts.height and any(o == "translated" for o in origins.values()):
         batch.prompts = batch.prompts.with_columns(

@@ -292,7 +292,7 @@ def preference_pairs(
     if not cfg.arbitrage.decontaminate:
         kept, hits = with_text, hits.clear()
     kept = kept.drop("text")
-    wh.quarantine("preference_pairs", lang, pl.concat([*quarantined, hits], how="diagonal_relaxed") if quarantined or hits.height else hits, context.run_id)
+    wh.quarantine("preference_pairs", lang, pl.concat([*quarantined, hits], how="diagonal_relaxed"), context.run_id)
     counts, warnings = pair_counts(kept, cfg.pairs.min_pairs_per_language, [lang])
     yield dg.Output(kept, metadata={
         "best_worst_stats": dg.MetadataValue.json(stats),

@@ -92,3 +92,13 @@ def test_config_errors_name_the_bad_key():
         parse_config({"languages": ["en"], "prompts": {"eval_fractoin": 0.1}})
     with pytest.raises(ConfigError, match="unknown language code 'klingon'"):
         parse_config({"languages": ["klingon"]})
+
+
+def test_origin_follows_the_source(tmp_path):
+    native = tmp_path / "native.jsonl"
+    native.write_text(json.dumps({"prompt": "¿Qué hora es?", "language": "es"}) + "\n")
+    translated = tmp_path / "translated.jsonl"
+    translated.write_text(json.dumps({"prompt": "¿Dónde vives ahora?", "language": "es"}) + "\n")
+    cfg = _cfg(PromptSource(kind="jsonl", path=str(native)), PromptSource(kind="jsonl", path=str(translated), origin="translated"))
+    got = dict(load_prompts(cfg, "es", "r", LANGS).prompts.select("text", "origin").iter_rows())
+    assert got == {"¿Qué hora es?": "native", "¿Dónde vives ahora?": "translated"}
