@@ -139,6 +139,18 @@ def status(home: HomeOpt = None) -> None:
 
 
 @app.command()
+def config(config: ConfigOpt = None) -> None:
+    """Print the run config with every default filled in (validated), as YAML."""
+    import yaml
+
+    _env(config, None)
+    from factory.config import active_config, config_path
+
+    typer.echo(f"# {config_path()}")
+    typer.echo(yaml.safe_dump(active_config().model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+
+
+@app.command()
 def lineage(
     row_id: Annotated[str, typer.Argument(help="A pair (pr_), completion (c_), prompt (p_), checkpoint (ck_) or judgment (j_) id.")],
     home: HomeOpt = None,

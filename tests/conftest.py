@@ -18,3 +18,16 @@ def home(tmp_path, monkeypatch):
     path = tmp_path / "home"
     monkeypatch.setenv("FACTORY_HOME", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_factory_env():
+    """The CLI's --config/--home set env vars for Dagster to see; undo that after each test."""
+    keys = ("FACTORY_CONFIG", "FACTORY_HOME", "DAGSTER_HOME")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
