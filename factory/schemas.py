@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
+MESSAGES = pl.List(MESSAGE)  # a conversation in TRL's conversational format
+
 PROMPTS = {
     "prompt_id": pl.String,
     "language": pl.String,
@@ -66,14 +69,26 @@ PREFERENCE_PAIRS = {
     "language": pl.String,
     "method": pl.String,  # best_worst | native_vs_translated | online
     "round": pl.Int32,  # 0 offline, k for online round k
-    "prompt": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-    "chosen": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
-    "rejected": pl.List(pl.Struct({"role": pl.String, "content": pl.String})),
+    "prompt": MESSAGES,
+    "chosen": MESSAGES,
+    "rejected": MESSAGES,
     "chosen_completion_id": pl.String,
     "rejected_completion_id": pl.String,
     "chosen_reward": pl.Float64,
     "rejected_reward": pl.Float64,
     "margin": pl.Float64,
+    "run_id": pl.String,
+}
+
+SFT_DATA = {  # TRL's conversational prompt-completion format, plus ids
+    "prompt": MESSAGES,
+    "completion": MESSAGES,
+    "prompt_id": pl.String,
+    "language": pl.String,
+    "strategy": pl.String,
+    "completion_id": pl.String,
+    "teacher": pl.String,
+    "reward": pl.Float64,
     "run_id": pl.String,
 }
 
@@ -149,6 +164,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "scores": SCORES,
     "selections": SELECTIONS,
     "preference_pairs": PREFERENCE_PAIRS,
+    "sft_data": SFT_DATA,
     "checkpoints": CHECKPOINTS,
     "judgments": JUDGMENTS,
     "win_rates": WIN_RATES,

@@ -12,17 +12,10 @@ from __future__ import annotations
 
 import polars as pl
 
-MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
-SFT_ROWS = {
-    "prompt": pl.List(MESSAGE),
-    "completion": pl.List(MESSAGE),
-    "prompt_id": pl.String,
-    "language": pl.String,
-    "strategy": pl.String,
-    "completion_id": pl.String,
-    "teacher": pl.String,
-    "reward": pl.Float64,
-}
+from factory.schemas import SFT_DATA
+
+# The rows to_sft_rows makes: the sft_data table's columns; the asset adds run_id.
+SFT_ROWS = {c: t for c, t in SFT_DATA.items() if c != "run_id"}
 
 
 def message(role: str, content: pl.Expr) -> pl.Expr:

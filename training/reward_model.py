@@ -20,11 +20,11 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash, normalize_text
+from factory.schemas import MESSAGES as _MESSAGES
 from factory.sources.chatterbot import Dialog
 
 PAIR_KINDS: tuple[str, ...] = ("other_language", "other_prompt", "degenerate")
 
-_MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 REWARD_PAIRS = {
     "prompt": _MESSAGES,
     "chosen": _MESSAGES,
