@@ -95,8 +95,8 @@ def scores(
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    scored, quarantine = score_generations(generations, prompts, configured_scorers(cfg, arbiter), cfg.scoring.fidelity,
-                                           context.run_id)
+    scorers = configured_scorers(cfg, arbiter)
+    scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
     table = teacher_table(scored)
     total_s = float(generations["seconds"].sum() or 0)
@@ -107,8 +107,11 @@ def scores(
         "quarantined": quarantine.height,
     })
     per = scored.group_by("completion_id", "scorer").len()
-    scored_ids = set(scored["completion_id"]) | set(quarantine["row_key"]) if quarantine.height else set(scored["completion_id"])
-    missing = generations.filter(~pl.col("completion_id").is_in(list(scored_ids))).height
+    # Per scorer, every completion is scored or quarantined (row_key "<completion_id>|<scorer>").
+    expected = {(cid, s.name) for cid in generations["completion_id"].to_list() for s in scorers}
+    covered = set(zip(scored["completion_id"], scored["scorer"], strict=True))
+    covered |= {tuple(k.rsplit("|", 1)) for k in quarantine["row_key"].to_list()}
+    missing = len(expected - covered)
     yield dg.AssetCheckResult(
         check_name="one_score_per_completion", passed=bool(per["len"].max() in (None, 1)) and missing == 0,
         metadata={"duplicates": int((per["len"] > 1).sum()), "unscored_not_quarantined": missing},
