@@ -196,6 +196,17 @@ def make_log_callback(stage: str, keys: tuple[str, ...] = ()) -> Any:
     return StageLogLine()
 
 
+def _bar_only_progress():
+    """The Trainer's progress bar without the log dictionary it prints at every logging step."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    return BarOnly()
+
+
 def train_and_publish(
     run: StageRun, trainer: Any, tokenizer: Any, resume_from: str | None, base: dict, extra_keys: tuple[str, ...] = ()
 ) -> dict:
@@ -203,10 +214,14 @@ def train_and_publish(
 
     `extra_keys` are log keys (e.g. "rewards/accuracies") reported from the last log entry that has them.
     """
-    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    if trainer.args.disable_tqdm:  # quiet mode: our log line replaces the Trainer's printed dicts
+    # The progress bar stays; the log dicts the Trainer prints under it go (metrics are returned,
+    # and the stage's log line carries the loss).
+    if trainer.args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
+    elif trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_bar_only_progress())
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
