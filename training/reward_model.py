@@ -183,6 +183,7 @@ def train_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    from training.run_dir import quiet_progress
     from training.tiny import save_model
 
     cfg = cfg or RewardModelConfig()
@@ -222,6 +223,7 @@ def train_reward_model(
         dataloader_num_workers=0,
     )
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    quiet_progress(trainer)
     threads = torch.get_num_threads()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

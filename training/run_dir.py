@@ -196,6 +196,15 @@ def make_log_callback(stage: str, keys: tuple[str, ...] = ()) -> Any:
     return StageLogLine()
 
 
+def quiet_progress(trainer: Any) -> None:
+    """Keep `trainer`'s progress bar (if any) but not the log dictionaries the Trainer prints."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_bar_only_progress())
+
+
 def _bar_only_progress():
     """The Trainer's progress bar without the log dictionary it prints at every logging step."""
     from transformers.trainer_callback import ProgressCallback
@@ -214,14 +223,9 @@ def train_and_publish(
 
     `extra_keys` are log keys (e.g. "rewards/accuracies") reported from the last log entry that has them.
     """
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    # The progress bar stays; the log dicts the Trainer prints under it go (metrics are returned,
-    # and the stage's log line carries the loss).
-    if trainer.args.disable_tqdm:
-        trainer.remove_callback(PrinterCallback)
-    elif trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_bar_only_progress())
+    # The progress bar stays; the log dicts the Trainer prints go (metrics are returned, and the
+    # stage's log line carries the loss).
+    quiet_progress(trainer)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
