@@ -184,7 +184,9 @@ def cluster_models(
 
 
 @dg.asset(io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training", kinds={"pytorch"})
-def merged_model(context: dg.AssetExecutionContext, factory: FactoryResource, cluster_models: pl.DataFrame):
+def merged_model(
+    context: dg.AssetExecutionContext, factory: FactoryResource, cluster_models: pl.DataFrame, embedded_pool: pl.DataFrame
+):
     """The cluster models merged into one (weighted linear averaging by default, the method Aya
     kept; slerp, ties, dare_ties and dare_linear by config), streamed tensor by tensor."""
     from training.merge.run import merge_models
@@ -197,7 +199,7 @@ def merged_model(context: dg.AssetExecutionContext, factory: FactoryResource, cl
     out = factory.warehouse().dir("models") / "merged_model"
     base = None
     if m.method in ("ties", "dare_ties", "dare_linear"):
-        base = base_model(cfg, factory_pool(factory))[0]
+        base = base_model(cfg, embedded_pool)[0]
     params = {"t": m.t} if m.method == "slerp" else {}
     info = merge_models(paths, m.method, out, weights=weights, base=base,
                         densities=[m.density] * len(paths) if m.method in ("ties", "dare_ties", "dare_linear") else None,
@@ -207,10 +209,6 @@ def merged_model(context: dg.AssetExecutionContext, factory: FactoryResource, cl
         "stage": "merged", "name": "merged_model", "path": out, "parents": cluster_models["checkpoint_id"].to_list(),
         "datasets": {}, "config": {**m.model_dump(), "models": names}, "metrics": {k: v for k, v in info.items() if k != "config"},
     }], context.run_id)
-
-
-def factory_pool(factory: FactoryResource) -> pl.DataFrame:
-    return factory.warehouse().read_table("checkpoints", {"producer": "embedded_pool"})
 
 
 TRAINING_ASSETS = [sft_model, sft_model_single_teacher, dpo_offline_model, *ONLINE_ASSETS, cluster_models, merged_model]
