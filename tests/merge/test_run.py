@@ -191,3 +191,26 @@ def test_relative_paths_resolve_against_the_yaml_folder_and_output_is_replaced(t
     assert info["inputs"] == [str(m["ft_a"].resolve()), str(m["ft_c"].resolve())]
     a, c, got = _state(m["ft_a"]), _state(m["ft_c"]), _state(out)
     torch.testing.assert_close(got["model.norm.weight"], (a["model.norm.weight"] + c["model.norm.weight"]) / 2)
+
+
+def test_integer_and_scalar_tensors_are_copied_from_the_first_model(tmp_path):
+    from safetensors.torch import save_file
+
+    folders = []
+    for i, scale in enumerate((1.0, 3.0)):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        save_file(
+            {
+                "w": torch.full((4, 3), scale),
+                "step": torch.tensor(7 + i, dtype=torch.int64),  # 0-dim integer buffer
+                "ids": torch.arange(5, dtype=torch.int32) * (i + 1),
+            },
+            folder / "model.safetensors",
+        )
+        folders.append(folder)
+    merge_models(folders, "linear", tmp_path / "out")
+    out = _state(tmp_path / "out")
+    assert torch.equal(out["w"], torch.full((4, 3), 2.0))
+    assert out["step"].shape == () and int(out["step"]) == 7
+    assert torch.equal(out["ids"], torch.arange(5, dtype=torch.int32))

@@ -88,3 +88,42 @@ def test_plan_shards_and_sizes():
     assert parse_size("2GB") == 2 * 10**9 and parse_size("64KiB") == 65536 and parse_size(123) == 123
     with pytest.raises(ValueError, match="cannot parse size"):
         parse_size("lots")
+
+
+def test_read_into_reuses_the_callers_buffer(tiny_models):
+    with CheckpointReader(tiny_models["ft_b_sharded"]) as reader:
+        names = reader.names()
+        largest = max(reader.infos[n].nbytes for n in names)
+        buffer = torch.empty(largest, dtype=torch.uint8)
+        for name in names:
+            got = reader.read_into(name, buffer)
+            assert got.data_ptr() == buffer.data_ptr()  # no new memory
+            assert torch.equal(got, reader.get(name))
+        with pytest.raises(ValueError, match="at least"):
+            reader.read_into(names[0], torch.empty(1, dtype=torch.uint8))
+
+
+def test_reader_refuses_a_truncated_file(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(64, 64)}, tmp_path / "model.safetensors")
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        CheckpointReader(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        CheckpointReader(tmp_path)
+
+
+def test_writer_files_are_exactly_header_plus_data(tmp_path):
+    # shard files are preallocated to their final size: nothing may be left over at the end
+    tensors = _tensors()
+    writer = StreamingCheckpointWriter(tmp_path, _infos(tensors), max_shard_bytes=10**9)
+    for name, t in tensors.items():
+        writer.write(name, t)
+    writer.close()
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert len(raw) == 8 + header_len + sum(t.numel() * t.element_size() for t in tensors.values())
+    assert (8 + header_len) % 8 == 0

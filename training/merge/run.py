@@ -109,12 +109,18 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
         check_same_tensors(readers)
         ref = readers[str(source)]
         out_infos = [_output_info(ref.infos[n], config.dtype) for n in ref.names()]
-        writer = StreamingCheckpointWriter(tmp, out_infos, parse_size(config.max_shard_size), background=True)
+        writer = StreamingCheckpointWriter(tmp, out_infos, parse_size(config.max_shard_size))
         kwargs = _method_kwargs(method, config.parameters, weights, densities)
+        inputs = [readers[str(m)] for m in members]
+        base_reader = readers[str(base)] if "base" in method.params else None
+        # One reusable buffer per input, as large as the largest tensor: read_into fills them
+        # and in-place methods merge into the first, so no tensor's memory is faulted in anew.
+        largest = max(info.nbytes for reader in readers.values() for info in reader.infos.values())
+        buffers = [_empty_bytes(largest) for _ in range(len(inputs) + (base_reader is not None))]
         with torch_threads(config.threads):
             for info in out_infos:
-                merged = _merge_tensor(info.name, method, kwargs, readers, members, base, ref, config.seed)
-                writer.write(info.name, merged.to(torch_dtype(info.dtype)))
+                merged = _merge_tensor(info, method, kwargs, inputs, base_reader, buffers, config.seed)
+                writer.write(info.name, merged)
                 del merged
         writer.close()
         _copy_model_files(source, tok_source, tmp, config.dtype)
@@ -145,16 +151,24 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     }
 
 
-def _merge_tensor(name: str, method: MergeMethod, kwargs: dict, readers, members, base, ref, seed: int):
-    tensors = [readers[str(m)].get(name) for m in members]
-    if ref.infos[name].dtype not in FLOAT_CODES:  # integer buffers are copied, not merged
+def _merge_tensor(info: TensorInfo, method: MergeMethod, kwargs: dict, inputs, base_reader, buffers, seed: int):
+    """Read one tensor from every input into its buffer and merge them (in place where the method can)."""
+    name = info.name
+    tensors = [reader.read_into(name, buf) for reader, buf in zip(inputs, buffers, strict=False)]
+    if inputs[0].infos[name].dtype not in FLOAT_CODES:  # integer buffers are copied, not merged
         return tensors[0]
     call = dict(kwargs)
-    if "base" in method.params:
-        call["base"] = readers[str(base)].get(name)
+    if base_reader is not None:
+        call["base"] = base_reader.read_into(name, buffers[-1])
     if "generator" in method.params:
         call["generator"] = _generator(seed, name)
-    return method.fn(tensors, **call)
+    return method.fn(tensors, **call).to(torch_dtype(info.dtype))
+
+
+def _empty_bytes(n: int):
+    import torch
+
+    return torch.empty(max(1, n), dtype=torch.uint8)
 
 
 @contextmanager
