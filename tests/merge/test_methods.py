@@ -134,6 +134,24 @@ def test_magnitude_prune_large_tensor_and_tied_magnitudes():
     assert int((magnitude_prune(with_zeros, 0.9) != 0).sum()) == 100_000
 
 
+def test_magnitude_prune_breaks_ties_at_the_threshold_by_position_on_large_tensors():
+    # 300k entries, a third of them tied at |1.0|: about 63k others exceed it, so with k = 120k
+    # the threshold is 1.0 and only some of the ties fit
+    x = _randn(300_000, seed=7)
+    x[::3] = torch.where(torch.arange(100_000) % 2 == 0, 1.0, -1.0)
+    k = int(0.4 * x.numel())
+    out = magnitude_prune(x, 0.4)
+    kept = out != 0
+    assert int(kept.sum()) == k
+    assert torch.equal(out[kept], x[kept])  # survivors keep their values and signs
+    assert float(x.abs()[~kept].max()) == 1.0 == float(x.abs()[kept].min())
+    tied_kept = kept & (x.abs() == 1.0)
+    last_kept = int(tied_kept.nonzero().max())
+    dropped_ties = (~kept) & (x.abs() == 1.0)
+    assert int(dropped_ties.nonzero().min()) > last_kept  # the tied entries kept are the first ones
+    assert torch.equal(topk_magnitude_mask(x, k), kept)
+
+
 def test_methods_leave_their_inputs_alone_unless_inplace():
     base = _randn(300, 400, seed=0)
     xs = [base + 0.1 * _randn(300, 400, seed=s) for s in (1, 2)]
