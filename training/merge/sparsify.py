@@ -3,8 +3,8 @@
 Large tensors are processed in cache-sized chunks with reused scratch buffers: on CPU,
 allocating and page-faulting full-size temporaries costs more than the arithmetic.
 Selections (counting, boolean masks, compaction, partial sorts) go through numpy views of
-the same memory: on one thread its boolean ops run 4-20x faster than torch's (see
-docs/bench/merge.md), and neither copies the tensor.
+the same memory: on one thread its boolean ops run 4-6x faster than torch's (see
+docs/BENCHMARKS.md), and neither copies the tensor.
 """
 
 from __future__ import annotations
