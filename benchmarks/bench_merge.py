@@ -93,7 +93,7 @@ def child(mode: str, workdir: Path, prime: bool = True) -> dict:
     torch.set_num_threads(1)  # as the streaming merge does by default: same conditions for every mode
 
     from training.merge import merge_models
-    from training.merge.streaming import CheckpointReader
+    from training.merge.streaming import CheckpointReader, byte_buffer
 
     paths = sorted(p for p in workdir.glob("ckpt*") if p.is_dir())
     out = workdir / f"out_{mode}"
@@ -113,7 +113,7 @@ def child(mode: str, workdir: Path, prime: bool = True) -> dict:
         for path in paths:
             with CheckpointReader(path) as reader:
                 if buffer is None:
-                    buffer = torch.empty(max(i.nbytes for i in reader.infos.values()), dtype=torch.uint8)
+                    buffer = byte_buffer(reader.largest_nbytes)
                 for name in reader.names():
                     reader.read_into(name, buffer)
     elif mode == "io_only":
@@ -151,15 +151,13 @@ def prime_page_cache(workdir: Path, paths: list[Path]) -> None:
 
 def io_only(paths: list[Path], out: Path) -> None:
     """The streaming merge's reads and writes with the arithmetic left out."""
-    import torch
 
-    from training.merge.streaming import CheckpointReader, StreamingCheckpointWriter
+    from training.merge.streaming import CheckpointReader, StreamingCheckpointWriter, byte_buffer
 
     readers = [CheckpointReader(p) for p in paths]
     names = readers[0].names()
     infos = [readers[0].infos[n] for n in names]
-    largest = max(i.nbytes for i in infos)
-    buffers = [torch.empty(largest, dtype=torch.uint8) for _ in readers]
+    buffers = [byte_buffer(readers[0].largest_nbytes) for _ in readers]
     writer = StreamingCheckpointWriter(out, infos, 5 * 10**9)
     for name in names:
         tensors = [r.read_into(name, b) for r, b in zip(readers, buffers, strict=True)]

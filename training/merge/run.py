@@ -23,6 +23,7 @@ from training.merge.streaming import (
     CheckpointReader,
     StreamingCheckpointWriter,
     TensorInfo,
+    byte_buffer,
     parse_size,
     st_code,
     torch_dtype,
@@ -115,11 +116,12 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
         base_reader = readers[str(base)] if "base" in method.params else None
         # One reusable buffer per input, as large as the largest tensor: read_into fills them
         # and in-place methods merge into the first, so no tensor's memory is faulted in anew.
-        largest = max(info.nbytes for reader in readers.values() for info in reader.infos.values())
-        buffers = [_empty_bytes(largest) for _ in range(len(inputs) + (base_reader is not None))]
+        largest = max(reader.largest_nbytes for reader in readers.values())
+        buffers = [byte_buffer(largest) for _ in inputs]
+        base_buffer = byte_buffer(largest) if base_reader is not None else None
         with torch_threads(config.threads):
             for info in out_infos:
-                merged = _merge_tensor(info, method, kwargs, inputs, base_reader, buffers, config.seed)
+                merged = _merge_tensor(info, method, kwargs, inputs, buffers, base_reader, base_buffer, config.seed)
                 writer.write(info.name, merged)
                 del merged
         writer.close()
@@ -151,24 +153,20 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     }
 
 
-def _merge_tensor(info: TensorInfo, method: MergeMethod, kwargs: dict, inputs, base_reader, buffers, seed: int):
+def _merge_tensor(
+    info: TensorInfo, method: MergeMethod, kwargs: dict, inputs, buffers, base_reader, base_buffer, seed: int
+):
     """Read one tensor from every input into its buffer and merge them (in place where the method can)."""
     name = info.name
-    tensors = [reader.read_into(name, buf) for reader, buf in zip(inputs, buffers, strict=False)]
+    tensors = [reader.read_into(name, buf) for reader, buf in zip(inputs, buffers, strict=True)]
     if inputs[0].infos[name].dtype not in FLOAT_CODES:  # integer buffers are copied, not merged
         return tensors[0]
     call = dict(kwargs)
     if base_reader is not None:
-        call["base"] = base_reader.read_into(name, buffers[-1])
+        call["base"] = base_reader.read_into(name, base_buffer)
     if "generator" in method.params:
         call["generator"] = _generator(seed, name)
     return method.fn(tensors, **call).to(torch_dtype(info.dtype))
-
-
-def _empty_bytes(n: int):
-    import torch
-
-    return torch.empty(max(1, n), dtype=torch.uint8)
 
 
 @contextmanager

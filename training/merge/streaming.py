@@ -132,6 +132,13 @@ def weight_files(folder: str | Path) -> dict[str, Path]:
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {folder}")
 
 
+def byte_buffer(nbytes: int) -> torch.Tensor:
+    """An uninitialised 1-D uint8 tensor for `CheckpointReader.read_into`."""
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8)
+
+
 class CheckpointReader:
     """Lazy reader of a (possibly sharded) safetensors checkpoint: one tensor at a time."""
 
@@ -156,11 +163,14 @@ class CheckpointReader:
         """Tensor names in a stable order (sorted)."""
         return sorted(self.infos)
 
+    @property
+    def largest_nbytes(self) -> int:
+        """Size of the checkpoint's largest tensor: a `byte_buffer` this big fits any of them."""
+        return max((info.nbytes for info in self.infos.values()), default=0)
+
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor into fresh memory it owns."""
-        import torch
-
-        return self.read_into(name, torch.empty(self.infos[name].nbytes, dtype=torch.uint8))
+        return self.read_into(name, byte_buffer(self.infos[name].nbytes))
 
     def read_into(self, name: str, buffer: torch.Tensor) -> torch.Tensor:
         """Read one tensor's bytes into the front of `buffer` (a contiguous uint8 tensor at least that
@@ -227,7 +237,7 @@ class StreamingCheckpointWriter:
     Produces `model.safetensors` (one shard) or `model-0000i-of-0000n.safetensors` plus
     `model.safetensors.index.json`, the layout `from_pretrained` loads. Each shard file is
     preallocated to its final size when opened (on ext4, 536 MB of tensor writes took 0.07 s
-    preallocated against 0.10 s appending; docs/BENCHMARKS.md).
+    preallocated against 0.11 s appending, medians; docs/BENCHMARKS.md).
 
     Writes happen in the caller's thread. A writer thread was measured and dropped: with it
     the copies into the page cache ran at 0.5-0.6 GB/s on the 2-vCPU benchmark machine and
