@@ -1,10 +1,17 @@
 """Publish a table as a Hugging Face dataset folder, and push it to a hub when credentials exist.
 
 Layout: data/<config>/<split>-0000i-of-0000N.parquet (one config per value of
-`config_column`, sharded by `max_rows_per_shard`) and a README.md dataset card
-whose YAML front matter declares the configs, so
-`datasets.load_dataset(folder, name=config)` works, and TRL trains on
+`config_column`, a column name or a polars expression, sharded by
+`max_rows_per_shard`) and a README.md dataset card whose YAML front matter
+declares the configs. An `all` config, the default, reads every config's files
+(no copy), so `datasets.load_dataset(folder)` loads every row and
+`datasets.load_dataset(folder, name=config)` one config. TRL trains on
 preference pairs as they are (prompt/chosen/rejected message lists).
+
+Online DPO pairs (method `online`) are on-policy data of one round's model, so
+`pair_configs` gives them their own configs (`online_round_<k>`) instead of
+mixing them into the language configs; the card's config table lists the
+languages, methods and rounds in every config.
 """
 
 from __future__ import annotations
@@ -31,6 +38,26 @@ SIZE_BUCKETS = [
 
 
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ALL_CONFIG = "all"
+ONLINE_METHOD = "online"
+ONLINE_PREFIX = "online_round_"
+# Columns whose distinct values the card lists per config, when the data has them.
+SUMMARY_COLUMNS = ("language", "method", "round", "strategy")
+MAX_LISTED = 8
+
+
+def pair_configs(config_column: str | None = "language") -> pl.Expr:
+    """Config of each preference pair: `online_round_<k>` for online pairs (round k's own data),
+    else the value of `config_column` (or `offline` when None).
+
+    Reads PREFERENCE_PAIRS columns method, round and `config_column`.
+    """
+    offline = pl.col(config_column).cast(pl.String) if config_column else pl.lit("offline")
+    return (
+        pl.when(pl.col("method") == ONLINE_METHOD)
+        .then(pl.format(ONLINE_PREFIX + "{}", pl.col("round")))
+        .otherwise(offline)
+    )
 
 
 class PublishConfig(BaseModel):
@@ -96,6 +123,26 @@ def _write_shards(df: pl.DataFrame, folder: Path, split: str, max_rows: int) -> 
     return names
 
 
+def _config_order(config: str) -> tuple:
+    """Data configs by name, then the online rounds by round number."""
+    round_ = config.removeprefix(ONLINE_PREFIX)
+    return (1, int(round_), "") if config.startswith(ONLINE_PREFIX) and round_.isdigit() else (0, 0, config)
+
+
+def _values(part: pl.DataFrame, column: str) -> str:
+    values = sorted({str(v) for v in part[column].unique().to_list() if v is not None})
+    shown = ", ".join(values[:MAX_LISTED])
+    return shown + (f", ... ({len(values)} values)" if len(values) > MAX_LISTED else "")
+
+
+def config_summary(parts: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """One row per config: rows, and the distinct languages, methods, rounds and strategies in it."""
+    first = next(iter(parts.values()))
+    listed = [c for c in SUMMARY_COLUMNS if c in first.columns]
+    rows = [{"config": c, "rows": p.height, **{col: _values(p, col) for col in listed}} for c, p in parts.items()]
+    return pl.DataFrame(rows, schema={"config": pl.String, "rows": pl.Int64, **dict.fromkeys(listed, pl.String)})
+
+
 def dataset_card(
     *,
     name: str,
@@ -104,30 +151,46 @@ def dataset_card(
     task_categories: list[str],
     split: str,
     config_column: str | None,
-    counts: dict[str, int],
+    summary: pl.DataFrame,
+    languages: list[str],
     columns: dict[str, str],
     source_info: dict[str, Any],
 ) -> str:
-    """README.md text: YAML front matter (configs, language, license, ...) and a readable card body."""
+    """README.md text: YAML front matter (configs, language, license, ...) and a readable card body.
+
+    `summary` is `config_summary` of the configs as written, in card order; an `all` row among
+    them becomes the default config, reading every other config's files.
+    """
     import yaml
 
-    total = sum(counts.values())
+    configs = summary["config"].to_list()
+    parts = [c for c in configs if c != ALL_CONFIG]
+    default = ALL_CONFIG if ALL_CONFIG in configs else configs[0]
+    total = int(summary.filter(pl.col("config").is_in(parts))["rows"].sum())
+
+    def files(config: str) -> str | list[str]:
+        if config == ALL_CONFIG:
+            return [f"data/{c}/{split}-*.parquet" for c in parts]
+        return f"data/{config}/{split}-*.parquet"
+
     meta: dict[str, Any] = {"pretty_name": name}
-    if config_column == "language":
-        meta["language"] = sorted({_hub_language(c) for c in counts})
+    if languages:
+        meta["language"] = sorted({_hub_language(c) for c in languages})
     meta["license"] = licenses[0] if len(licenses) == 1 else licenses
     meta["size_categories"] = [_size_category(total)]
     meta["task_categories"] = task_categories
     meta["configs"] = [
         {
             "config_name": c,
-            "data_files": [{"split": split, "path": f"data/{c}/{split}-*.parquet"}],
-            **({"default": True} if i == 0 else {}),
+            "data_files": [{"split": split, "path": files(c)}],
+            **({"default": True} if c == default else {}),
         }
-        for i, c in enumerate(counts)
+        for c in configs
     ]
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
-    first = next(iter(counts))
+    split_by = {None: "", "": ""}.get(config_column, f", one per `{config_column}`")
+    some = next((c for c in parts if c != default), default)
+    listed = summary.columns
     lines = [
         "---",
         front.rstrip(),
@@ -137,13 +200,23 @@ def dataset_card(
         "",
         description,
         "",
-        f"{total} rows in {len(counts)} config(s)" + (f", one per `{config_column}`." if config_column else "."),
+        f"{total} rows in {len(parts)} config(s){split_by}."
+        + (f" `{ALL_CONFIG}`, the default config, holds every row." if ALL_CONFIG in configs else ""),
+        *(
+            [
+                "",
+                f"Online DPO pairs (method `{ONLINE_METHOD}`, sampled from round k's policy and ranked by the reward "
+                f"model) are in their own configs `{ONLINE_PREFIX}<k>`, not in the other configs.",
+            ]
+            if any(c.startswith(ONLINE_PREFIX) for c in parts)
+            else []
+        ),
         "",
         "## Configs",
         "",
-        "| config | rows |",
-        "|---|---:|",
-        *[f"| {c} | {n} |" for c, n in counts.items()],
+        "| " + " | ".join(listed) + " |",
+        "|" + "|".join("---:" if c == "rows" else "---" for c in listed) + "|",
+        *["| " + " | ".join(_cell(v) for v in row) + " |" for row in summary.iter_rows()],
         "",
         "## Columns",
         "",
@@ -162,7 +235,12 @@ def dataset_card(
         "```python",
         "from datasets import load_dataset",
         "",
-        f'ds = load_dataset("<this folder or repo id>", name="{first}", split="{split}")',
+        f'ds = load_dataset("<this folder or repo id>", split="{split}")  # config {default}',
+        *(
+            [f'ds = load_dataset("<this folder or repo id>", name="{some}", split="{split}")']
+            if some != default
+            else []
+        ),
         "```",
         "",
         "Preference pairs (`prompt`, `chosen`, `rejected` message lists) train as they are with TRL's `DPOTrainer`.",
@@ -178,7 +256,7 @@ def publish_dataset(
     out_dir: str | Path,
     *,
     name: str,
-    config_column: str | None = "language",
+    config_column: str | pl.Expr | None = "language",
     description: str = "",
     licenses: list[str],
     source_info: dict[str, Any],
@@ -188,26 +266,34 @@ def publish_dataset(
 ) -> Path:
     """Write `df` as a Hugging Face dataset folder at `out_dir` (atomically: temp dir, then rename).
 
-    One config per distinct value of `config_column` (a single "default" config when None);
-    rows with a null config value are an error, not silently dropped.
+    One config per distinct value of `config_column` (a column name, or an expression such as
+    `pair_configs()`), plus `all`, the default config, over every row; a single "default" config
+    when None. Rows with a null config value are an error, not silently dropped.
     """
     if df.is_empty():
         raise ValueError("refusing to publish an empty dataset")
     if max_rows_per_shard < 1:
         raise ValueError("max_rows_per_shard must be >= 1")
     if config_column is not None:
-        if config_column not in df.columns:
+        if isinstance(config_column, str) and config_column not in df.columns:
             raise ValueError(f"config column {config_column!r} not in {df.columns}")
-        nulls = df[config_column].null_count()
+        expr = pl.col(config_column) if isinstance(config_column, str) else config_column
+        keys = df.select(expr.cast(pl.String).alias("config"))["config"]
+        nulls = keys.null_count()
         if nulls:
-            raise ValueError(f"{nulls} rows have a null {config_column!r}; quarantine them before publishing")
-        configs = sorted(df[config_column].unique().to_list())
-        parts = {str(c): df.filter(pl.col(config_column) == c) for c in configs}
+            what = repr(config_column) if isinstance(config_column, str) else "config"
+            raise ValueError(f"{nulls} rows have a null {what}; quarantine them before publishing")
+        names = sorted(keys.unique().to_list(), key=_config_order)
+        parts = {c: df.filter(keys == c) for c in names}
         unsafe = [c for c in parts if not _CONFIG_NAME.fullmatch(c)]
         if unsafe:
             raise ValueError(f"config names must match {_CONFIG_NAME.pattern} (they become folder names): {unsafe}")
+        if ALL_CONFIG in parts:
+            raise ValueError(f"{ALL_CONFIG!r} is the config of every row; no data value may take that name")
+        summary = config_summary({ALL_CONFIG: df, **parts})
     else:
         parts = {"default": df}
+        summary = config_summary(parts)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -220,8 +306,9 @@ def publish_dataset(
             licenses=licenses,
             task_categories=task_categories or ["text-generation"],
             split=split,
-            config_column=config_column,
-            counts={c: p.height for c, p in parts.items()},
+            config_column=config_column if isinstance(config_column, str) else "",
+            summary=summary,
+            languages=sorted(df["language"].drop_nulls().unique().to_list()) if "language" in df.columns else [],
             columns={c: str(t) for c, t in df.schema.items()},
             source_info=source_info,
         )

@@ -48,6 +48,24 @@ def pairs() -> pl.DataFrame:
     return conform(pl.DataFrame(rows, schema=PREFERENCE_PAIRS), PREFERENCE_PAIRS)
 
 
+@pytest.fixture
+def online_pairs(pairs) -> pl.DataFrame:
+    """Online DPO pairs as the online rounds write them: method `online`, round k, plus the
+    round's held-out policy columns. Rounds 1 and 2, English and French only."""
+    rows = []
+    for k in (1, 2):
+        part = pairs.filter(pl.col("language").is_in(["en", "fr"])).head(3 if k == 1 else 2)
+        rows.append(
+            part.with_columns(
+                method=pl.lit("online"),
+                round=pl.lit(k, dtype=pl.Int32),
+                pair_id=pl.format("online{}_{}", pl.lit(k), pl.col("pair_id")),
+                policy_heldout_reward=pl.lit(0.1 * k),
+            )
+        )
+    return pl.concat(rows)
+
+
 SOURCE_INFO = {
     "run_ids": ["run_test"],
     "teachers": ["tiny_west", "tiny_east"],

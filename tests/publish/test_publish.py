@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from tests.publish.conftest import SOURCE_INFO
-from warehouse.publish import PublishError, publish_dataset, push_to_hub
+from warehouse.publish import PublishError, pair_configs, publish_dataset, push_to_hub
 
 
 def publish(pairs: pl.DataFrame, out, **kw):
@@ -31,14 +31,38 @@ def test_layout_card_and_sharding(pairs, tmp_path):
         "data/zh-Hans/train-00000-of-00001.parquet",
     ]
     meta = front_matter(folder)
-    assert [c["config_name"] for c in meta["configs"]] == ["en", "fr", "zh-Hans"]
-    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "data/en/train-*.parquet"}]
+    assert [c["config_name"] for c in meta["configs"]] == ["all", "en", "fr", "zh-Hans"]
+    # `all` reads every config's shards (no copy) and is the only default.
+    assert meta["configs"][0]["data_files"] == [
+        {
+            "split": "train",
+            "path": ["data/en/train-*.parquet", "data/fr/train-*.parquet", "data/zh-Hans/train-*.parquet"],
+        }
+    ]
+    assert [c.get("default", False) for c in meta["configs"]] == [True, False, False, False]
+    assert meta["configs"][1]["data_files"] == [{"split": "train", "path": "data/en/train-*.parquet"}]
     assert meta["language"] == ["en", "fr", "zh"]
     assert meta["license"] == "bsd-3-clause" and meta["size_categories"] == ["n<1K"]
     assert meta["pretty_name"] == "tiny-pairs" and meta["task_categories"] == ["text-generation"]
     body = (folder / "README.md").read_text(encoding="utf-8")
-    assert "| zh-Hans | 2 |" in body and "| reward_model | ck_rm |" in body and "load_dataset" in body
+    assert "| all | 10 | en, fr, zh-Hans | best_worst | 0 |" in body
+    assert "Online DPO pairs" not in body
+    assert (
+        "| zh-Hans | 2 | zh-Hans | best_worst | 0 |" in body
+        and "| reward_model | ck_rm |" in body
+        and "load_dataset" in body
+    )
     assert not [p for p in tmp_path.iterdir() if p.name != "ds"]  # no temp dirs left behind
+
+
+def test_load_dataset_without_name_loads_every_row(pairs, tmp_path):
+    from datasets import load_dataset
+
+    folder = publish(pairs, tmp_path / "ds", max_rows_per_shard=3)
+    ds = load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "hf_cache"))
+    assert ds.num_rows == pairs.height
+    assert sorted(ds["pair_id"]) == sorted(pairs["pair_id"].to_list())
+    assert set(ds["language"]) == {"en", "fr", "zh-Hans"}
 
 
 def test_load_dataset_per_config(pairs, tmp_path):
@@ -72,7 +96,49 @@ def test_rejects_bad_input(pairs, tmp_path):
 
 def test_single_default_config(pairs, tmp_path):
     folder = publish(pairs, tmp_path / "ds", config_column=None)
-    assert [c["config_name"] for c in front_matter(folder)["configs"]] == ["default"]
+    configs = front_matter(folder)["configs"]
+    assert [c["config_name"] for c in configs] == ["default"] and configs[0]["default"] is True
+    assert sorted(p.name for p in (folder / "data").iterdir()) == ["default"]
+
+
+def test_online_pairs_get_their_own_configs(pairs, online_pairs, tmp_path):
+    from datasets import load_dataset
+
+    both = pl.concat([pairs, online_pairs], how="diagonal_relaxed")
+    folder = publish(both, tmp_path / "ds", config_column=pair_configs("language"))
+    meta = front_matter(folder)
+    names = [c["config_name"] for c in meta["configs"]]
+    assert names == ["all", "en", "fr", "zh-Hans", "online_round_1", "online_round_2"]
+    assert meta["language"] == ["en", "fr", "zh"]  # config names are not languages
+    body = (folder / "README.md").read_text(encoding="utf-8")
+    assert "| online_round_1 | 3 | en | online | 1 |" in body
+    assert "are in their own configs `online_round_<k>`" in body
+    assert "| all | 15 | en, fr, zh-Hans | best_worst, online | 0, 1, 2 |" in body
+
+    def load(name=None):
+        return load_dataset(str(folder), name=name, split="train", cache_dir=str(tmp_path / "hf_cache"))
+
+    everything = load()
+    assert everything.num_rows == both.height
+    assert sorted(everything["pair_id"]) == sorted(both["pair_id"].to_list())
+    round_1 = load("online_round_1")
+    assert round_1.num_rows == 3 and set(round_1["method"]) == {"online"} and set(round_1["round"]) == {1}
+    assert round_1["policy_heldout_reward"] == pytest.approx([0.1] * 3)
+    en = load("en")
+    assert set(en["method"]) == {"best_worst"} and en.num_rows == 4  # language configs stay offline
+    assert load("online_round_2").num_rows == 2
+
+
+def test_pair_configs_without_a_config_column(pairs, online_pairs):
+    both = pl.concat([pairs, online_pairs], how="diagonal_relaxed")
+    counts = dict(both.group_by(pair_configs(None).alias("config")).len().rows())
+    assert counts == {"offline": pairs.height, "online_round_1": 3, "online_round_2": 2}
+
+
+def test_all_is_reserved(pairs, tmp_path):
+    with pytest.raises(ValueError, match="every row"):
+        publish(pairs.with_columns(language=pl.lit("all")), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
 
 
 def test_push_to_hub_without_token_is_a_clear_error(pairs, tmp_path, monkeypatch):
