@@ -1,8 +1,11 @@
 """Evaluation charts as PNG files (matplotlib, Agg backend, imported lazily).
 
 step_chart: the headline picture, overall (macro) win rate against one fixed
-baseline after each stage, with bootstrap CI error bars and the 50% line.
-language_chart: languages x stages heatmap of win rates.
+baseline after each stage, with bootstrap CI error bars, n per stage and the 50% line.
+language_chart: per language, each stage's win rate with its CI as error bars, n in
+the language labels (a language judged on one prompt shows as n=1, not as a
+confident 0 or 100).
+Both titles name the baseline and the tie rule (a tie counts half a win).
 routing_chart: per language, the share of arbitrage wins per teacher.
 """
 
@@ -13,6 +16,8 @@ from pathlib import Path
 import polars as pl
 
 DEFAULT_STAGES = ("sft_arbitrage", "dpo_offline", "dpo_online_1", "dpo_online_2", "dpo_online_3", "merged")
+TIE_RULE = "ties count half"
+SMALL_N = 10  # below this many judged prompts a language's marker is drawn hollow
 
 
 def _pyplot():
@@ -34,6 +39,20 @@ def _save(fig, out_png: str | Path) -> Path:
     return out
 
 
+def _with_n(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rows with `n`, the number of judged prompts: the `n` column, else wins + ties + losses."""
+    if "n" in rows.columns:
+        return rows
+    if not {"wins", "ties", "losses"} <= set(rows.columns):
+        raise ValueError("win rates need an `n` column or wins, ties and losses to show n")
+    return rows.with_columns(n=pl.col("wins") + pl.col("ties") + pl.col("losses"))
+
+
+def _n_label(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return f"n={lo}" if lo == hi else f"n={lo}-{hi}"
+
+
 def _ordered_stages(present: list[str], stage_order: list[str] | tuple[str, ...]) -> list[str]:
     return [s for s in stage_order if s in present] + sorted(s for s in set(present) - set(stage_order))
 
@@ -43,30 +62,42 @@ def step_chart(
 ) -> Path:
     """Overall win rate vs `baseline_name` after each stage (language "all" rows), with CI bars.
 
-    Reads WIN_RATES columns stage, baseline, language, win_rate, ci_low, ci_high.
+    Reads WIN_RATES columns stage, baseline, language, win_rate, ci_low, ci_high and `n` (or
+    wins, ties, losses). Each bar is labelled with its rate and CI; each stage's tick with its n
+    and, when the table has per-language rows, how many languages the macro average is over.
     Stages missing from the table are left out; stages not in `stage_order` go last.
     """
     rows = win_rates.filter((pl.col("language") == "all") & (pl.col("baseline") == baseline_name))
     if rows.is_empty():
         raise ValueError(f"no overall (language='all') win rates against baseline {baseline_name!r}")
+    rows = _with_n(rows)
+    per_language = win_rates.filter((pl.col("language") != "all") & (pl.col("baseline") == baseline_name))
+    n_languages = dict(per_language.group_by("stage").agg(pl.col("language").n_unique()).rows())
     stages = _ordered_stages(rows["stage"].unique().to_list(), stage_order)
     by_stage = {r["stage"]: r for r in rows.unique("stage", keep="last").to_dicts()}
     y = [100 * by_stage[s]["win_rate"] for s in stages]
     lo = [100 * (by_stage[s]["win_rate"] - by_stage[s]["ci_low"]) for s in stages]
     hi = [100 * (by_stage[s]["ci_high"] - by_stage[s]["win_rate"]) for s in stages]
+    labels = [f"{s}\nn={by_stage[s]['n']}" + (f", {n_languages[s]} langs" if s in n_languages else "") for s in stages]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(stages)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(stages)), 4.5))
     x = list(range(len(stages)))
     ax.bar(x, y, color="#4C72B0", alpha=0.85)
-    ax.errorbar(x, y, yerr=[lo, hi], fmt="o-", color="black", capsize=5)
+    ax.errorbar(x, y, yerr=[lo, hi], fmt="o", color="black", capsize=5, label="95% bootstrap CI")
     ax.axhline(50, color="#C44E52", linestyle="--", linewidth=1, label="50% (parity)")
-    for xi, yi in zip(x, y, strict=True):
-        ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(8, 4), fontsize=8)
-    ax.set_xticks(x, stages, rotation=20, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("win rate vs baseline (%)")
-    ax.set_title(f"Win rate against {baseline_name} after each stage (macro over languages, 95% CI)")
-    ax.legend(loc="lower right")
+    for xi, s in zip(x, stages, strict=True):
+        r = by_stage[s]
+        text = f"{100 * r['win_rate']:.1f}\n[{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"
+        ax.annotate(text, (xi, 100 * r["ci_high"]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 112)
+    ax.set_yticks(range(0, 101, 25))
+    ax.set_ylabel(f"win rate vs {baseline_name} (%)")
+    ax.set_title(
+        f"Win rate against {baseline_name} after each stage\n(macro average over languages; {TIE_RULE}; 95% CI)",
+        fontsize=10,
+    )
+    ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_png)
 
 
@@ -76,9 +107,12 @@ def language_chart(
     out_png: str | Path,
     baseline_name: str | None = None,
 ) -> Path:
-    """Heatmap of per-language win rates (rows: languages, columns: stages); cells annotated in %.
+    """Per-language win rates: one row per language, each stage a marker with its CI as an error bar.
 
-    With several baselines in the table, pass `baseline_name`; otherwise the only one is used.
+    Reads WIN_RATES columns stage, baseline, language, win_rate, ci_low, ci_high and `n` (or wins,
+    ties, losses). Language labels carry n (a range when stages judged different counts);
+    languages judged on fewer than SMALL_N prompts get hollow markers. With several baselines in
+    the table, pass `baseline_name`; otherwise the only one is used (and named in the title).
     """
     rows = win_rates.filter(pl.col("language") != "all")
     baselines = rows["baseline"].unique().to_list()
@@ -88,24 +122,52 @@ def language_chart(
         rows = rows.filter(pl.col("baseline") == baseline_name)
     if rows.is_empty():
         raise ValueError("no per-language win rates to chart")
-    import numpy as np
-
+    baseline = baseline_name or baselines[0]
+    rows = _with_n(rows)
     stages = _ordered_stages(rows["stage"].unique().to_list(), stage_order)
-    languages = sorted(rows["language"].unique().to_list())
-    grid = np.full((len(languages), len(stages)), np.nan)
-    for r in rows.to_dicts():
-        grid[languages.index(r["language"]), stages.index(r["stage"])] = 100 * r["win_rate"]
+    languages = sorted(rows["language"].unique().to_list(), reverse=True)  # top to bottom: a..z
+    ns = {lang: g["n"].to_list() for (lang,), g in rows.group_by("language")}
+    labels = [f"{lang} ({_n_label(ns[lang])})" for lang in languages]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(stages) + 2), max(3, 0.35 * len(languages) + 1.5)))
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    for i in range(len(languages)):
-        for j in range(len(stages)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(stages)), stages, rotation=20, ha="right")
-    ax.set_yticks(range(len(languages)), languages)
-    ax.set_title("Win rate vs baseline per language (%)")
-    fig.colorbar(image, ax=ax, label="win rate (%)")
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.12 * len(stages) * len(languages) + 1.8)))
+    colors = plt.get_cmap("tab10")
+    step = 0.8 / max(1, len(stages))
+    for k, stage in enumerate(stages):
+        mine = {
+            r["language"]: r for r in rows.filter(pl.col("stage") == stage).unique("language", keep="last").to_dicts()
+        }
+        for i, lang in enumerate(languages):
+            r = mine.get(lang)
+            if r is None:
+                continue
+            yk = i + 0.4 - step * (k + 0.5)  # first stage on top within the language's row
+            rate, low, high = (100 * r[c] for c in ("win_rate", "ci_low", "ci_high"))
+            color = colors(k % 10)
+            ax.errorbar(
+                rate,
+                yk,
+                xerr=[[rate - low], [high - rate]],
+                fmt="o",
+                color=color,
+                capsize=2,
+                markersize=4,
+                markerfacecolor=color if r["n"] >= SMALL_N else "white",
+            )
+    ax.axvline(50, color="#C44E52", linestyle="--", linewidth=1)
+    for i in range(1, len(languages)):
+        ax.axhline(i - 0.5, color="#dddddd", linewidth=0.5)
+    ax.set_yticks(range(len(languages)), labels, fontsize=8)
+    ax.set_ylim(-0.5, len(languages) - 0.5)
+    ax.set_xlim(-2, 102)
+    ax.set_xlabel(f"win rate vs {baseline} (%)")
+    ax.set_title(
+        f"Win rate against {baseline} per language\n({TIE_RULE}; 95% bootstrap CI; hollow: n < {SMALL_N} prompts, CI unreliable)",
+        fontsize=10,
+    )
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color=colors(k % 10), markersize=4) for k in range(len(stages))]
+    ax.legend(handles, stages, title="stage", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     return _save(fig, out_png)
 
 
