@@ -81,11 +81,25 @@ def dpo_offline_model(
 
 
 def online_round_assets(k: int, previous: str):
-    """Round k's data (`online_pairs_round_k`) and model (`dpo_online_round_k`), as their own assets."""
+    """Round k's data (`online_pairs_round_k`) and model (`dpo_online_round_k`), as their own assets.
+
+    The descriptions go to the decorators: a docstring set after decoration never reaches the UI.
+    """
+    pairs_description = (
+        f"Online round {k} data: training.online.k samples per training prompt from {previous} (the current policy), "
+        "ranked by the Arbiter, best vs worst (method `online`, round "
+        f"{k}; rows in preference_pairs under producer=online_pairs_round_{k}). Metadata tracks the policy's "
+        "held-out reward, length and language match, so reward hacking shows round by round."
+    )
+    model_description = (
+        f"Online DPO round {k}: TRL DPOTrainer from {previous} (frozen copy as reference) on "
+        f"online_pairs_round_{k}, with round {k}'s beta (training.online.betas)."
+    )
 
     @dg.asset(
         name=f"online_pairs_round_{k}", io_manager_key="warehouse", metadata={"table": "preference_pairs"},
         group_name="training", kinds={"pytorch"}, ins={"policy": dg.AssetIn(previous)},
+        description=pairs_description,
     )
     def online_pairs(context: dg.AssetExecutionContext, factory: FactoryResource, policy: pl.DataFrame,
                      prompts: pl.DataFrame, arbiter: pl.DataFrame) -> pl.DataFrame:
@@ -124,6 +138,7 @@ def online_round_assets(k: int, previous: str):
     @dg.asset(
         name=f"dpo_online_round_{k}", io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training",
         kinds={"pytorch"}, ins={"policy": dg.AssetIn(previous), "pairs": dg.AssetIn(f"online_pairs_round_{k}")},
+        description=model_description,
     )
     def dpo_online(context: dg.AssetExecutionContext, factory: FactoryResource, policy: pl.DataFrame, pairs: pl.DataFrame):
         cfg = factory.settings()
@@ -132,11 +147,6 @@ def online_round_assets(k: int, previous: str):
         datasets = {f"online_pairs_round_{k}": factory.warehouse().version("preference_pairs", {"producer": f"online_pairs_round_{k}"})}
         return _dpo(context, factory, only(policy), pairs, f"dpo_online_round_{k}", f"dpo_online_{k}", dpo_cfg, datasets)
 
-    online_pairs.__doc__ = (
-        f"Online round {k} data: k samples per training prompt from the previous policy, ranked by the "
-        "Arbiter, best vs worst. Metadata tracks held-out reward, length and language match (reward hacking)."
-    )
-    dpo_online.__doc__ = f"Online DPO round {k}: DPO from the previous policy on round {k}'s pairs (beta per round)."
     return [online_pairs, dpo_online]
 
 
