@@ -40,12 +40,24 @@ def _chinese_script(text: str) -> str | None:
     return None
 
 
+def _encodable(text: str) -> str:
+    """`text` as lingua can take it: characters with no UTF-8 encoding (lone surrogates,
+    e.g. from a JSON "\\ud800" escape) become "?" instead of failing the whole batch.
+    Prompt intake quarantines such text before it gets here; model output may still hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def detect_many(texts: Sequence[str], candidates: Iterable[str] | None = None) -> list[str | None]:
     """Detected Aya code per text (None when undecidable, e.g. empty or digits only).
 
     `candidates` limits the languages considered (all 24 codes by default); fewer
     candidates is faster and more accurate on short texts.
     """
+    texts = [_encodable(t) for t in texts]
     names = _names(candidates)
     by_name = {}
     for code, lang in LANGUAGES.items():
@@ -90,7 +102,7 @@ def contradicts(texts: Sequence[str], label: str, candidates: Iterable[str] | No
         if det is None or same_language(label, det):
             out.append(None)
             continue
-        values = detector.compute_language_confidence_values(text)
+        values = detector.compute_language_confidence_values(_encodable(text))
         top = values[0].value if values else 0.0
         mine = next((v.value for v in values if v.language == label_lang), 0.0)
         out.append(det if top - mine >= margin else None)
