@@ -2,17 +2,21 @@
 
 Assets never write table files by hand. Each output becomes one table partition
 (atomic), gets a lineage row (run, code version, input data versions, row
-count) and generic metadata (rows, schema, per-language counts, preview).
+count) and generic metadata: rows, the column schema (with each column's
+description from factory/schemas.py), per-language counts as a table, a preview,
+and the written file's path relative to FACTORY_HOME (so the home can move).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 
+from factory import schemas
 from factory.version import code_version
 from warehouse.store import Warehouse
 
@@ -37,17 +41,51 @@ def partition_for(asset: str, table: str, partition_key: str | None) -> dict[str
     return part
 
 
-def frame_metadata(df: pl.DataFrame, preview_rows: int = 5) -> dict:
-    """Row count, column schema, per-language counts and a preview, for the Dagster UI."""
-    meta: dict = {
-        "dagster/row_count": df.height,
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(name, str(dtype)) for name, dtype in df.schema.items()]
-        ),
-    }
+def column_schema(schema: Mapping[str, pl.DataType], table: str | None = None) -> dg.TableSchema:
+    """Dagster column schema: each column's name, dtype and description in `table`."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, str(dtype), description=schemas.column_description(table, name) if table else None)
+            for name, dtype in schema.items()
+        ]
+    )
+
+
+def _table_type(dtype: pl.DataType) -> str:
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_float():
+        return "float"
+    return "bool" if dtype == pl.Boolean else "string"
+
+
+def metadata_table(df: pl.DataFrame) -> dg.TableMetadataValue:
+    """`df` as Dagster table metadata (shown as a table, not as one number per key plotted over time).
+
+    Numbers and booleans stay typed; other values become strings.
+    """
+    types = {c: _table_type(t) for c, t in df.schema.items()}
+
+    def cell(value, kind: str):
+        if value is None or kind != "string":
+            return value
+        return value if isinstance(value, str) else str(value)
+
+    records = [dg.TableRecord({c: cell(v, types[c]) for c, v in row.items()}) for row in df.iter_rows(named=True)]
+    return dg.MetadataValue.table(
+        records, schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in types.items()])
+    )
+
+
+def frame_metadata(
+    df: pl.DataFrame, preview_rows: int = 5, table: str | None = None, schema: Mapping[str, pl.DataType] | None = None
+) -> dict:
+    """Row count, column schema (`schema`, by default df's; described when `table` is declared),
+    per-language counts and a preview, for the Dagster UI."""
+    meta: dict = {"dagster/row_count": df.height, "dagster/column_schema": column_schema(schema or df.schema, table)}
     if "language" in df.columns and df.height:
-        counts = df.group_by("language").len().sort("language")
-        meta["per_language"] = dg.MetadataValue.md(markdown_table(counts))
+        counts = df.group_by("language").agg(pl.len().cast(pl.Int64).alias("rows")).sort("language")
+        meta["per_language"] = metadata_table(counts)
     if df.height:
         preview = df.head(preview_rows).select(
             [pl.col(c).cast(pl.String, strict=False).str.slice(0, 80) if dt == pl.String else pl.col(c)
@@ -92,8 +130,11 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             input_versions=_LOADED.pop(step, {}),
             started_at=_STARTED.pop(step, datetime.now(UTC)),
         )
-        meta = frame_metadata(obj)
-        meta.update({"table": table, "path": str(result.path), "data_version": result.data_version})
+        # The schema as stored: conformed, with partition columns such as producer.
+        meta = frame_metadata(obj, table=table, schema=pl.read_parquet_schema(result.path))
+        # Relative to the home, so the metadata stays true when FACTORY_HOME is moved or copied.
+        path = result.path.relative_to(wh.home).as_posix()
+        meta.update({"table": table, "path": path, "data_version": result.data_version})
         context.add_output_metadata(meta)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
