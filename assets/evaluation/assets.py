@@ -7,7 +7,7 @@ import polars as pl
 from assets.common import image_markdown, only
 from assets.resources import FactoryResource
 from factory.evaluation import BASELINE, STAGES
-from warehouse.io_manager import markdown_table
+from warehouse.io_manager import markdown_table, metadata_table
 
 
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})
@@ -91,10 +91,11 @@ def win_rates(context: dg.AssetExecutionContext, factory: FactoryResource, judgm
     bt = bradley_terry(valid).with_columns(pl.col("model").replace_strict(names, default=pl.col("model")).alias("model"))
     context.add_output_metadata({
         "step_by_step": dg.MetadataValue.md(markdown_table(step)),
+        "win_rates_by_language": metadata_table(language_table(rates)),
         "chart": dg.MetadataValue.md(image_markdown(step_png, "win rate vs single-teacher SFT")),
         "per_language_chart": dg.MetadataValue.md(image_markdown(lang_png, "per-language win rates")),
         "bradley_terry": dg.MetadataValue.md(markdown_table(bt.sort("rating", descending=True))),
-        "reports": str(reports),
+        "reports": reports.relative_to(wh.home).as_posix(),  # under FACTORY_HOME, which may move
     })
     return rates
 
@@ -106,6 +107,17 @@ def step_table(rates: pl.DataFrame) -> pl.DataFrame:
         rates.filter(pl.col("language") == "all")
         .select("stage", "wins", "ties", "losses", pl.col("win_rate").round(3), pl.col("ci_low").round(3), pl.col("ci_high").round(3))
         .sort(pl.col("stage").replace_strict(order, default=99))
+    )
+
+
+def language_table(rates: pl.DataFrame) -> pl.DataFrame:
+    """Per language and stage: n, win rate and its CI (one row each, for the UI's table view)."""
+    order = {s: i for i, (s, _) in enumerate(STAGES)}
+    return (
+        rates.filter(pl.col("language") != "all")
+        .select("language", "stage", "n", "wins", "ties", "losses",
+                *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high")))
+        .sort("language", pl.col("stage").replace_strict(order, default=99))
     )
 
 
