@@ -1,8 +1,15 @@
 """Prompt sources and validation: raw rows in, (prompts, quarantine, counts) out.
 
-Reads: `RawPrompt` rows from a source for one language. Writes: the `prompts`
-table columns (factory.schemas.PROMPTS) and quarantine rows (row_key, reason,
-payload). Counts reconcile: read = kept + quarantined + duplicates.
+Reads: `RawPrompt` rows from the configured sources. Writes: the `prompts` table
+columns (factory.schemas.PROMPTS) and quarantine rows (row_key, reason, payload,
+code). Every row read lands in exactly one place, so counts reconcile per
+partition: read = kept + quarantined, where duplicates are quarantined too (code
+`duplicate`), and rows no partition of the run takes are counted once, as
+`unrouted` (see `unrouted_owner`).
+
+Quarantine codes: malformed, bad_encoding, missing_column (the row could not be
+read); unknown_language, language_not_in_run (no partition of the run takes it);
+empty, too_long, language_mismatch (the prompt is invalid); duplicate.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +26,8 @@ import polars as pl
 from factory import ids, schemas
 from factory.config import PromptsConfig, PromptSource
 from factory.languages import LANGUAGES
+from factory.sources.chatterbot import iter_raw
+from factory.sources.raw import RawPrompt
 
 # Accepted spellings of language labels in user data -> Aya code.
 _ALIASES = {c.lower(): c for c in LANGUAGES} | {
@@ -26,7 +35,10 @@ _ALIASES = {c.lower(): c for c in LANGUAGES} | {
     "zh-tw": "zh-Hant", "zh_tw": "zh-Hant", "zh-hk": "zh-Hant", "zh_hant": "zh-Hant",
     "pt-br": "pt", "pt_br": "pt", "pt-pt": "pt", "en-us": "en", "en-gb": "en", "es-419": "es",
 }
-UNROUTED = "unrouted"  # quarantine partition for rows whose language is not an Aya code
+UNROUTED = "unrouted"  # quarantine partition for rows no language partition of the run takes
+QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String, "code": pl.String}
+
+__all__ = ["RawPrompt", "PromptBatch", "UNROUTED", "build_prompts", "load_prompts", "read_source"]
 
 
 def normalize_language(label) -> str | None:
@@ -36,57 +48,61 @@ def normalize_language(label) -> str | None:
     return _ALIASES.get(label.strip().lower())
 
 
-@dataclass
-class RawPrompt:
-    language: str | None  # the label as found in the data
-    text: object
-    references: list[str] = field(default_factory=list)
-    source: str = ""
-    row_key: str = ""  # where it came from: file#line, dataset row, ...
-    error: str | None = None  # a read problem found before validation (bad bytes, bad JSON)
+def unrouted_owner(languages: list[str]) -> str:
+    """The language partition that handles rows no partition of the run takes.
 
-    def payload(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+    `prompts` is partitioned by language and every partition reads every source, so
+    a row labelled with an unknown code, a row that cannot be read, or a row of a
+    language outside the run (`fr` when the run has en/es) is seen by every
+    partition. Exactly one of them, the run's first language, quarantines such rows
+    (into the `unrouted` quarantine partition) and counts them; the others skip
+    them. The first language is part of every full run, and a single owner keeps
+    partitions that run in parallel from writing the same quarantine partition.
+    Materializing other partitions alone leaves `unrouted` as it was.
+    """
+    if not languages:
+        raise ValueError("the run has no languages")
+    return languages[0]
 
 
 @dataclass
 class PromptBatch:
     prompts: pl.DataFrame
-    quarantine: pl.DataFrame
-    unrouted: pl.DataFrame  # quarantine rows for labels that are no Aya language
+    quarantine: pl.DataFrame  # this partition's rejected rows, duplicates included (QUARANTINE_COLUMNS)
+    unrouted: pl.DataFrame  # rows no partition takes; only the owner partition has any
     counts: dict[str, int]
+    owns_unrouted: bool = False  # this partition writes the `unrouted` quarantine partition
 
 
 # -- sources -------------------------------------------------------------------------
 
 
-def read_source(src: PromptSource, language: str) -> Iterator[RawPrompt]:
-    """Rows of `src` labelled `language`, plus rows with an unknown label (for quarantine)."""
+def read_source(src: PromptSource, language: str, languages: list[str]) -> Iterator[RawPrompt]:
+    """Rows of `src` for the `language` partition: those labelled `language` and, in the
+    partition of `unrouted_owner(languages)`, those no run language takes (for quarantine)."""
+    owner = language == unrouted_owner(languages)
     rows = _read_chatterbot(language) if src.kind == "chatterbot" else _read_records(src)
     label = src.source_label()
-    taken = 0
+    taken: dict[str, int] = {}
     for row in rows:
         row.source = row.source or label
         if src.language is not None:
             row.language = src.language
         code = normalize_language(row.language)
-        if code == language or (code is None and row.error is None):
-            if code == language and src.max_per_language is not None:
-                if taken >= src.max_per_language:
-                    continue
-                taken += 1
-            yield row
-        elif code is None and row.error is not None:
-            yield row  # an unreadable row: its language is unknown, quarantine it as unrouted
+        if code != language and not (owner and code not in languages):
+            continue  # another partition's row
+        if code is not None and src.max_per_language is not None:
+            if taken.get(code, 0) >= src.max_per_language:
+                continue  # the source is configured to read at most this many rows per language
+            taken[code] = taken.get(code, 0) + 1
+        yield row
 
 
 def _read_chatterbot(language: str) -> Iterator[RawPrompt]:
-    from factory.sources.chatterbot import iter_raw
-
     for code, rel, i, conv in iter_raw([language]):
         key = f"chatterbot:{rel}#{i}"
         if i < 0:
-            yield RawPrompt(code, None, [], key, key, error=str(conv[0]))
+            yield RawPrompt(code, None, [], key, key, error=str(conv[0]), error_code="malformed")
             continue
         turns = ["" if t is None else str(t) for t in conv]
         yield RawPrompt(code, turns[0] if turns else None, [t.strip() for t in turns[1:] if t.strip()], key, key)
@@ -94,7 +110,7 @@ def _read_chatterbot(language: str) -> Iterator[RawPrompt]:
 
 def _record(src: PromptSource, rec: dict, key: str) -> RawPrompt:
     if src.prompt_column not in rec:
-        return RawPrompt(None, None, [], "", key, error=f"missing column {src.prompt_column!r}")
+        return RawPrompt(None, None, [], "", key, error=f"missing column {src.prompt_column!r}", error_code="missing_column")
     lang = rec.get(src.language_column) if src.language_column else None
     refs = rec.get(src.references_column) if src.references_column else None
     if isinstance(refs, str):
@@ -121,17 +137,17 @@ def _read_records(src: PromptSource) -> Iterator[RawPrompt]:
         for n, line, err in _decoded_lines(path):
             key = f"{name}:{n}"
             if err:
-                yield RawPrompt(None, None, [], "", key, error=err)
+                yield RawPrompt(None, None, [], "", key, error=err, error_code="bad_encoding")
                 continue
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield RawPrompt(None, None, [], "", key, error=f"invalid JSON at line {n}: {exc.msg}")
+                yield RawPrompt(None, None, [], "", key, error=f"invalid JSON at line {n}: {exc.msg}", error_code="malformed")
                 continue
             if not isinstance(rec, dict):
-                yield RawPrompt(None, None, [], "", key, error=f"line {n} is not a JSON object")
+                yield RawPrompt(None, None, [], "", key, error=f"line {n} is not a JSON object", error_code="malformed")
                 continue
             yield _record(src, rec, key)
     elif src.kind == "csv":
@@ -139,7 +155,7 @@ def _read_records(src: PromptSource) -> Iterator[RawPrompt]:
         numbers: list[int] = []
         for n, line, err in _decoded_lines(path):
             if err:
-                yield RawPrompt(None, None, [], "", f"{name}:{n}", error=err)
+                yield RawPrompt(None, None, [], "", f"{name}:{n}", error=err, error_code="bad_encoding")
             else:
                 good.append(line)
                 numbers.append(n)
@@ -174,32 +190,47 @@ def _split(pid: str, eval_fraction: float) -> str:
 
 
 def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, run_id: str, languages: list[str]) -> PromptBatch:
-    """Validate raw rows of one language; collapse duplicates; assign the eval split."""
+    """Validate the rows of one language partition (as `read_source` yields them);
+    collapse duplicates; assign the eval split."""
+    if language not in languages:
+        raise ValueError(f"partition {language!r} is not one of the run's languages {languages}")
     quarantine: list[dict] = []
     unrouted: list[dict] = []
     candidates: list[tuple[RawPrompt, str]] = []
     read = 0
+    run_langs = ", ".join(languages)
 
-    def reject(row: RawPrompt, reason: str, bucket: list[dict] = quarantine) -> None:
-        bucket.append({"row_key": row.row_key, "reason": reason, "payload": row.payload()})
+    def reject(row: RawPrompt, code: str, reason: str, bucket: list[dict] = quarantine) -> None:
+        bucket.append({"row_key": row.row_key, "reason": reason, "payload": row.payload(), "code": code})
 
     for row in rows:
+        label = normalize_language(row.language)
+        if label != language:
+            if label in languages:
+                raise ValueError(f"row {row.row_key} is labelled {label}, not {language}: read rows with read_source")
+            if row.error:
+                reject(row, row.error_code or "malformed", row.error, unrouted)
+            elif label is None:
+                reject(row, "unknown_language", f"unknown language code {row.language!r}", unrouted)
+            else:
+                reject(row, "language_not_in_run", f"language {label} (label {row.language!r}) is not in this run ({run_langs})", unrouted)
+            continue
         read += 1
         if row.error:
-            reject(row, row.error, unrouted if normalize_language(row.language) is None else quarantine)
-            continue
-        if normalize_language(row.language) is None:
-            reject(row, f"unknown language code {row.language!r}", unrouted)
+            reject(row, row.error_code or "malformed", row.error)
             continue
         if not isinstance(row.text, str):
-            reject(row, "missing prompt text" if row.text is None else f"prompt is not text ({type(row.text).__name__})")
+            if row.text is None:
+                reject(row, "empty", "missing prompt text")
+            else:
+                reject(row, "malformed", f"prompt is not text ({type(row.text).__name__})")
             continue
         text = ids.normalize_text(row.text)
         if not text:
-            reject(row, "empty or whitespace-only prompt")
+            reject(row, "empty", "empty or whitespace-only prompt")
             continue
         if len(text) > cfg.max_chars:
-            reject(row, f"prompt has {len(text)} characters, over max_chars={cfg.max_chars}")
+            reject(row, "too_long", f"prompt has {len(text)} characters, over max_chars={cfg.max_chars}")
             continue
         candidates.append((row, text))
 
@@ -212,18 +243,21 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
         for i, det in zip(checkable, detected, strict=True):
             if det is not None:
                 bad.add(i)
-                reject(candidates[i][0], f"detected language {det} contradicts label {language}")
+                reject(candidates[i][0], "language_mismatch", f"detected language {det} contradicts label {language}")
         candidates = [c for i, c in enumerate(candidates) if i not in bad]
 
     kept: dict[str, dict] = {}
-    duplicates = 0
+    first_key: dict[str, str] = {}
     for row, text in candidates:
         pid = ids.prompt_id(language, text)
         if pid in kept:
-            duplicates += 1
             refs = kept[pid]["references"]
-            refs.extend(r for r in row.references if r not in refs)
+            new = [r for r in row.references if r not in refs]
+            refs.extend(new)
+            merged = f"; its {len(new)} new reference(s) were merged into it" if new else ""
+            reject(row, "duplicate", f"duplicate of prompt {pid} (kept from {first_key[pid]}){merged}")
             continue
+        first_key[pid] = row.row_key
         kept[pid] = {
             "prompt_id": pid,
             "language": language,
@@ -235,28 +269,29 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
             "run_id": run_id,
         }
     prompts = pl.DataFrame(list(kept.values()), schema=schemas.PROMPTS) if kept else schemas.empty(schemas.PROMPTS)
-    qschema = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
     counts = {
-        "read": read - len(unrouted),
+        "read": read,
         "kept": prompts.height,
         "quarantined": len(quarantine),
-        "duplicates": duplicates,
+        "duplicates": sum(q["code"] == "duplicate" for q in quarantine),
         "unrouted": len(unrouted),
         "train": int((prompts["split"] == "train").sum()) if kept else 0,
         "eval": int((prompts["split"] == "eval").sum()) if kept else 0,
     }
-    assert counts["read"] == counts["kept"] + counts["quarantined"] + counts["duplicates"], counts
+    if counts["read"] != counts["kept"] + counts["quarantined"]:
+        raise AssertionError(f"prompt counts do not reconcile: {counts}")
     return PromptBatch(
         prompts,
-        pl.DataFrame(quarantine, schema=qschema),
-        pl.DataFrame(unrouted, schema=qschema),
+        pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS),
+        pl.DataFrame(unrouted, schema=QUARANTINE_COLUMNS),
         counts,
+        owns_unrouted=language == unrouted_owner(languages),
     )
 
 
 def load_prompts(cfg: PromptsConfig, language: str, run_id: str, languages: list[str]) -> PromptBatch:
-    """Read every configured source for `language` and validate the rows."""
-    rows = (row for src in cfg.sources for row in read_source(src, language))
+    """Read every configured source for the `language` partition and validate the rows."""
+    rows = (row for src in cfg.sources for row in read_source(src, language, languages))
     batch = build_prompts(rows, language, cfg, run_id, languages)
     origins = {s.source_label(): s.origin for s in cfg.sources}
     if batch.prompts.height and any(o == "translated" for o in origins.values()):

@@ -25,20 +25,26 @@ PROMPT_CHECKS = [
 def prompts(context: dg.AssetExecutionContext, factory: FactoryResource):
     """Prompts per language from the configured sources (embedded default: chatterbot-corpus),
     validated, deduplicated, with a held-out `eval` split (~10%, by prompt_id) never used for
-    training. Rejected rows go to `quarantine` with the reason."""
+    training. Rejected rows go to `quarantine` with a reason and a code, duplicates included,
+    so read = kept + quarantined for the partition. Rows no partition takes (unknown or
+    out-of-run language, unreadable) are quarantined once, by the run's first language,
+    under partition `unrouted`."""
     cfg = factory.settings()
     lang = context.partition_key
     batch = load_prompts(cfg.prompts, lang, context.run_id, cfg.languages)
     wh = factory.warehouse()
     wh.quarantine("prompts", lang, batch.quarantine, context.run_id)
-    if batch.unrouted.height:
+    if batch.owns_unrouted:  # written even when empty, so a fixed source clears old rows
         wh.quarantine("prompts", UNROUTED, batch.unrouted, context.run_id)
     df = batch.prompts
-    reasons = batch.quarantine.group_by("reason").len().sort("len", descending=True).head(10)
+    rejected = pl.concat([batch.quarantine, batch.unrouted])
+    reasons = rejected.group_by("reason").len().sort("len", descending=True).head(10)
+    codes = rejected.group_by("code").len().sort("len", descending=True)
     yield dg.Output(
         df,
         metadata={
             **{f"count/{k}": v for k, v in batch.counts.items()},
+            "quarantine_codes": dg.MetadataValue.json(dict(codes.iter_rows())),
             "quarantine_reasons": dg.MetadataValue.json(dict(reasons.iter_rows())),
         },
     )

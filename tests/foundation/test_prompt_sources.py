@@ -33,18 +33,23 @@ def test_jsonl_every_validation_rule_lands_in_quarantine(tmp_path):
     ]
     src = PromptSource(kind="jsonl", path=_jsonl(tmp_path / "p.jsonl", lines))
     batch = load_prompts(_cfg(src, max_chars=100), "es", "run1", LANGS)
-    reasons = batch.quarantine["reason"].to_list()
-    assert any("empty or whitespace-only" in r for r in reasons)
-    assert any("over max_chars=100" in r for r in reasons)
-    assert any("contradicts label es" in r for r in reasons)
-    unrouted = batch.unrouted["reason"].to_list()
-    assert any("invalid JSON at line 6" in r for r in unrouted)
-    assert any("undecodable bytes at line 7" in r for r in unrouted)
-    assert any("unknown language code 'xx'" in r for r in unrouted)
+    codes = dict(batch.quarantine.select("reason", "code").iter_rows())
+    assert any("empty or whitespace-only" in r and c == "empty" for r, c in codes.items())
+    assert any("over max_chars=100" in r and c == "too_long" for r, c in codes.items())
+    assert any("contradicts label es" in r and c == "language_mismatch" for r, c in codes.items())
+    assert any(r.startswith("duplicate of prompt p_") and c == "duplicate" for r, c in codes.items())
+    # rows no partition takes are quarantined by the run's first language (en) only
+    assert batch.unrouted.height == 0
+    unrouted = dict(load_prompts(_cfg(src, max_chars=100), "en", "run1", LANGS).unrouted.select("reason", "code").iter_rows())
+    assert unrouted == {
+        "invalid JSON at line 6: Expecting ',' delimiter": "malformed",
+        "undecodable bytes at line 7: invalid start byte at byte 16": "bad_encoding",
+        "unknown language code 'xx'": "unknown_language",
+    }
     assert sorted(batch.prompts["text"].to_list()) == ["¿Cómo estás hoy, amigo mío?", "¿Dónde está la biblioteca?"]
     c = batch.counts
-    assert c["duplicates"] == 1 and c["kept"] == 2 and c["quarantined"] == 3
-    assert c["read"] == c["kept"] + c["quarantined"] + c["duplicates"]
+    assert c["duplicates"] == 1 and c["kept"] == 2 and c["quarantined"] == 4 and c["read"] == 6
+    assert c["read"] == c["kept"] + c["quarantined"]
     # nothing is lost: every rejected row keeps its payload
     assert all(json.loads(p) for p in batch.quarantine["payload"])
 
@@ -61,7 +66,8 @@ def test_csv_parquet_and_fixed_language(tmp_path):
     assert set(en.prompts["source"]) == {"csv:p.csv", "parquet:p.parquet"}
     ru = load_prompts(_cfg(csv_src), "ru", "r", LANGS)
     assert ru.prompts["text"].to_list() == ["Привет, как дела?"]
-    assert any("undecodable bytes at line 4" in r for r in ru.unrouted["reason"])
+    assert ru.unrouted.height == 0  # en, the run's first language, quarantines unreadable rows
+    assert any("undecodable bytes at line 4" in r for r in en.unrouted["reason"])
 
 
 def test_hf_dataset_source(tmp_path):
