@@ -140,14 +140,20 @@ def status(home: HomeOpt = None) -> None:
 
 @app.command()
 def config(config: ConfigOpt = None) -> None:
-    """Print the run config with every default filled in (validated), as YAML."""
+    """Print the run config with every default filled in (validated), as YAML, with the teachers that will be
+    used and local paths resolved."""
     import yaml
 
     _env(config, None)
     from factory.config import active_config, config_path
 
+    cfg = active_config()
+    shown = cfg.model_dump(mode="json")
+    shown["teachers"] = [t.model_dump(mode="json") for t in cfg.resolved_teachers()]
     typer.echo(f"# {config_path()}")
-    typer.echo(yaml.safe_dump(active_config().model_dump(mode="json"), sort_keys=False, allow_unicode=True))
+    if not cfg.teachers:
+        typer.echo("# teachers: not configured, so the embedded pool's teachers for these languages (listed below)")
+    typer.echo(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True))
 
 
 @app.command()
