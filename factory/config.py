@@ -2,7 +2,15 @@
 
 The embedded default ships in the package (factory/configs/default.yaml). Select
 another with `--config FILE` or the FACTORY_CONFIG env var. Each section's model
-lives next to the code it configures; this module composes them.
+lives next to the code it configures; this module composes them and adds the
+checks that need the whole run (teacher names, languages, prompt sources): every
+problem is reported under its key before any work starts.
+
+Relative file paths are resolved against the config file's folder at load time.
+A field documented as a file (a jsonl/csv/parquet source) is always local; a
+model or hf dataset is local when it starts with `.`, `/` or `~`, or when it
+names something next to the config file; otherwise it is left as given (a hub
+name, a served model name). Local paths must exist.
 """
 
 from __future__ import annotations
@@ -13,18 +21,27 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from factory.decontam import DecontamConfig
 from factory.generation.base import SamplingConfig
-from factory.generation.registry import TeacherConfig
-from factory.judges import JudgeConfig
-from factory.languages import LANGUAGES, validate_code
-from factory.pairs import BestWorstConfig, NativeVsTranslatedConfig
+from factory.generation.registry import EMBEDDED_PREFIX, TeacherConfig
+from factory.judges import JUDGES, JudgeConfig
+from factory.languages import CLUSTERS, LANGUAGES, SHARED_LANGUAGES, describe_clusters, own_languages, validate_code
+from factory.pairs import PAIR_BUILDERS, BestWorstConfig, NativeVsTranslatedConfig
 from factory.router import RouterConfig
 from factory.routing import RoutingConfig
 from factory.scoring.fidelity import FidelityConfig
 from factory.scoring.llm_judge import LLMJudgeConfig
+from factory.sources.chatterbot import CHATTERBOT_FOLDERS
 from factory.winrates import WinRateConfig
 from training.dpo import DPOStageConfig
 from training.reward_model import RewardModelConfig
@@ -38,6 +55,14 @@ DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 class ConfigError(ValueError):
     """A config file that does not validate; the message names every bad key."""
+
+
+class ConfigProblems(ValueError):
+    """Problems found once the whole config is parsed, each under the key it is about."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {msg}" for key, msg in problems))
 
 
 class Strict(BaseModel):
@@ -179,12 +204,29 @@ class OnlineConfig(Strict):
     batch_size: int = 32
 
 
+# The pair methods of the offline `preference_pairs` table (online pairs live in their own tables).
+OFFLINE_PAIR_METHODS = [m for m in PAIR_BUILDERS if m != "online"]
+
+
 class TrainingConfig(Strict):
     base_model: str = "embedded:base"  # or any causal-LM folder / name
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
-    dpo_methods: list[str] = Field(default_factory=lambda: ["best_worst", "native_vs_translated"])
+    # which `preference_pairs` methods offline DPO and the cluster models train on
+    dpo_methods: list[str] = Field(default_factory=lambda: list(OFFLINE_PAIR_METHODS))
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+
+    @field_validator("dpo_methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in OFFLINE_PAIR_METHODS]
+        if unknown:
+            raise ValueError(
+                f"unknown pair method(s) {', '.join(map(repr, unknown))}; known: {', '.join(OFFLINE_PAIR_METHODS)}"
+            )
+        if not value:
+            raise ValueError(f"at least one pair method is needed; known: {', '.join(OFFLINE_PAIR_METHODS)}")
+        return value
 
 
 class MergeSettings(Strict):
@@ -198,7 +240,7 @@ class MergeSettings(Strict):
 
 
 class EvaluationConfig(Strict):
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)  # name: reference (default), reward or llm
     winrates: WinRateConfig = Field(default_factory=WinRateConfig)
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0))
     batch_size: int = 32
@@ -236,8 +278,6 @@ class FactoryConfig(Strict):
         of the run's languages of its own (a teacher that only saw en/es/fr is no specialist)."""
         if self.teachers:
             return self.teachers
-        from factory.languages import CLUSTERS, own_languages
-
         return [
             TeacherConfig(name=cluster, model=f"embedded:{cluster}")
             for cluster in CLUSTERS
@@ -245,12 +285,14 @@ class FactoryConfig(Strict):
         ]
 
     @model_validator(mode="after")
-    def _teacher_names(self):
-        names = [t.name for t in self.resolved_teachers()]
-        if len(set(names)) != len(names):
-            raise ValueError(f"teacher names must be unique, got {names}")
-        if len(names) < 2:
-            raise ValueError("arbitrage needs at least 2 teachers; add teachers or languages from more clusters")
+    def _check_run(self, info: ValidationInfo):
+        """Resolve local paths against the config's folder, then the checks that need the whole run."""
+        base = Path((info.context or {}).get("base_dir") or Path.cwd()).absolute()
+        problems = resolve_paths(self, base)
+        for check in RUN_CHECKS:
+            problems += check(self)
+        if problems:
+            raise ConfigProblems(problems)
         return self
 
     @field_validator("languages")
@@ -265,20 +307,271 @@ class FactoryConfig(Strict):
         return value
 
 
+# -- whole-run checks: each returns [(key, message)] ---------------------------------------------
+
+Problems = list[tuple[str, str]]
+RELATIVE_NOTE = "(relative paths are resolved against the config file's folder)"
+FILE_SOURCES = ("jsonl", "csv", "parquet")  # their `path` is always a local file
+# Learning rates, step counts and sizes that only make sense above zero, wherever they appear.
+# (max_steps is not here: -1 or 0 means "train `epochs` instead".)
+POSITIVE_FIELDS = frozenset({
+    "lr", "learning_rate", "epochs", "base_steps", "teacher_steps", "logging_steps", "save_steps",
+    "batch_size", "grad_accum", "max_length", "max_new_tokens", "beta", "betas", "max_per_language",
+    "max_dialogs_per_language", "timeout_s",
+})  # fmt: skip
+CHATTERBOT_LANGUAGES = frozenset(CHATTERBOT_FOLDERS.values())
+
+
+def _local_path(value: str, base: Path, key: str, problems: Problems) -> str:
+    """`value` as an absolute path (relative to `base`, `~` expanded); a problem if nothing is there."""
+    path = Path(os.path.normpath(base / Path(value).expanduser()))
+    if not path.exists():
+        problems.append((key, f"no such file {path} {RELATIVE_NOTE}"))
+    return str(path)
+
+
+def _maybe_local(value: str, base: Path, key: str, problems: Problems) -> str:
+    """A model or dataset that may be local or a hub / served name: local when it starts with
+    `.`, `/` or `~`, or when it exists next to the config file; any other name is left as given."""
+    if value.startswith((".", "/", "~")) or (base / value).exists():
+        return _local_path(value, base, key, problems)
+    return value
+
+
+def _model_slots(cfg: FactoryConfig) -> list[tuple[str, TeacherConfig]]:
+    """Every configured generation backend, with its key."""
+    slots = [(f"teachers.{i}", t) for i, t in enumerate(cfg.teachers or [])]
+    for key, t in (
+        ("scoring.llm_judge_model", cfg.scoring.llm_judge_model),
+        ("evaluation.judge_model", cfg.evaluation.judge_model),
+        ("pairs.native_vs_translated.translator_model", cfg.pairs.native_vs_translated.translator_model),
+    ):
+        if t is not None:
+            slots.append((key, t))
+    return slots
+
+
+def resolve_paths(cfg: FactoryConfig, base: Path) -> Problems:
+    """Make every local path in `cfg` absolute (against `base`, the config's folder); missing ones are problems."""
+    problems: Problems = []
+    for i, src in enumerate(cfg.prompts.sources):
+        key = f"prompts.sources.{i}.path"
+        if src.path and src.kind in FILE_SOURCES:
+            src.path = _local_path(src.path, base, key, problems)
+        elif src.path and src.kind == "hf":
+            src.path = _maybe_local(src.path, base, key, problems)
+    if cfg.arbiter.model != "embedded" and not cfg.arbiter.model.startswith(EMBEDDED_PREFIX):
+        cfg.arbiter.model = _maybe_local(cfg.arbiter.model, base, "arbiter.model", problems)
+    if not cfg.training.base_model.startswith(EMBEDDED_PREFIX):
+        cfg.training.base_model = _maybe_local(cfg.training.base_model, base, "training.base_model", problems)
+    if cfg.evaluation.reward_model:
+        cfg.evaluation.reward_model = _maybe_local(
+            cfg.evaluation.reward_model, base, "evaluation.reward_model", problems
+        )
+    for key, t in _model_slots(cfg):
+        if t.backend != "openai" and not t.embedded:  # an openai `model` is a served name, never a path
+            t.model = _maybe_local(t.model, base, f"{key}.model", problems)
+    return problems
+
+
+def _check_embedded_names(cfg: FactoryConfig) -> Problems:
+    """`embedded:<name>` must name a model the embedded pool builds, where that slot can use one."""
+    problems: Problems = []
+    known = ", ".join(f"{EMBEDDED_PREFIX}{c}" for c in CLUSTERS)
+    for key, t in _model_slots(cfg):
+        name = t.model.removeprefix(EMBEDDED_PREFIX)
+        if not t.embedded:
+            continue
+        if key.startswith("teachers.") and name not in CLUSTERS and name != "base":
+            msg = f"unknown embedded teacher {t.model!r}; the pool has one per language cluster: {known} (and embedded:base)"
+        elif key.startswith("pairs.") and name != "base":
+            msg = f"the embedded translator is embedded:base; got {t.model!r}"
+        elif key.endswith("judge_model"):
+            msg = f"a judge cannot be an embedded model ({t.model!r}): use a model folder or a served model"
+        else:
+            continue
+        problems.append((f"{key}.model", msg))
+    if cfg.training.base_model.startswith(EMBEDDED_PREFIX) and cfg.training.base_model != "embedded:base":
+        problems.append(
+            ("training.base_model", f"the embedded base model is embedded:base; got {cfg.training.base_model!r}")
+        )
+    if cfg.arbiter.model.startswith(EMBEDDED_PREFIX):
+        problems.append(("arbiter.model", f"`embedded` (no suffix) trains the tiny Arbiter; got {cfg.arbiter.model!r}"))
+    return problems
+
+
+def _check_teacher_count(cfg: FactoryConfig) -> Problems:
+    names = [t.name for t in cfg.resolved_teachers()]
+    if len(set(names)) != len(names):
+        return [("teachers", f"teacher names must be unique, got {names}")]
+    if len(names) >= 2:
+        return []
+    if cfg.teachers:
+        return [("teachers", f"arbitrage needs at least 2 teachers; got {len(names)} ({', '.join(names)})")]
+    got = f"1 ({names[0]})" if names else "none"
+    return [("languages", (
+        f"arbitrage needs at least 2 teachers, and without `teachers:` these languages give {got}.\n"
+        "The embedded pool has one teacher per language cluster that has at least one of the run's languages of\n"
+        f"its own; {', '.join(SHARED_LANGUAGES)} are shared by every cluster, so they select no teacher. The clusters:\n"
+        f"{describe_clusters()}\n"
+        "Fix: add a language of another cluster, or configure `teachers:` explicitly."
+    ))]  # fmt: skip
+
+
+def reply_languages(cfg: FactoryConfig) -> set[str]:
+    """The run's languages for which some prompt source can give reference replies: the chatterbot
+    corpus for its languages; a file or hf source only when it sets `references_column`."""
+    run = set(cfg.languages)
+    out: set[str] = set()
+    for src in cfg.prompts.sources:
+        langs = {src.language} if src.language else run
+        if src.kind == "chatterbot":
+            out |= langs & CHATTERBOT_LANGUAGES
+        elif src.references_column:
+            out |= langs
+    return out & run
+
+
+REPLIES_HOW = (
+    f"the chatterbot corpus has replies for {', '.join(sorted(CHATTERBOT_LANGUAGES))};\n"
+    "a jsonl/csv/parquet/hf source has them only with `references_column`"
+)
+
+
+def _check_reply_data(cfg: FactoryConfig) -> Problems:
+    """The embedded teachers and Arbiter train on reference replies and the reference judge compares with
+    them: refuse a run whose sources cannot supply them (it would fail after the pool is built)."""
+    problems: Problems = []
+    replies = reply_languages(cfg)
+    for i, t in enumerate(cfg.resolved_teachers()):
+        cluster = t.model.removeprefix(EMBEDDED_PREFIX)
+        if not t.embedded or cluster not in CLUSTERS:
+            continue
+        key = f"teachers.{i}.model" if cfg.teachers else "languages"
+        own_run = [c for c in own_languages(cluster) if c in cfg.languages]
+        own = ", ".join(own_run)
+        covered = ", ".join(c for c in own_languages(cluster) if c in CHATTERBOT_LANGUAGES)
+        if not own:
+            msg = (
+                f"the embedded teacher {t.model!r} is trained on its cluster's own languages "
+                f"({', '.join(own_languages(cluster))}) and the run has none of them"
+            )
+        elif not set(own_run) & replies:
+            fixes = [f"add a source with `references_column` for {own}"]
+            if covered and any(src.kind == "chatterbot" for src in cfg.prompts.sources):
+                fixes.append(f"use a language of the cluster that the corpus covers ({covered})")
+            elif covered:
+                fixes.append(f"add the chatterbot source (`- kind: chatterbot`, it has replies in {covered})")
+            msg = (
+                f"{own} brings in the embedded teacher {t.model!r}. It is trained on the reference replies (the turns\n"
+                "after each prompt) that the prompt sources give in its cluster's own languages, and no source gives\n"
+                f"replies in {own}: {REPLIES_HOW}.\n"
+                f"Fix: {', '.join(fixes)}, or configure `teachers:` explicitly."
+            )
+        else:
+            continue
+        problems.append((key, msg))
+    if not replies:
+        none = f"no prompt source has reference replies in the run's languages:\n{REPLIES_HOW}"
+        if cfg.arbiter.model == "embedded":
+            problems.append(
+                ("arbiter.model", f"the embedded Arbiter is trained on pairs made from replies, and {none}")
+            )
+        if cfg.evaluation.judge.name == "reference":
+            problems.append(("evaluation.judge.name", f"the reference judge compares answers with replies, and {none}"))
+    return problems
+
+
+def _check_names(cfg: FactoryConfig) -> Problems:
+    """Names that must match something else in the config: teachers, clusters, judges, pair methods."""
+    problems: Problems = []
+    teachers = [t.name for t in cfg.resolved_teachers()]
+    not_teacher = f"is not a teacher; teachers: {', '.join(teachers)}"
+    weak = cfg.pairs.native_vs_translated.weak_teacher
+    if weak is not None and weak not in teachers:
+        problems.append(("pairs.native_vs_translated.weak_teacher", f"{weak!r} {not_teacher}"))
+    routing = cfg.arbitrage.routing
+    if routing.single_teacher is not None and routing.single_teacher not in teachers:
+        problems.append(("arbitrage.routing.single_teacher", f"{routing.single_teacher!r} {not_teacher}"))
+    if "fixed_teachers" in routing.model_fields_set:  # a table the user wrote (the default names every cluster)
+        for lang, teacher in routing.fixed_teachers.items():
+            if lang not in LANGUAGES:
+                problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"unknown language code {lang!r}"))
+            elif lang in cfg.languages and teacher not in teachers:  # other languages' entries are never used
+                problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"{teacher!r} {not_teacher}"))
+    merged = [c for c in CLUSTERS if set(own_languages(c)) & set(cfg.languages)]  # the cluster models merged
+    for name in cfg.merge.weights:
+        if name not in merged:
+            what = (
+                "no cluster model in this run (none of its own languages is in `languages`)"
+                if name in CLUSTERS
+                else "unknown cluster"
+            )
+            problems.append(
+                (f"merge.weights.{name}", f"{what}; this run merges {', '.join(merged) or 'no cluster models'}")
+            )
+    if cfg.evaluation.judge.name not in JUDGES:
+        problems.append(
+            ("evaluation.judge.name", f"unknown judge {cfg.evaluation.judge.name!r}; known: {', '.join(JUDGES)}")
+        )
+    if cfg.training.dpo_methods == ["native_vs_translated"] and not cfg.pairs.native_vs_translated.enabled:
+        problems.append(
+            (
+                "training.dpo_methods",
+                "only native_vs_translated, and pairs.native_vs_translated.enabled is false: no pairs to train on",
+            )
+        )
+    return problems
+
+
+def _walk(model: BaseModel, prefix: str):
+    """(key, field name, value) for every field of `model` and of the models nested in it."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}.{name}" if prefix else name
+        yield key, name, value
+        items = enumerate(value) if isinstance(value, list) else value.items() if isinstance(value, dict) else []
+        for sub, child in [(None, value), *items]:
+            if isinstance(child, BaseModel):
+                yield from _walk(child, key if sub is None else f"{key}.{sub}")
+
+
+def _check_positive(cfg: FactoryConfig) -> Problems:
+    problems: Problems = []
+    for key, name, value in _walk(cfg, ""):
+        if name not in POSITIVE_FIELDS:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0:
+                problems.append((key, f"must be positive, got {value}"))
+                break
+    return problems
+
+
+RUN_CHECKS = [_check_embedded_names, _check_teacher_count, _check_reply_data, _check_names, _check_positive]
+
+
+def _problems(e: dict) -> Problems:
+    """A pydantic error as (key, message) lines; a ConfigProblems error carries its own keys."""
+    error = (e.get("ctx") or {}).get("error")
+    if isinstance(error, ConfigProblems):
+        return error.problems
+    key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    return [(key, "unknown key (typo?)" if e["type"] == "extra_forbidden" else e["msg"])]
+
+
 def _format(err: ValidationError, path: Path | str) -> str:
     lines = [f"invalid config {path}:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
-        lines.append(f"  {key}: {msg}")
+        for key, msg in _problems(e):
+            lines.append(f"  {key}: " + msg.replace("\n", "\n    "))
     return "\n".join(lines)
 
 
-def parse_config(data: dict, source: str = "<dict>") -> FactoryConfig:
+def parse_config(data: dict, source: str = "<dict>", base_dir: str | os.PathLike | None = None) -> FactoryConfig:
+    """Validate `data`; relative paths in it are resolved against `base_dir` (default: the current folder)."""
     try:
-        return FactoryConfig.model_validate(data)
+        return FactoryConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
 
@@ -303,7 +596,7 @@ def load_config(path: str | os.PathLike | None = None) -> FactoryConfig:
         raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {p} must be a mapping of sections")
-    return parse_config(data, str(p))
+    return parse_config(data, str(p), base_dir=p.absolute().parent)
 
 
 @lru_cache(maxsize=8)

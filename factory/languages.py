@@ -2,6 +2,11 @@
 
 This is the one place languages and clusters are defined. Chinese is one language
 with two script codes (zh-Hans, zh-Hant), so there are 24 codes for 23 languages.
+
+A cluster's *own* languages are its family's; every cluster also gets the shared
+en/es/fr. The embedded teacher pool has one teacher per cluster that has one of a
+run's languages of its own (a run of en/es/fr alone selects no teacher), and the
+cluster models that are merged follow the same rule.
 """
 
 from __future__ import annotations
@@ -83,3 +88,9 @@ def cluster_of(code: str) -> str:
 def own_languages(cluster: str) -> tuple[str, ...]:
     """The cluster's languages without the shared ones (where its teacher should win)."""
     return tuple(c for c in CLUSTERS[cluster] if c not in SHARED_LANGUAGES)
+
+
+def describe_clusters(indent: str = "  ") -> str:
+    """One line per cluster: its own languages, then the shared ones (for error messages and docs)."""
+    shared = ", ".join(SHARED_LANGUAGES)
+    return "\n".join(f"{indent}{name}: {', '.join(own_languages(name))} (+ {shared})" for name in CLUSTERS)
