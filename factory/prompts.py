@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from factory import ids, schemas
 from factory.config import PromptsConfig, PromptSource
 from factory.languages import LANGUAGES
 from factory.sources.chatterbot import iter_raw
-from factory.sources.raw import RawPrompt
+from factory.sources.raw import RawPrompt, utf8_problem, utf8_safe
 
 # Accepted spellings of language labels in user data -> Aya code.
 _ALIASES = {c.lower(): c for c in LANGUAGES} | {
@@ -38,7 +39,7 @@ _ALIASES = {c.lower(): c for c in LANGUAGES} | {
 UNROUTED = "unrouted"  # quarantine partition for rows no language partition of the run takes
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String, "code": pl.String}
 
-__all__ = ["RawPrompt", "PromptBatch", "UNROUTED", "build_prompts", "load_prompts", "read_source"]
+__all__ = ["RawPrompt", "PromptBatch", "UNROUTED", "build_prompts", "clean_text", "load_prompts", "read_source"]
 
 
 def normalize_language(label) -> str | None:
@@ -82,7 +83,7 @@ def read_source(src: PromptSource, language: str, languages: list[str]) -> Itera
     partition of `unrouted_owner(languages)`, those no run language takes (for quarantine)."""
     owner = language == unrouted_owner(languages)
     rows = _read_chatterbot(language) if src.kind == "chatterbot" else _read_records(src)
-    label = src.source_label()
+    label = utf8_safe(src.source_label())
     taken: dict[str, int] = {}
     for row in rows:
         row.source = row.source or label
@@ -184,6 +185,39 @@ def _load_hf(src: PromptSource):
 
 # -- validation ----------------------------------------------------------------------
 
+_NEWLINES = re.compile(r"\r\n?|[\x0b\x0c\x85]")
+# C0/C1 control characters other than tab and newline, and zero-width characters that
+# are invisible wherever they are (zero-width space, word joiner, byte-order mark).
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b\u2060\ufeff]")
+_JOINERS = re.compile(r"[\u200c\u200d]+")
+
+
+def _keep_joiners(m: re.Match) -> str:
+    text, a, b = m.string, m.start(), m.end()
+    inside = a > 0 and b < len(text) and not text[a - 1].isspace() and not text[b].isspace()
+    return m.group() if inside else ""
+
+
+def clean_text(text: str) -> str:
+    """The prompt text as stored and identified: line breaks as `\\n`, control characters
+    (other than tab and newline) and zero-width characters removed, NFC, stripped.
+
+    The zero-width (non-)joiners U+200C/U+200D are kept between two visible characters:
+    there they are spelling (Persian, Hindi, emoji sequences), elsewhere nothing.
+    """
+    text = _INVISIBLE.sub("", _NEWLINES.sub("\n", text))
+    return ids.normalize_text(_JOINERS.sub(_keep_joiners, text))
+
+
+def _encoding_problem(row: RawPrompt) -> str | None:
+    fields = [("prompt text", row.text), ("language label", row.language)]
+    fields += [(f"reference {i}", r) for i, r in enumerate(row.references)]
+    for name, value in fields:
+        problem = utf8_problem(value) if isinstance(value, str) else None
+        if problem:
+            return f"{name} is not valid Unicode: {problem}"
+    return None
+
 
 def _split(pid: str, eval_fraction: float) -> str:
     return "eval" if int(pid[2:], 16) % 10_000 < eval_fraction * 10_000 else "train"
@@ -191,7 +225,12 @@ def _split(pid: str, eval_fraction: float) -> str:
 
 def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, run_id: str, languages: list[str]) -> PromptBatch:
     """Validate the rows of one language partition (as `read_source` yields them);
-    collapse duplicates; assign the eval split."""
+    collapse duplicates; assign the eval split.
+
+    Text is checked for encoding before anything else and cleaned (`clean_text`)
+    before the emptiness, length, language and duplicate checks, so language ID and
+    ids only ever see valid, cleaned text.
+    """
     if language not in languages:
         raise ValueError(f"partition {language!r} is not one of the run's languages {languages}")
     quarantine: list[dict] = []
@@ -201,7 +240,7 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
     run_langs = ", ".join(languages)
 
     def reject(row: RawPrompt, code: str, reason: str, bucket: list[dict] = quarantine) -> None:
-        bucket.append({"row_key": row.row_key, "reason": reason, "payload": row.payload(), "code": code})
+        bucket.append({"row_key": utf8_safe(row.row_key), "reason": utf8_safe(reason), "payload": row.payload(), "code": code})
 
     for row in rows:
         label = normalize_language(row.language)
@@ -211,7 +250,11 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
             if row.error:
                 reject(row, row.error_code or "malformed", row.error, unrouted)
             elif label is None:
-                reject(row, "unknown_language", f"unknown language code {row.language!r}", unrouted)
+                problem = _encoding_problem(row)
+                if problem:
+                    reject(row, "bad_encoding", problem, unrouted)
+                else:
+                    reject(row, "unknown_language", f"unknown language code {row.language!r}", unrouted)
             else:
                 reject(row, "language_not_in_run", f"language {label} (label {row.language!r}) is not in this run ({run_langs})", unrouted)
             continue
@@ -219,15 +262,20 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
         if row.error:
             reject(row, row.error_code or "malformed", row.error)
             continue
+        problem = _encoding_problem(row)
+        if problem:
+            reject(row, "bad_encoding", problem)
+            continue
         if not isinstance(row.text, str):
             if row.text is None:
                 reject(row, "empty", "missing prompt text")
             else:
                 reject(row, "malformed", f"prompt is not text ({type(row.text).__name__})")
             continue
-        text = ids.normalize_text(row.text)
+        text = clean_text(row.text)
         if not text:
-            reject(row, "empty", "empty or whitespace-only prompt")
+            invisible = bool(row.text.strip())
+            reject(row, "empty", "prompt has only zero-width or control characters" if invisible else "empty or whitespace-only prompt")
             continue
         if len(text) > cfg.max_chars:
             reject(row, "too_long", f"prompt has {len(text)} characters, over max_chars={cfg.max_chars}")
@@ -257,7 +305,7 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
             merged = f"; its {len(new)} new reference(s) were merged into it" if new else ""
             reject(row, "duplicate", f"duplicate of prompt {pid} (kept from {first_key[pid]}){merged}")
             continue
-        first_key[pid] = row.row_key
+        first_key[pid] = utf8_safe(row.row_key)
         kept[pid] = {
             "prompt_id": pid,
             "language": language,

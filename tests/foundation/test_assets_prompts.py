@@ -53,8 +53,8 @@ def test_prompts_counts_reconcile_in_sql(home, tmp_path):
     extra = tmp_path / "extra.jsonl"
     rows = [
         {"prompt": "¿Cuál es tu color favorito en invierno?", "language": "es"},
-        {"prompt": "  ¿Cuál es tu color favorito en invierno?", "language": "es"},  # duplicate once stripped
-        {"prompt": "   ", "language": "es"},  # whitespace only
+        {"prompt": "¿Cuál es tu color favorito en invierno?\u200b", "language": "es"},  # duplicate once cleaned
+        {"prompt": "\u200b\u200b", "language": "es"},  # zero-width only
         {"prompt": "Quelle est ta couleur préférée ?", "language": "fr"},
         {"prompt": "你最喜欢什么颜色？", "language": "zh_CN"},
     ]

@@ -5,9 +5,9 @@ import json
 import polars as pl
 import pytest
 
-from factory.config import PromptsConfig, PromptSource
+from factory.config import LanguageCheck, PromptsConfig, PromptSource
 from factory.langid import detect_many
-from factory.prompts import RawPrompt, build_prompts, load_prompts
+from factory.prompts import RawPrompt, build_prompts, clean_text, load_prompts
 
 RUN = ["en", "es"]
 
@@ -75,6 +75,58 @@ def test_duplicates_are_quarantined_naming_the_kept_prompt(tmp_path):
     c = batch.counts
     assert c == {"read": 4, "kept": 2, "quarantined": 2, "duplicates": 2, "unrouted": 0, "train": c["train"], "eval": c["eval"]}
     assert c["read"] == batch.prompts.height + batch.quarantine.height
+
+
+def test_zero_width_and_control_characters_are_removed_before_emptiness_and_dedup(tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "\u200b\u200c\u200d\u2060\ufeff", "language": "es"},  # zero-width only
+        {"prompt": "\x00\x07\x1b\x7f", "language": "es"},  # control characters only
+        {"prompt": " \u200b \t\n", "language": "es"},  # whitespace and zero-width
+        {"prompt": "Hola amigo, ¿cómo estás?", "language": "es"},
+        {"prompt": "\ufeffHola\u200b amigo,\x07 ¿cómo estás?\u200d", "language": "es"},  # same prompt, dirty
+        {"prompt": "Línea uno\r\nLínea\tdos", "language": "es"},
+    ])
+    batch = load_prompts(_cfg(src, language_check=LanguageCheck(enabled=False)), "es", "run", RUN)
+    assert sorted(batch.prompts["text"]) == ["Hola amigo, ¿cómo estás?", "Línea uno\nLínea\tdos"]
+    q = {k: (c, r) for k, c, r in batch.quarantine.select("row_key", "code", "reason").iter_rows()}
+    assert q["p.jsonl:1"] == ("empty", "prompt has only zero-width or control characters")
+    assert q["p.jsonl:2"] == ("empty", "prompt has only zero-width or control characters")
+    assert q["p.jsonl:3"][0] == "empty"
+    assert q["p.jsonl:5"][0] == "duplicate"
+    assert batch.counts["read"] == 6 == batch.prompts.height + batch.quarantine.height
+
+
+def test_clean_text_keeps_joiners_that_spell_words():
+    assert clean_text("می\u200cخواهم") == "می\u200cخواهم"  # Persian: the ZWNJ is spelling
+    assert clean_text("👩\u200d💻") == "👩\u200d💻"  # an emoji sequence
+    assert clean_text("\u200dhola\u200c \u200cmundo\u200d") == "hola mundo"
+    assert clean_text("a\rb\x0bc\x85d") == "a\nb\nc\nd"
+    assert clean_text("e\u0301") == "\u00e9"  # still NFC
+
+
+def test_lone_surrogates_are_quarantined_before_language_id_and_ids(tmp_path):
+    src = _jsonl(tmp_path / "p.jsonl", [
+        '{"prompt": "bad \\ud800 text, ¿qué tal estás hoy, amiga mía?", "language": "es"}',
+        '{"prompt": "¿Qué tal estás hoy, amiga mía?", "language": "es", "answer": "Bien \\udfff"}',
+        '{"prompt": "¿Dónde está la biblioteca municipal?", "language": "es"}',
+        '{"prompt": "hola", "language": "e\\udc80s"}',
+    ], references_column="answer")
+    cfg = _cfg(src)
+    assert cfg.language_check.enabled  # language ID runs on the rows that are kept
+    batch = load_prompts(cfg, "es", "run", RUN)
+    assert batch.prompts["text"].to_list() == ["¿Dónde está la biblioteca municipal?"]
+    assert batch.quarantine["code"].to_list() == ["bad_encoding", "bad_encoding"]
+    assert batch.quarantine["reason"].to_list() == [
+        "prompt text is not valid Unicode: lone surrogate U+D800 at character 4, which has no UTF-8 encoding",
+        "reference 0 is not valid Unicode: lone surrogate U+DFFF at character 5, which has no UTF-8 encoding",
+    ]
+    # the payload keeps the row (escaped) and can be stored
+    assert json.loads(batch.quarantine["payload"][0])["text"].startswith("bad \ud800 text")
+    batch.quarantine.write_parquet(tmp_path / "q.parquet")
+    unrouted = load_prompts(cfg, "en", "run", RUN).unrouted
+    assert unrouted["code"].to_list() == ["bad_encoding"]
+    assert unrouted["reason"][0].startswith("language label is not valid Unicode: lone surrogate U+DC80")
+    unrouted.write_parquet(tmp_path / "u.parquet")
 
 
 def test_build_prompts_refuses_rows_of_another_partition():
