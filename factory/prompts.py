@@ -14,13 +14,9 @@ empty, too_long, language_mismatch (the prompt is invalid); duplicate.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 
@@ -28,6 +24,7 @@ from factory import ids, schemas
 from factory.config import PromptsConfig, PromptSource
 from factory.languages import LANGUAGES
 from factory.sources.chatterbot import iter_raw
+from factory.sources.files import read_records
 from factory.sources.raw import RawPrompt, utf8_problem, utf8_safe
 
 # Accepted spellings of language labels in user data -> Aya code.
@@ -82,7 +79,7 @@ def read_source(src: PromptSource, language: str, languages: list[str]) -> Itera
     """Rows of `src` for the `language` partition: those labelled `language` and, in the
     partition of `unrouted_owner(languages)`, those no run language takes (for quarantine)."""
     owner = language == unrouted_owner(languages)
-    rows = _read_chatterbot(language) if src.kind == "chatterbot" else _read_records(src)
+    rows = _read_chatterbot(language) if src.kind == "chatterbot" else read_records(src)
     label = utf8_safe(src.source_label())
     taken: dict[str, int] = {}
     for row in rows:
@@ -107,80 +104,6 @@ def _read_chatterbot(language: str) -> Iterator[RawPrompt]:
             continue
         turns = ["" if t is None else str(t) for t in conv]
         yield RawPrompt(code, turns[0] if turns else None, [t.strip() for t in turns[1:] if t.strip()], key, key)
-
-
-def _record(src: PromptSource, rec: dict, key: str) -> RawPrompt:
-    if src.prompt_column not in rec:
-        return RawPrompt(None, None, [], "", key, error=f"missing column {src.prompt_column!r}", error_code="missing_column")
-    lang = rec.get(src.language_column) if src.language_column else None
-    refs = rec.get(src.references_column) if src.references_column else None
-    if isinstance(refs, str):
-        refs = [refs]
-    refs = [str(r) for r in (refs or []) if r is not None and str(r).strip()]
-    return RawPrompt(lang, rec[src.prompt_column], refs, "", key)
-
-
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text or None, error or None) for each line, decoding line by line
-    so one line of bad bytes does not lose the rest of the file."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                yield n, raw.decode("utf-8"), None
-            except UnicodeDecodeError as exc:
-                yield n, None, f"undecodable bytes at line {n}: {exc.reason} at byte {exc.start}"
-
-
-def _read_records(src: PromptSource) -> Iterator[RawPrompt]:
-    path = Path(src.path or "")
-    name = path.name
-    if src.kind == "jsonl":
-        for n, line, err in _decoded_lines(path):
-            key = f"{name}:{n}"
-            if err:
-                yield RawPrompt(None, None, [], "", key, error=err, error_code="bad_encoding")
-                continue
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawPrompt(None, None, [], "", key, error=f"invalid JSON at line {n}: {exc.msg}", error_code="malformed")
-                continue
-            if not isinstance(rec, dict):
-                yield RawPrompt(None, None, [], "", key, error=f"line {n} is not a JSON object", error_code="malformed")
-                continue
-            yield _record(src, rec, key)
-    elif src.kind == "csv":
-        good: list[str] = []
-        numbers: list[int] = []
-        for n, line, err in _decoded_lines(path):
-            if err:
-                yield RawPrompt(None, None, [], "", f"{name}:{n}", error=err, error_code="bad_encoding")
-            else:
-                good.append(line)
-                numbers.append(n)
-        reader = csv.DictReader(io.StringIO("".join(good)))
-        for i, rec in enumerate(reader):
-            line_no = numbers[min(i + 1, len(numbers) - 1)] if numbers else i
-            yield _record(src, rec, f"{name}:{line_no}")
-    elif src.kind == "parquet":
-        for i, rec in enumerate(pl.read_parquet(path).iter_rows(named=True)):
-            yield _record(src, rec, f"{name}#{i}")
-    elif src.kind == "hf":
-        for i, rec in enumerate(_load_hf(src)):
-            yield _record(src, rec, f"{src.path}[{src.split}]#{i}")
-
-
-def _load_hf(src: PromptSource):
-    """A `datasets` dataset from a saved folder (save_to_disk), a local data folder/file, or a name."""
-    import datasets
-
-    path = Path(src.path or "")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
-        ds = datasets.load_from_disk(str(path))
-        return ds[src.split] if isinstance(ds, datasets.DatasetDict) else ds
-    return datasets.load_dataset(src.path, src.name, split=src.split)
 
 
 # -- validation ----------------------------------------------------------------------
