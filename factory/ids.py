@@ -2,14 +2,24 @@
 
 Rerunning the same work yields the same ids, which is what makes resume and
 dedup work. Ids are 16 hex chars of BLAKE2b over a canonical JSON encoding.
+
+An id names what produced the row as well as what it answers: a completion id
+includes the model's identity (see `weights_digest` for local weights), a score
+key the scorer's, so a changed model or reward model never resumes from the old
+one's rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import unicodedata
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def normalize_text(text: str) -> str:
@@ -26,8 +36,20 @@ def prompt_id(language: str, text: str) -> str:
     return "p_" + content_hash("prompt", language, normalize_text(text))
 
 
-def completion_id(prompt_id: str, teacher: str, sampling: dict[str, Any], sample_index: int) -> str:
-    return "c_" + content_hash("completion", prompt_id, teacher, sampling, sample_index)
+def completion_id(
+    prompt_id: str, teacher: str, sampling: dict[str, Any], sample_index: int, *, model: Any = None
+) -> str:
+    """`model` is the identity of what generated it (`registry.model_identity`). Leave it None only
+    where `teacher` and `sampling` already name the producer; such ids equal those of before the
+    model was part of the id."""
+    if model is None:
+        return "c_" + content_hash("completion", prompt_id, teacher, sampling, sample_index)
+    return "c_" + content_hash("completion", prompt_id, teacher, sampling, sample_index, model)
+
+
+def score_key(completion_id: str, text: str, scorer: Any) -> str:
+    """What a cached reward is valid for: this completion's text, scored by this scorer identity."""
+    return "s_" + content_hash("score", completion_id, text, scorer)
 
 
 def pair_id(prompt_id: str, method: str, round: int, chosen_completion_id: str, rejected_completion_id: str) -> str:
@@ -40,3 +62,73 @@ def checkpoint_id(stage: str, config: dict[str, Any], datasets: dict[str, Any], 
 
 def judgment_id(prompt_id: str, model_a: str, model_b: str, judge: str, order: str) -> str:
     return "j_" + content_hash("judgment", prompt_id, model_a, model_b, judge, order)
+
+
+# -- model identity: a content hash of the files that make the model ----------------------
+
+DIGEST_CACHE = ".factory-digests.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".model", ".tiktoken")
+_MODEL_PREFIXES = ("tokenizer", "vocab", "merges", "chat_template", "special_tokens", "added_tokens")
+_TRAINING_STATE = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state")
+
+
+def model_files(path: str | Path) -> list[Path]:
+    """The files whose content decides what a model folder computes: weights, configs, tokenizer,
+    chat template and custom code. Metrics, READMEs, trainer state and hidden files are left out,
+    so writing a report next to the weights does not change the model's identity."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+
+    def defines_model(name: str) -> bool:
+        if name.startswith(".") or name.startswith(_TRAINING_STATE):
+            return False
+        return name.endswith((*_WEIGHT_SUFFIXES, "config.json", ".py")) or name.startswith(_MODEL_PREFIXES)
+
+    return sorted(p for p in path.iterdir() if p.is_file() and defines_model(p.name))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(path: str | Path) -> str:
+    """Content hash of a local model (folder or single file such as a GGUF), independent of where it lies.
+
+    Every model file is hashed in full once; the per-file digests are cached in a small JSON next
+    to the files, keyed by (size, mtime_ns, ctime_ns), so an unchanged 100 GB model is not re-read
+    each run, and a rewritten file (new ctime even when size and mtime are forged) is. A folder
+    that cannot be written to is simply re-hashed each time."""
+    path = Path(path)
+    files = model_files(path)
+    if not files:
+        raise ValueError(f"{path} holds no model files (weights, config, tokenizer)")
+    cache_file = (path if path.is_dir() else path.parent) / DIGEST_CACHE
+    try:
+        cache = json.loads(cache_file.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        cache = {}
+    fresh, changed = {}, False
+    for f in files:
+        st = f.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        hit = cache.get(f.name)
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("blake2b"), str):
+            fresh[f.name] = hit
+        else:
+            fresh[f.name] = {"stamp": stamp, "blake2b": _file_digest(f)}
+            changed = True
+    if changed:
+        kept = {k: v for k, v in cache.items() if k not in fresh and (cache_file.parent / k).exists()}
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({"files": {**kept, **fresh}}, indent=1, sort_keys=True))
+            os.replace(tmp, cache_file)
+        except OSError as exc:  # a read-only model folder: correct, only slower next time
+            log.debug("cannot cache model digests in %s: %s", cache_file, exc)
+            tmp.unlink(missing_ok=True)
+    return content_hash("weights", {name: entry["blake2b"] for name, entry in fresh.items()}, size=16)

@@ -2,16 +2,23 @@
 
 A teacher is a name, a backend kind and a model. `model: "embedded:<cluster>"`
 names a teacher of the built-in pool; its folder is only known once the pool is
-built, so the caller passes it as `model_path`.
+built, so the caller passes it as `model_path` (or resolves the config with
+`with_model_path`).
+
+`model_identity` says which model a teacher runs, for completion ids: a local
+folder or file by the content hash of its weights (wherever it lies), a hub name
+by its name, an OpenAI-compatible server by model name and api_base.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.generation.base import GenerationBackend, SamplingConfig
+from factory.ids import weights_digest
 
 EMBEDDED_PREFIX = "embedded:"
 
@@ -38,13 +45,32 @@ class TeacherConfig(BaseModel):
         return self.model.startswith(EMBEDDED_PREFIX)
 
 
-def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> GenerationBackend:
-    """Build the backend `cfg` describes; `model_path` overrides `cfg.model` (required for embedded teachers)."""
-    if cfg.embedded and model_path is None:
+def with_model_path(cfg: TeacherConfig, model_path: str | Path | None = None) -> TeacherConfig:
+    """`cfg` with `model` set to what is actually loaded: `model_path` when given (required for
+    embedded teachers), else `cfg` unchanged."""
+    if model_path is not None:
+        return cfg.model_copy(update={"model": str(model_path)})
+    if cfg.embedded:
         raise ValueError(
             f"teacher {cfg.name!r}: {cfg.model!r} is an embedded teacher; pass the built pool's model_path"
         )
-    model = str(model_path) if model_path is not None else cfg.model
+    return cfg
+
+
+def model_identity(cfg: TeacherConfig, model_path: str | Path | None = None) -> dict:
+    """What generates for `cfg`: the backend kind plus the weights' content hash (a local folder or
+    file), the served model and api_base (openai), or the model name (a hub name)."""
+    cfg = with_model_path(cfg, model_path)
+    if cfg.backend == "openai":
+        return {"backend": "openai", "model": cfg.model, "api_base": cfg.api_base.rstrip("/")}
+    if Path(cfg.model).exists():
+        return {"backend": cfg.backend, "weights": weights_digest(cfg.model)}
+    return {"backend": cfg.backend, "model": cfg.model}
+
+
+def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> GenerationBackend:
+    """Build the backend `cfg` describes; `model_path` overrides `cfg.model` (required for embedded teachers)."""
+    model = with_model_path(cfg, model_path).model
     if cfg.backend == "transformers":
         from factory.generation.transformers_backend import TransformersBackend
 

@@ -1,12 +1,16 @@
 """Resumable, batched generation over a teacher pool.
 
 Reads: prompts [prompt_id, language, text]. Writes: GENERATIONS rows (factory/schemas.py)
-and a quarantine frame [row_key, reason, payload].
+plus `model` (JSON of the model identity that generated the row), and a quarantine
+frame [row_key, reason, payload].
 
 Every batch of prompts a teacher answers is written as one Parquet shard, atomically
 (temp file, then `os.replace`), into `shard_dir`. On start, the completion ids
 already in the shards are skipped, so a killed run resumes and generates only
-what is missing. A batch that raises is retried prompt by prompt; a prompt that
+what is missing. A completion id includes the teacher's model identity
+(`registry.model_identity`: the weights' content hash, or the served model and
+api_base), so a teacher whose model changed is answered again in full and its old
+rows are not returned (they stay in the shards, where a switch back finds them). A batch that raises is retried prompt by prompt; a prompt that
 keeps failing is quarantined for that teacher, and every other answer is kept.
 One run per `shard_dir` at a time (give each partition its own): a starting run
 clears temp files it finds there.
@@ -23,29 +27,33 @@ from pathlib import Path
 import polars as pl
 
 from factory.generation.base import Completion, GenerationBackend
-from factory.generation.registry import TeacherConfig
+from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
 from factory.schemas import GENERATIONS, conform, empty
 
 log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
+GENERATION_EXTRA = {"model": pl.String}  # JSON of registry.model_identity; null in shards of older runs
 
 
 def read_shards(shard_dir: Path) -> pl.DataFrame:
     """Every finished shard in `shard_dir` (temp files of a killed run are ignored), deduplicated."""
+    schema = {**GENERATIONS, **GENERATION_EXTRA}
     frames = []
     for path in sorted(Path(shard_dir).glob("*.parquet")):
         try:
-            frames.append(conform(pl.read_parquet(path), GENERATIONS).select(list(GENERATIONS)))
+            df = pl.read_parquet(path)
+            missing = [pl.lit(None, dtype=t).alias(c) for c, t in GENERATION_EXTRA.items() if c not in df.columns]
+            frames.append(conform(df.with_columns(missing), schema).select(list(schema)))
         except Exception as exc:  # an unreadable shard is regenerated, not trusted
             log.warning("ignoring unreadable shard %s: %s", path, exc)
     if not frames:
-        return empty(GENERATIONS)
+        return empty(schema)
     return pl.concat(frames).unique("completion_id", keep="first", maintain_order=True)
 
 
 def _write_shard(rows: list[dict], shard_dir: Path, teacher: str) -> Path:
-    df = conform(pl.DataFrame(rows, schema=GENERATIONS), GENERATIONS)
+    df = conform(pl.DataFrame(rows, schema={**GENERATIONS, **GENERATION_EXTRA}), GENERATIONS)
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in teacher)
     final = shard_dir / f"{safe}-{uuid.uuid4().hex[:12]}.parquet"
     tmp = shard_dir / f".{final.name}.tmp"
@@ -55,7 +63,13 @@ def _write_shard(rows: list[dict], shard_dir: Path, teacher: str) -> Path:
 
 
 def _rows(
-    prompt: dict, cfg: TeacherConfig, completions: list[Completion], ids: list[str], wanted: set[str], run_id: str
+    prompt: dict,
+    cfg: TeacherConfig,
+    model: str,
+    completions: list[Completion],
+    ids: list[str],
+    wanted: set[str],
+    run_id: str,
 ) -> list[dict]:
     sampling_json = json.dumps(cfg.sampling.key(), sort_keys=True)
     return [
@@ -72,6 +86,7 @@ def _rows(
             "finish_reason": c.finish_reason,
             "seconds": c.seconds,
             "run_id": run_id,
+            "model": model,
         }
         for i, (c, cid) in enumerate(zip(completions, ids, strict=True))
         if cid in wanted
@@ -128,6 +143,8 @@ def generate_completions(
     Returns (generations, quarantine). Generations holds exactly the requested
     completion ids that exist (resumed or new), one row each; quarantine holds a
     row per (prompt, teacher) that failed after `retries` prompt-by-prompt attempts.
+    Each `cfg.model` must name what its backend loads (resolve embedded teachers with
+    `registry.with_model_path`): its identity is part of every completion id.
     """
     from tqdm.auto import tqdm
 
@@ -144,9 +161,11 @@ def generate_completions(
     quarantine: list[dict] = []
     for cfg, backend in teachers:
         key = cfg.sampling.key()
+        model = model_identity(cfg)
+        model_json = json.dumps(model, sort_keys=True)
         todo = []
         for p in records:
-            ids = [completion_id(p["prompt_id"], cfg.name, key, i) for i in range(k)]
+            ids = [completion_id(p["prompt_id"], cfg.name, key, i, model=model) for i in range(k)]
             requested.update(ids)
             if any(cid not in done for cid in ids):
                 todo.append((p, ids))
@@ -160,7 +179,7 @@ def generate_completions(
             rows = []
             for p, completions in answered:
                 wanted = {cid for cid in ids_of[p["prompt_id"]] if cid not in done}
-                rows.extend(_rows(p, cfg, completions, ids_of[p["prompt_id"]], wanted, run_id))
+                rows.extend(_rows(p, cfg, model_json, completions, ids_of[p["prompt_id"]], wanted, run_id))
             if rows:
                 _write_shard(rows, shard_dir, cfg.name)
                 done.update(r["completion_id"] for r in rows)

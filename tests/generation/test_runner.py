@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from factory.generation.base import SamplingConfig
-from factory.generation.registry import TeacherConfig
+from factory.generation.registry import TeacherConfig, model_identity
 from factory.generation.runner import generate_completions, read_shards
 from factory.ids import completion_id
 from factory.schemas import GENERATIONS
@@ -32,7 +32,7 @@ def _teachers(sleep_s: float = 0.0):
 
 def _expected_ids(prompts: pl.DataFrame, teachers) -> set[str]:
     return {
-        completion_id(pid, cfg.name, cfg.sampling.key(), i)
+        completion_id(pid, cfg.name, cfg.sampling.key(), i, model=model_identity(cfg))
         for cfg, _ in teachers
         for pid in prompts["prompt_id"]
         for i in range(K)
@@ -104,7 +104,11 @@ def test_rows_follow_the_generations_contract(tmp_path):
     assert row["text"] == f"beta:{prompts.filter(pl.col('prompt_id') == row['prompt_id'])['text'][0]}#1"
     assert row["backend"] == "transformers"
     assert json.loads(row["sampling"]) == teachers[1][0].sampling.key()
-    assert row["completion_id"] == completion_id(row["prompt_id"], "beta", teachers[1][0].sampling.key(), 1)
+    beta = teachers[1][0]
+    assert row["completion_id"] == completion_id(
+        row["prompt_id"], "beta", beta.sampling.key(), 1, model=model_identity(beta)
+    )
+    assert json.loads(row["model"]) == {"backend": "transformers", "model": "fake-beta"}
     assert len(list(tmp_path.glob("*.parquet"))) == 4  # one shard per batch of 2 prompts, per teacher
 
 
