@@ -1,26 +1,43 @@
 """Score every completion with every scorer, check language fidelity, standardise per language.
 
 Reads generations (GENERATIONS columns) and prompts [prompt_id, text]; writes
-scores (SCORES columns plus fidelity_penalty, selectable) and a quarantine frame
-[row_key, reason, payload]. Counts reconcile per scorer:
+scores (SCORES columns plus fidelity_penalty, selectable, scorer_model) and a
+quarantine frame [row_key, reason, payload]. Counts reconcile per scorer:
 len(generations) * len(scorers) == len(scores) + len(quarantine).
 A quarantine row_key is "<completion_id>|<scorer>".
+
+With a `cache_dir`, raw rewards of scorers that declare an `identity` (e.g. the
+reward model's checkpoint hash) are kept there in Parquet shards, written
+atomically per chunk, keyed by `ids.score_key(completion_id, text, identity)`:
+an unchanged rerun (or a killed one) scores only what is missing, and a changed
+checkpoint scores everything again. Scorers without an identity (LLM judges) are
+always run. Fidelity and reward_z are recomputed every time (they are cheap and
+depend on the whole partition).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from factory.ids import score_key
 from factory.schemas import SCORES, conform
 from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
 
+log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
-SCORE_EXTRA = {"fidelity_penalty": pl.Float64, "selectable": pl.Boolean}
+# scorer_model: JSON of the scorer's identity (what produced the reward); null for scorers without one
+SCORE_EXTRA = {"fidelity_penalty": pl.Float64, "selectable": pl.Boolean, "scorer_model": pl.String}
+CACHE_COLUMNS = {"score_key": pl.String, "reward": pl.Float64, "truncated": pl.Boolean}
+CACHE_CHUNK = 2048  # completions per scorer call, and per cache shard, when caching
 Z_EPS = 1e-12  # a spread below this counts as zero variance
 
 
@@ -69,14 +86,60 @@ def _score_one(scorer: RewardScorer, prompts: list, texts: list[str]) -> tuple[l
     return list(rewards), list(truncated)
 
 
+def _read_cache(cache_dir: Path, keys: set[str]) -> dict[str, tuple[float, bool]]:
+    """Cached (reward, truncated) for `keys`; unreadable shards are ignored (those rows are scored again)."""
+    found: dict[str, tuple[float, bool]] = {}
+    for path in sorted(cache_dir.glob("*.parquet")):
+        try:
+            df = pl.read_parquet(path, columns=list(CACHE_COLUMNS))
+        except Exception as exc:
+            log.warning("ignoring unreadable score shard %s: %s", path, exc)
+            continue
+        for key, reward, truncated in df.filter(pl.col("score_key").is_in(list(keys))).iter_rows():
+            found.setdefault(key, (reward, truncated))
+    return found
+
+
+def _write_cache(cache_dir: Path, rows: list[tuple[str, float, bool]]) -> None:
+    final = cache_dir / f"{uuid.uuid4().hex[:16]}.parquet"
+    tmp = cache_dir / f".{final.name}.tmp"
+    pl.DataFrame(rows, schema=CACHE_COLUMNS, orient="row").write_parquet(tmp)
+    os.replace(tmp, final)
+
+
+def _cached_score(
+    scorer: RewardScorer, identity: Any, ids: list[str], messages: list, texts: list[str], cache_dir: Path
+) -> tuple[list, list[bool]]:
+    """Like `_score_one`, but only the completions not in `cache_dir` are scored; each chunk of
+    finite rewards is written there before the next is scored, so a killed run keeps its work."""
+    keys = [score_key(cid, text, identity) for cid, text in zip(ids, texts, strict=True)]
+    known: dict[str, tuple[Any, bool]] = dict(_read_cache(cache_dir, set(keys)))
+    todo = [i for i, key in enumerate(keys) if key not in known]
+    log.info(
+        "scorer %s: %d of %d completions cached, scoring %d", scorer.name, len(keys) - len(todo), len(keys), len(todo)
+    )
+    for start in range(0, len(todo), CACHE_CHUNK):
+        chunk = todo[start : start + CACHE_CHUNK]
+        rewards, truncated = _score_one(scorer, [messages[i] for i in chunk], [texts[i] for i in chunk])
+        fresh = {keys[i]: (r, t) for i, r, t in zip(chunk, rewards, truncated, strict=True)}
+        finite = [(k, float(r), bool(t)) for k, (r, t) in fresh.items() if r is not None and math.isfinite(float(r))]
+        if finite:  # None / non-finite are quarantined this run and retried by the next
+            _write_cache(cache_dir, finite)
+        known.update(fresh)
+    return [known[key][0] for key in keys], [known[key][1] for key in keys]
+
+
 def score_generations(
     generations: pl.DataFrame,
     prompts: pl.DataFrame,
     scorers: list[RewardScorer],
     fidelity: FidelityConfig,
     run_id: str,
+    cache_dir: Path | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores, quarantine): one scores row per completion per scorer, or a quarantine row saying why not."""
+    """(scores, quarantine): one scores row per completion per scorer, or a quarantine row saying why not.
+    With `cache_dir`, rewards of scorers with an `identity` are resumed from and saved to it (one
+    writer per folder at a time: give each partition its own)."""
     names = [s.name for s in scorers]
     if len(set(names)) != len(names):
         raise ValueError(f"scorer names must be unique, got {names}")
@@ -88,9 +151,19 @@ def score_generations(
     texts = good["text"].to_list()
     base = pl.concat([good, detect_fidelity(good["language"].to_list(), texts, fidelity)], how="horizontal")
 
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     frames = []
     for scorer in scorers:
-        rewards, truncated = _score_one(scorer, messages, texts)
+        identity = getattr(scorer, "identity", None)
+        if cache_dir is not None and identity is not None:
+            ids = good["completion_id"].to_list()
+            rewards, truncated = _cached_score(scorer, identity, ids, messages, texts, cache_dir)
+        else:
+            rewards, truncated = _score_one(scorer, messages, texts)
         ok = []
         for i, (reward, row) in enumerate(zip(rewards, base.iter_rows(named=True), strict=True)):
             if reward is None:
@@ -109,6 +182,7 @@ def score_generations(
                 reward=pl.Series([float(rewards[i]) for i in ok], dtype=pl.Float64),
                 truncated=pl.Series([bool(truncated[i]) for i in ok], dtype=pl.Boolean),
                 run_id=pl.lit(run_id),
+                scorer_model=pl.lit(None if identity is None else json.dumps(identity, sort_keys=True), pl.String),
             )
         )
     scored = pl.concat(frames) if frames else pl.DataFrame()

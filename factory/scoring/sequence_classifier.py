@@ -8,11 +8,13 @@ so each batch pads little; rewards come back in the caller's order.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from factory.generation.base import Message
+from factory.ids import weights_digest
 
 
 class SequenceClassifierConfig(BaseModel):
@@ -62,6 +64,15 @@ class SequenceClassifierScorer:
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(self.device).eval()
+
+    @cached_property
+    def identity(self) -> dict:
+        """What decides the rewards (the score cache's key): the checkpoint's content hash and max_length."""
+        return {
+            "kind": "sequence_classifier",
+            "weights": weights_digest(self.model_path),
+            "max_length": self.max_length,
+        }
 
     def encode(self, prompts: list[list[Message]], completions: list[str]) -> list[list[int]]:
         """Token ids of each chat-formatted (prompt, completion), untruncated."""

@@ -156,3 +156,117 @@ def test_teacher_table_aggregates_per_language_and_teacher():
     assert en_east["n"] == 2
     assert en_east["mean_reward"] == pytest.approx((len(EN[1]) + len(EN[2])) / 2)
     assert table["n"].sum() == scores.height
+
+
+class CountingLengthScorer(LengthScorer):
+    """LengthScorer with an identity (so it is cached); counts the completions it is asked to score."""
+
+    def __init__(self, version: int = 1, fail_after: int | None = None):
+        self.identity = {"kind": "length", "version": version}
+        self.seen: list[str] = []
+        self.fail_after = fail_after
+
+    def score(self, prompts, completions):
+        if self.fail_after is not None and len(self.seen) >= self.fail_after:
+            raise RuntimeError("killed")
+        self.seen.extend(completions)
+        return super().score(prompts, completions)
+
+
+def _drop_run(df):
+    return df.drop("run_id").sort("completion_id", "scorer")
+
+
+def test_cached_scores_resume_and_a_changed_scorer_scores_again(tmp_path):
+    cache = tmp_path / "cache"
+    first_scorer = CountingLengthScorer()
+    first, _ = score_generations(GENERATIONS, PROMPTS, [first_scorer], FidelityConfig(), "r1", cache)
+    assert len(first_scorer.seen) == GENERATIONS.height
+    assert json.loads(first["scorer_model"][0]) == {"kind": "length", "version": 1}
+
+    again_scorer = CountingLengthScorer()
+    again, _ = score_generations(GENERATIONS, PROMPTS, [again_scorer], FidelityConfig(), "r2", cache)
+    assert again_scorer.seen == []
+    assert _drop_run(again).equals(_drop_run(first))
+
+    new_scorer = CountingLengthScorer(version=2)
+    score_generations(GENERATIONS, PROMPTS, [new_scorer], FidelityConfig(), "r3", cache)
+    assert len(new_scorer.seen) == GENERATIONS.height
+
+    edited = GENERATIONS.with_columns(
+        text=pl.when(pl.col("completion_id") == "c3").then(pl.lit("A rewritten answer.")).otherwise("text")
+    )
+    edit_scorer = CountingLengthScorer()
+    scores, _ = score_generations(edited, PROMPTS, [edit_scorer], FidelityConfig(), "r4", cache)
+    assert edit_scorer.seen == ["A rewritten answer."]
+    assert scores.filter(pl.col("completion_id") == "c3")["reward"].item() == len("A rewritten answer.")
+
+
+def test_a_killed_scoring_run_keeps_the_chunks_it_finished(tmp_path, monkeypatch):
+    import factory.scoring.score as score_module
+
+    monkeypatch.setattr(score_module, "CACHE_CHUNK", 2)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="killed"):
+        score_generations(GENERATIONS, PROMPTS, [CountingLengthScorer(fail_after=4)], FidelityConfig(), "r1", cache)
+    rerun = CountingLengthScorer()
+    scores, _ = score_generations(GENERATIONS, PROMPTS, [rerun], FidelityConfig(), "r2", cache)
+    assert len(rerun.seen) == GENERATIONS.height - 4 and scores.height == GENERATIONS.height
+
+
+def test_unscorable_rewards_and_scorers_without_identity_are_not_cached(tmp_path):
+    cache = tmp_path / "cache"
+
+    class CountingPicky(PickyScorer):
+        identity = {"kind": "picky"}
+
+        def __init__(self):
+            self.seen = []
+
+        def score(self, prompts, completions):
+            self.seen.extend(completions)
+            return super().score(prompts, completions)
+
+    score_generations(GENERATIONS, PROMPTS, [CountingPicky(), LengthScorer()], FidelityConfig(), "r1", cache)
+    picky = CountingPicky()
+    scores, quarantine = score_generations(GENERATIONS, PROMPTS, [picky, LengthScorer()], FidelityConfig(), "r2", cache)
+    assert sorted(picky.seen) == sorted([EN[1], ES])  # the None and NaN ones are asked again
+    assert sorted(quarantine["row_key"]) == ["c2|picky", "c4|picky"]
+    assert scores.filter(pl.col("scorer") == "length")["scorer_model"].is_null().all()
+    assert scores.filter(pl.col("scorer") == "length").height == GENERATIONS.height
+
+
+def test_a_changed_reward_model_checkpoint_is_scored_again(tmp_path, tiny_rm):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.tiny import save_model
+
+    folder = tmp_path / "arbiter"
+    shutil.copytree(tiny_rm, folder)
+    cache = tmp_path / "cache"
+
+    def run(run_id):
+        rm = SequenceClassifierScorer(folder, name="arbiter", device="cpu")
+        seen = []
+        inner = rm.score_with_info
+        rm.score_with_info = lambda p, c: seen.extend(c) or inner(p, c)
+        scores, quarantine = score_generations(GENERATIONS, PROMPTS, [rm], FidelityConfig(), run_id, cache)
+        assert quarantine.height == 0
+        return scores.sort("completion_id"), len(seen)
+
+    first, n = run("r1")
+    assert n == GENERATIONS.height
+    again, n = run("r2")
+    assert n == 0 and again["reward"].to_list() == first["reward"].to_list()
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.score.weight.mul_(-1.0)  # retrained Arbiter: same size, other weights
+    save_model(model, AutoTokenizer.from_pretrained(folder), folder)
+    changed, n = run("r3")
+    assert n == GENERATIONS.height
+    assert changed["scorer_model"][0] != first["scorer_model"][0]
+    assert changed["reward"].to_list() != first["reward"].to_list()
