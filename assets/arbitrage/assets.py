@@ -10,13 +10,15 @@ from warehouse.io_manager import markdown_table
 
 
 def teacher_backends(cfg, pool: pl.DataFrame) -> list:
-    """(TeacherConfig, backend) for every configured teacher; embedded ones resolve to the pool's folders."""
-    from factory.generation.registry import EMBEDDED_PREFIX, make_backend
+    """(TeacherConfig, backend) for every configured teacher; embedded ones resolve to the pool's folders
+    (the config then names the folder, whose weights' hash goes into the completion ids)."""
+    from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
 
     out = []
     for t in cfg.resolved_teachers():
         path = find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"] if t.embedded else None
-        out.append((t, make_backend(t, path)))
+        t = with_model_path(t, path)
+        out.append((t, make_backend(t)))
     return out
 
 
@@ -70,6 +72,7 @@ def generations(
     context.add_output_metadata({
         "teachers": dg.MetadataValue.md(markdown_table(per_teacher)),
         "tokens_generated": int(gens["n_tokens"].sum() or 0),
+        "generated_this_run": gens.filter(pl.col("run_id") == context.run_id).height,
         "quarantined": quarantine.height,
     })
     return gens
@@ -90,13 +93,15 @@ def scores(
     arbiter: pl.DataFrame,
 ):
     """The Arbiter's reward for every completion, standardised per language (reward_z), with the
-    detected language and language_match (wrong-language answers are never selectable)."""
+    detected language and language_match (wrong-language answers are never selectable). Rewards are
+    cached by (completion, text, Arbiter checkpoint hash): a rerun scores only what changed."""
     from factory.scoring.score import score_generations, teacher_table
 
     cfg = factory.settings()
     wh = factory.warehouse()
     scorers = configured_scorers(cfg, arbiter)
-    scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id)
+    cache = wh.dir("staging", "scores", f"language={context.partition_key}")
+    scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
     table = teacher_table(scored)
     total_s = float(generations["seconds"].sum() or 0)
