@@ -24,7 +24,7 @@ from functools import partial
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig
+from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig, generate_per_row
 from factory.ids import completion_id, normalize_text, pair_id
 from factory.languages import LANGUAGES
 from factory.routing import RoutingConfig, ranked
@@ -148,10 +148,11 @@ class NativeVsTranslatedConfig(BaseModel):
 
 
 def _generate(backend: GenerationBackend, prompts: list[str], sampling: SamplingConfig, batch_size: int) -> list[Completion]:
+    """One completion per prompt; a request that fails becomes an error completion for that row only."""
     out: list[Completion] = []
     for start in range(0, len(prompts), batch_size):
         convs: list[list[Message]] = [[{"role": "user", "content": p}] for p in prompts[start : start + batch_size]]
-        out.extend(c[0] for c in backend.generate(convs, sampling, n=1))
+        out.extend(c[0] for c in generate_per_row(backend, convs, sampling, n=1))
     return out
 
 
@@ -270,7 +271,8 @@ def _drop_failed(todo: list[dict], stages: list[list[Completion]], reason: str, 
     """Keep the rows whose latest stage succeeded; quarantine the others with `reason`."""
     keep = [i for i, c in enumerate(stages[-1]) if not _failed(c)]
     for i in sorted(set(range(len(todo))) - set(keep)):
-        quarantine.append(_q(todo[i], f"{reason} ({stages[-1][i].finish_reason})"))
+        c = stages[-1][i]
+        quarantine.append(_q(todo[i], f"{reason} ({c.error or c.finish_reason})"))
     return [todo[i] for i in keep], [[s[i] for i in keep] for s in stages]
 
 

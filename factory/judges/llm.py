@@ -6,7 +6,8 @@ and both answers, and must end with one of [[A>>B]], [[A>B]], [[A=B]], [[B>A]],
 cancel position bias; a strong verdict counts 3 times, as in Arena-Hard. An
 answer without exactly one distinct verdict label is asked again once (new
 seed); if it still does not parse, the pair's verdict is "unparsed" and the
-caller quarantines it.
+caller quarantines it. A request that fails is such an answer for its pair only
+(the verdict's explanation carries the error); the other pairs are judged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.generation.base import GenerationBackend, Message, SamplingConfig
+from factory.generation.base import GenerationBackend, Message, SamplingConfig, generate_per_row
 from factory.judges.base import JudgePrompt, Verdict, check_lengths
 from factory.languages import LANGUAGES
 
@@ -98,37 +99,43 @@ class LLMJudge:
             {"role": "user", "content": user},
         ]
 
-    def _ask(self, conversations: list[list[Message]]) -> tuple[list[str | None], list[str]]:
-        """Labels per conversation after up to `retries` re-asks of the unparseable ones, and the raw answers."""
+    def _ask(self, conversations: list[list[Message]]) -> tuple[list[str | None], list[str], list[str]]:
+        """Per conversation: its label after up to `retries` re-asks of the unparseable ones, the last raw
+        answer, and the error of the last request when it failed ("" otherwise)."""
         sampling = self.config.sampling
-        raw = [c[0].text for c in self.backend.generate(conversations, sampling, n=1)]
-        labels = [parse_verdict(t) for t in raw]
-        for attempt in range(1, self.config.retries + 1):
-            todo = [i for i, label in enumerate(labels) if label is None]
+        labels: list[str | None] = [None] * len(conversations)
+        raw = [""] * len(conversations)
+        errors = [""] * len(conversations)
+        todo = list(range(len(conversations)))
+        for attempt in range(self.config.retries + 1):
             if not todo:
                 break
-            retry_sampling = sampling.model_copy(update={"seed": sampling.seed + attempt})
-            again = self.backend.generate([conversations[i] for i in todo], retry_sampling, n=1)
-            for i, comp in zip(todo, again, strict=True):
-                raw[i] = comp[0].text
+            attempt_sampling = sampling.model_copy(update={"seed": sampling.seed + attempt})
+            answers = generate_per_row(self.backend, [conversations[i] for i in todo], attempt_sampling, n=1)
+            for i, comp in zip(todo, answers, strict=True):
+                raw[i], errors[i] = comp[0].text, comp[0].error
                 labels[i] = parse_verdict(raw[i])
-        return labels, raw
+            todo = [i for i in todo if labels[i] is None]
+        return labels, raw, errors
 
     def judge(self, prompts: list[JudgePrompt], answers_a: list[str], answers_b: list[str]) -> list[Verdict]:
         check_lengths(prompts, answers_a, answers_b)
         forward = [self.conversation(p, a, b) for p, a, b in zip(prompts, answers_a, answers_b, strict=True)]
         swapped = [self.conversation(p, b, a) for p, a, b in zip(prompts, answers_a, answers_b, strict=True)]
-        labels, raw = self._ask(forward + swapped)
+        labels, raw, errors = self._ask(forward + swapped)
         n = len(prompts)
         verdicts = []
         for i in range(n):
             ab, ba = labels[i], labels[n + i]
             if ab is None or ba is None:
-                bad = raw[i] if ab is None else raw[n + i]
+                j = i if ab is None else n + i
                 order = "A/B" if ab is None else "swapped"
-                verdicts.append(
-                    Verdict("unparsed", f"no verdict label in the {order} answer after retry: {bad[:200]!r}")
-                )
+                if errors[j]:
+                    verdicts.append(Verdict("unparsed", f"the {order} judge request failed: {errors[j][:300]}"))
+                else:
+                    verdicts.append(
+                        Verdict("unparsed", f"no verdict label in the {order} answer after retry: {raw[j][:200]!r}")
+                    )
             else:
                 verdicts.append(combine(ab, ba, self.config.strong_weight))
         return verdicts

@@ -4,7 +4,8 @@ The judge reads a rubric filled with the conversation and the completion and
 answers with a score on a fixed scale ("Score: 7"). An answer without a
 parseable in-range score is asked again once (with the next sampling seed);
 if it still fails the reward is None, so the caller quarantines it instead of
-scoring it 0.
+scoring it 0. A request that fails counts as such an answer for its row only
+(the verdict keeps the error); the other rows are scored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.generation.base import GenerationBackend, Message, SamplingConfig
+from factory.generation.base import GenerationBackend, Message, SamplingConfig, generate_per_row
 
 DEFAULT_RUBRIC = (
     "You are grading an assistant's reply. Judge helpfulness, correctness, fluency, and whether the "
@@ -47,6 +48,7 @@ class JudgeVerdict:
     score: float | None
     answer: str  # the last answer read
     attempts: int
+    error: str = ""  # why the last request failed, when it did
 
 
 def parse_score(answer: str, scale_min: float = 1, scale_max: float = 10) -> float | None:
@@ -107,13 +109,13 @@ class LLMJudgeScorer:
                 break
             # A new seed per attempt, so a deterministic backend can answer differently.
             sampling = self.sampling.model_copy(update={"seed": self.sampling.seed + attempt})
-            outputs = self.backend.generate([conversations[i] for i in pending], sampling, n=1)
+            outputs = generate_per_row(self.backend, [conversations[i] for i in pending], sampling, n=1)
             still = []
             for i, out in zip(pending, outputs, strict=True):
                 answer = out[0] if out else None
                 text = answer.text if answer is not None and answer.finish_reason != "error" else ""
                 score = parse_score(text, self.scale_min, self.scale_max)
-                verdicts[i] = JudgeVerdict(score, text, attempt + 1)
+                verdicts[i] = JudgeVerdict(score, text, attempt + 1, answer.error if answer is not None else "")
                 if score is None:
                     still.append(i)
             pending = still
