@@ -1,15 +1,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import polars as pl
 import pytest
 
-from factory.generation.base import SamplingConfig
-from factory.generation.openai_backend import BackendRequestError, OpenAIBackend
+from factory.generation.base import SamplingConfig, generate_per_row
+from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, redact
 from factory.generation.registry import TeacherConfig, make_backend
+from factory.generation.runner import generate_completions
+from factory.judges.llm import LLMJudge
+from factory.pairs import native_vs_translated
+from factory.scoring.llm_judge import LLMJudgeScorer
+from tests.generation.fakes import EchoBackend, make_prompts
 
 
 class ChatServer:
@@ -17,13 +25,19 @@ class ChatServer:
 
     Prompt content decides the behaviour: "429 then ok" fails once with 429 and
     Retry-After, "500 twice" fails twice with 500, "slow once" sleeps past the
-    client timeout once, "always 503" never succeeds, "bad request" gets a 400.
+    client timeout once, "always 503" never succeeds, "bad request" gets a 400,
+    "echo secrets" gets a 400 (or 500 with "echo secrets 500") whose body echoes
+    the request's Authorization header, "trickle body" / "trickle headers" send
+    one byte every 0.1 s for up to 30 s. With `ignore_n` the server answers one
+    choice whatever `n` is (as llama.cpp, TGI and `transformers serve` do).
     """
 
-    def __init__(self):
+    def __init__(self, ignore_n: bool = False):
         self.requests: list[dict] = []
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.ignore_n = ignore_n
+        self.stop = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +53,16 @@ class ChatServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _trickle(self, data: bytes):
+                try:
+                    for _ in range(300):
+                        if server.stop.wait(0.1):
+                            return
+                        self.wfile.write(data)
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client hung up, as it should
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -56,20 +80,35 @@ class ChatServer:
                     return self._send(503, {"error": "down"})
                 if "bad request" in prompt:
                     return self._send(400, {"error": "bad"})
+                if "echo secrets" in prompt:
+                    auth = self.headers.get("Authorization")
+                    message = "x" * 170 + f" invalid key {auth.split()[-1]}; you sent Authorization: {auth}"
+                    return self._send(500 if "500" in prompt else 400, {"error": message})
+                if "trickle headers" in prompt:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    return self._trickle(b"a")
+                if "trickle body" in prompt:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    return self._trickle(b" ")
                 if "slow once" in prompt and attempt == 1:
                     time.sleep(1.0)
+                n = 1 if server.ignore_n else body.get("n", 1)
+                suffix = f" (seed {body['seed']})" if server.ignore_n else ""
                 choices = [
                     {
                         "index": i,
                         "message": {
                             "role": "assistant",
-                            "content": "" if "empty" in prompt else f"{prompt} -> answer {i}",
+                            "content": "" if "empty" in prompt else f"{prompt} -> answer {i}{suffix}",
                         },
                         "finish_reason": "length" if i == 1 else "stop",
                     }
-                    for i in reversed(range(body.get("n", 1)))  # out of order on purpose
+                    for i in reversed(range(n))  # out of order on purpose
                 ]
-                usage = {"prompt_tokens": 5, "completion_tokens": 7 * body.get("n", 1), "total_tokens": 0}
+                usage = {"prompt_tokens": 5, "completion_tokens": 7 * n, "total_tokens": 0}
                 self._send(
                     200,
                     {
@@ -90,6 +129,7 @@ class ChatServer:
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -169,3 +209,181 @@ def test_connection_refused_is_retried_then_raised(monkeypatch):
     with pytest.raises(BackendRequestError, match="ConnectError"):
         backend.generate([[{"role": "user", "content": "hi"}]], SamplingConfig(), n=1)
     assert backend.requests_sent == 3
+
+
+# --- servers that ignore `n` ------------------------------------------------------------------
+
+
+def test_server_ignoring_n_gets_one_request_per_sample_with_distinct_seeds(monkeypatch, caplog):
+    with ChatServer(ignore_n=True) as server:
+        backend = _backend(server, monkeypatch, max_concurrency=1)
+        convs = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+        with caplog.at_level(logging.WARNING, logger="factory.generation.openai_backend"):
+            out = backend.generate(convs, SamplingConfig(seed=7), n=3)
+    assert [[c.text for c in cs] for cs in out] == [
+        [f"question {i} -> answer 0 (seed {s})" for s in (7, 8, 9)] for i in range(3)
+    ]
+    seeds = {f"question {i}": [r["seed"] for r in server.requests if r["messages"][-1]["content"] == f"question {i}"]
+             for i in range(3)}  # fmt: skip
+    assert seeds == {f"question {i}": [7, 8, 9] for i in range(3)}
+    # only the first request asked for n=3; once seen ignoring it, the backend asks for one sample at a time
+    assert [r.get("n") for r in server.requests] == [3] + [None] * 8
+    warnings = [r.getMessage() for r in caplog.records if "ignores `n`" in r.getMessage()]
+    assert len(warnings) == 1 and "3 requests per prompt" in warnings[0]
+
+
+# --- API key ------------------------------------------------------------------------------------
+
+
+def test_missing_api_key_is_warned_about_once_naming_the_variable(server, monkeypatch, caplog):
+    monkeypatch.delenv("UNSET_TEACHER_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="factory.generation.openai_backend"):
+        backend = OpenAIBackend("m", server.url, api_key_env="UNSET_TEACHER_KEY")
+        backend.generate([[{"role": "user", "content": "fine"}]] * 2, SamplingConfig(), n=1)
+        OpenAIBackend("m", server.url, api_key_env=None)  # no key wanted: nothing to warn about
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "UNSET_TEACHER_KEY" in warnings[0] and "no Authorization header" in warnings[0]
+    assert [r["auth"] for r in server.requests] == [None, None]
+
+
+# --- total deadline -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["trickle body", "trickle headers"])
+def test_timeout_is_a_deadline_for_the_whole_request(server, monkeypatch, prompt):
+    backend = _backend(server, monkeypatch, timeout_s=1.0, max_retries=0)
+    start = time.perf_counter()
+    with pytest.raises(BackendRequestError, match="no complete response within timeout_s=1"):
+        backend.generate([[{"role": "user", "content": prompt}]], SamplingConfig(), n=1)
+    # every byte arrives within a per-read timeout, and the server would go on for 30 s
+    assert time.perf_counter() - start < 10
+
+
+# --- circuit breaker ----------------------------------------------------------------------------
+
+
+def test_circuit_opens_after_consecutive_failures_and_fails_the_rest_fast():
+    backend = OpenAIBackend("m", "http://127.0.0.1:9/v1", api_key_env=None, max_concurrency=2, max_retries=5,
+                            backoff_s=0.01, circuit_failures=5)  # fmt: skip
+    convs = [[{"role": "user", "content": f"q{i}"}] for i in range(6)]
+    with pytest.raises(BackendRequestError) as caught:
+        backend.generate(convs, SamplingConfig(), n=1)
+    rows = caught.value.rows
+    assert all(isinstance(r, str) for r in rows)
+    assert sum("circuit open after" in r for r in rows) >= 5 and all("ConnectError" in r for r in rows)
+    # 6 prompts x 6 attempts would be 36; the breaker stops after 5 (plus what was already in flight)
+    assert 5 <= backend.requests_sent <= 5 + backend.max_concurrency
+
+
+def test_circuit_probes_after_cooldown_and_closes_on_success(server, monkeypatch):
+    backend = _backend(server, monkeypatch, max_retries=1)
+    backend.circuit_failures, backend.circuit_cooldown_s = 2, 0.3
+    with pytest.raises(BackendRequestError, match="after 2 attempts.*503"):
+        backend.generate([[{"role": "user", "content": "always 503"}]], SamplingConfig(), n=1)
+    sent = backend.requests_sent
+    with pytest.raises(BackendRequestError, match="circuit open after 2 consecutive failures: HTTP 503"):
+        backend.generate([[{"role": "user", "content": "fine"}]], SamplingConfig(), n=1)
+    assert backend.requests_sent == sent  # failed without calling the server
+    time.sleep(0.4)
+    out = backend.generate([[{"role": "user", "content": "fine"}]] * 3, SamplingConfig(), n=1)
+    assert [cs[0].text for cs in out] == ["fine -> answer 0"] * 3
+
+
+def test_client_errors_do_not_open_the_circuit(server, monkeypatch):
+    backend = _backend(server, monkeypatch)
+    backend.circuit_failures = 2
+    convs = [[{"role": "user", "content": f"bad request {i}"}] for i in range(4)]
+    with pytest.raises(BackendRequestError) as caught:
+        backend.generate(convs, SamplingConfig(), n=1)
+    assert all("HTTP 400" in r and "circuit" not in r for r in caught.value.rows)
+    assert backend.generate([[{"role": "user", "content": "fine"}]], SamplingConfig(), n=1)[0][0].text
+
+
+def test_runner_quarantines_every_prompt_of_a_dead_server_fast(tmp_path):
+    cfg = TeacherConfig(name="dead", backend="openai", model="m", api_base="http://127.0.0.1:9/v1",
+                        api_key_env=None, max_concurrency=2, max_retries=5, batch_size=3)  # fmt: skip
+    backend = make_backend(cfg)
+    backend.backoff_s = 0.01
+    prompts = make_prompts(6)
+    generations, quarantine = generate_completions(prompts, [(cfg, backend)], 2, tmp_path, "run", progress=False)
+    assert generations.height == 0 and quarantine.height == 6
+    assert all(re.search(r"circuit open after \d+ consecutive failures: ConnectError", r) for r in quarantine["reason"])
+    assert backend.requests_sent <= 5 + cfg.max_concurrency
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["echo secrets", "echo secrets 500"])
+def test_secrets_echoed_by_the_server_are_redacted(server, monkeypatch, caplog, prompt):
+    backend = _backend(server, monkeypatch, max_retries=2)
+    backend.circuit_failures = 2  # so the breaker logs the last error too
+    with caplog.at_level(logging.DEBUG), pytest.raises(BackendRequestError) as caught:
+        backend.generate([[{"role": "user", "content": prompt}]] * 2, SamplingConfig(), n=1)
+    texts = [str(caught.value), *caught.value.rows, caplog.text]
+    assert "HTTP 4" in texts[1] or "HTTP 5" in texts[1]
+    for text in texts:
+        # the key straddles the 200-character cut of the body: no prefix of it may survive either
+        assert "sk-test" not in text and "Bearer sk" not in text
+    assert "invalid key [REDAC" in texts[1]  # redacted, then cut at 200 characters
+    if "500" in prompt:
+        assert "circuit open" in caplog.text
+
+
+def test_redact_covers_the_key_authorization_bearer_and_url_passwords():
+    text = 'key sk-abc; {"Authorization": "Bearer tok.en-1"}; authorization=Basic dXNlcg==; bearer xyz http://u:pw@h/v1'
+    out = redact(text, ("sk-abc",))
+    for secret in ("sk-abc", "tok.en-1", "dXNlcg==", "xyz", ":pw@"):
+        assert secret not in out
+    assert out.count("[REDACTED]") == 5 and "http://u:[REDACTED]@h/v1" in out
+
+
+# --- every caller quarantines per row -----------------------------------------------------------
+
+
+def test_generate_per_row_isolates_the_failing_conversation():
+    backend = EchoBackend("echo", fail_on="poison")
+    convs = [[{"role": "user", "content": t}] for t in ("a", "poison pill", "b")]
+    out = generate_per_row(backend, convs, SamplingConfig(), n=2)
+    assert [[c.text for c in cs] for cs in out] == [["echo:a#0", "echo:a#1"], ["", ""], ["echo:b#0", "echo:b#1"]]
+    assert [c.finish_reason for c in out[1]] == ["error", "error"]
+    assert out[1][0].error == "ConnectionError: boom on poison"
+
+
+def test_generate_per_row_keeps_the_rows_the_openai_backend_answered(server, monkeypatch):
+    backend = _backend(server, monkeypatch)
+    convs = [[{"role": "user", "content": t}] for t in ("one", "bad request", "two")]
+    out = generate_per_row(backend, convs, SamplingConfig(), n=1)
+    assert [cs[0].text for cs in out] == ["one -> answer 0", "", "two -> answer 0"]
+    assert "HTTP 400" in out[1][0].error
+    assert server.attempts == {"one": 1, "bad request": 1, "two": 1}  # nothing asked twice
+
+
+def test_native_vs_translated_quarantines_a_failed_request_and_keeps_the_other_rows(server, monkeypatch):
+    backend = _backend(server, monkeypatch)
+    texts = ["Wie geht es dir?", "bad request: Guten Morgen", "Was machst du?"]
+    prompts = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(3)], "text": texts})
+    best = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(3)], "language": ["de"] * 3,
+                         "completion_id": [f"c{i}" for i in range(3)], "reward": [1.0] * 3,
+                         "text": ["Gut.", "Morgen!", "Nichts."], "teacher": ["strong"] * 3})  # fmt: skip
+    pairs, gens, quarantine = native_vs_translated(best, prompts, backend, backend, run_id="r")
+    assert sorted(pairs["prompt_id"]) == ["p0", "p2"] and gens.height == 2
+    assert quarantine["row_key"].to_list() == ["p1"]
+    reason = quarantine["reason"][0]
+    assert "translating the prompt to English failed" in reason and "HTTP 400" in reason
+
+
+def test_llm_judges_quarantine_a_failed_request_per_row(server, monkeypatch):
+    backend = _backend(server, monkeypatch)
+    scorer = LLMJudgeScorer(backend)
+    prompts = [[{"role": "user", "content": q}] for q in ("hi", "bad request", "yo")]
+    verdicts = scorer.judge(prompts, ["fine. Score: 7", "fine. Score: 3", "fine. Score: 5"])
+    assert [v.score for v in verdicts] == [7.0, None, 5.0]
+    assert "HTTP 400" in verdicts[1].error and verdicts[0].error == ""
+
+    judge = LLMJudge(backend)
+    jp = [{"prompt_id": f"p{i}", "language": "en", "text": q} for i, q in enumerate(("hi", "bad request"))]
+    out = judge.judge(jp, ["good [[A>B]]", "good [[A>B]]"], ["meh", "meh"])
+    assert out[0].outcome != "unparsed"
+    assert out[1].outcome == "unparsed" and "request failed" in out[1].explanation
+    assert "HTTP 400" in out[1].explanation
