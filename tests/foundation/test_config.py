@@ -292,3 +292,45 @@ def test_known_names_and_sentinels_are_accepted(tmp_path):
         "training": {"dpo_methods": ["best_worst"], "sft": {"max_steps": -1}},  # -1: train `epochs`
     }))  # fmt: skip
     assert cfg.merge.weights == {"east_asian": 2.0, "west_european": 1.0}
+
+
+# -- 6: the README's examples are valid configs ------------------------------------------------------
+
+
+def _readme_examples() -> list[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Bring your own models and data", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:]]
+    return [b for b in blocks if b.startswith("languages:")]
+
+
+def test_readme_has_an_example_for_every_backend():
+    text = "\n".join(_readme_examples())
+    for backend in ("transformers", "openai", "vllm"):
+        assert f"backend: {backend}" in text
+    assert "embedded:east_asian" in text
+
+
+@pytest.mark.parametrize("example", _readme_examples())
+def test_readme_examples_validate(tmp_path, example):
+    data = yaml.safe_load(example)
+    local = [
+        s["path"] for s in data.get("prompts", {}).get("sources", []) if s.get("kind") in ("jsonl", "csv", "parquet")
+    ]
+    local += [v for v in _strings(data) if v.startswith("./")]
+    for rel in local:  # the files and folders the example names, next to the config
+        target = tmp_path / rel
+        if target.suffix:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("")
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+    load_config(_write(tmp_path, data))
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
