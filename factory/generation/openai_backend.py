@@ -190,6 +190,10 @@ class OpenAIBackend:
             failure = self._redact(f"{type(exc).__name__}: {exc}")
             self._record(False, failure)
             return None, failure, None, True
+        except BaseException:  # cancelled, or a bug: a probe that never finishes must not hold the others
+            with self._lock:
+                self._probing = False
+            raise
         status = response.status_code
         if status == 200:
             try:
