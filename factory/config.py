@@ -35,7 +35,15 @@ from factory.decontam import DecontamConfig
 from factory.generation.base import SamplingConfig
 from factory.generation.registry import EMBEDDED_PREFIX, TeacherConfig
 from factory.judges import JUDGES, JudgeConfig
-from factory.languages import CLUSTERS, LANGUAGES, SHARED_LANGUAGES, describe_clusters, own_languages, validate_code
+from factory.languages import (
+    CLUSTERS,
+    LANGUAGES,
+    SHARED_LANGUAGES,
+    cluster_of,
+    describe_clusters,
+    own_languages,
+    validate_code,
+)
 from factory.pairs import PAIR_BUILDERS, BestWorstConfig, NativeVsTranslatedConfig
 from factory.router import RouterConfig
 from factory.routing import RoutingConfig
@@ -333,7 +341,7 @@ def _local_path(value: str, base: Path, key: str, problems: Problems) -> str:
 def _maybe_local(value: str, base: Path, key: str, problems: Problems) -> str:
     """A model or dataset that may be local or a hub / served name: local when it starts with
     `.`, `/` or `~`, or when it exists next to the config file; any other name is left as given."""
-    if value.startswith((".", "/", "~")) or (base / value).exists():
+    if value and (value.startswith((".", "/", "~")) or (base / value).exists()):
         return _local_path(value, base, key, problems)
     return value
 
@@ -493,12 +501,13 @@ def _check_names(cfg: FactoryConfig) -> Problems:
     routing = cfg.arbitrage.routing
     if routing.single_teacher is not None and routing.single_teacher not in teachers:
         problems.append(("arbitrage.routing.single_teacher", f"{routing.single_teacher!r} {not_teacher}"))
-    if "fixed_teachers" in routing.model_fields_set:  # a table the user wrote (the default names every cluster)
-        for lang, teacher in routing.fixed_teachers.items():
-            if lang not in LANGUAGES:
-                problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"unknown language code {lang!r}"))
-            elif lang in cfg.languages and teacher not in teachers:  # other languages' entries are never used
-                problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"{teacher!r} {not_teacher}"))
+    for lang, teacher in routing.fixed_teachers.items():
+        if lang not in LANGUAGES:
+            problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"unknown language code {lang!r}"))
+        # only the run's languages are routed; an entry equal to the default (the language's cluster) is
+        # the default's behaviour, so a printed config (`factory config`) loads again
+        elif lang in cfg.languages and teacher not in teachers and teacher != cluster_of(lang):
+            problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"{teacher!r} {not_teacher}"))
     merged = [c for c in CLUSTERS if set(own_languages(c)) & set(cfg.languages)]  # the cluster models merged
     for name in cfg.merge.weights:
         if name not in merged:

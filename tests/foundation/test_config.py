@@ -111,6 +111,22 @@ def test_factory_config_prints_configured_teachers(tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"languages": ["en", "es", "ja", "ru"]},  # no west_european teacher, though en/es map to it by default
+        {"languages": OK_LANGUAGES, "teachers": [{"name": "big", "backend": "openai", "model": "served-a"},
+                                                 {"name": "small", "model": "embedded:east_asian"}]},
+    ],
+)  # fmt: skip
+def test_what_factory_config_prints_loads_again(tmp_path, data):
+    out = CliRunner().invoke(app, ["config", "--config", str(_write(tmp_path, data))])
+    assert out.exit_code == 0, out.output
+    again = load_config(_write(tmp_path, yaml.safe_load(out.output), "printed.yaml"))
+    assert again == load_config(tmp_path / "run.yaml").model_copy(update={"teachers": again.teachers})
+    assert again.teachers == load_config(tmp_path / "run.yaml").resolved_teachers()
+
+
 # -- 3: relative paths resolve against the config file; missing files are refused ------------------
 
 
