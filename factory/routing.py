@@ -306,10 +306,25 @@ def routing_stats(selections: pl.DataFrame, strategy: str = "reward_routing") ->
     )
 
 
-def strategy_summary(selections: pl.DataFrame) -> pl.DataFrame:
-    """Per strategy x language: selected prompts and their mean reward (the arbitrage comparison)."""
+def strategy_comparison(selections: pl.DataFrame, by_language: bool = False) -> pl.DataFrame:
+    """Per strategy (x language): prompts selected, and the mean reward over the prompts that
+    *every* strategy selected (n_shared), which is the fair comparison: each strategy's mean over
+    its own prompts compares different prompt sets (strategies that take one sample drop the
+    prompts whose sample is off-language). On shared prompts reward_routing is at least as high as
+    any other strategy, prompt by prompt, since it takes the argmax of all eligible samples."""
+    keys = ["strategy", "language"] if by_language else ["strategy"]
+    n_strategies = selections["strategy"].n_unique()
+    shared = (
+        selections.group_by("prompt_id").agg(pl.col("strategy").n_unique().alias("n"))
+        .filter(pl.col("n") == n_strategies).select("prompt_id")
+    )
+    on_shared = (
+        selections.join(shared, on="prompt_id", how="semi")
+        .group_by(keys).agg(pl.len().alias("n_shared"), pl.col("reward").mean().alias("mean_reward"))
+    )
     return (
-        selections.group_by("strategy", "language")
-        .agg(pl.len().alias("n_selected"), pl.col("reward").mean().alias("mean_reward"))
-        .sort("strategy", "language")
+        selections.group_by(keys).agg(pl.len().alias("n_selected"))
+        .join(on_shared, on=keys, how="left")
+        .with_columns(pl.col("n_shared").fill_null(0))
+        .sort([*keys[1:], "mean_reward", "strategy"], descending=[*([False] * (len(keys) - 1)), True, False], nulls_last=True)
     )

@@ -176,7 +176,7 @@ def selections(
     import json
 
     from factory.router import Router
-    from factory.routing import select, strategy_summary
+    from factory.routing import select, strategy_comparison
 
     cfg = factory.settings()
     arb = cfg.arbitrage
@@ -185,21 +185,28 @@ def selections(
     model = Router.load(row["path"]) if row["path"] else None
     sel, quarantine = select(scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
     factory.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
-    summary = strategy_summary(sel).select("strategy", "n_selected", "mean_reward").sort("mean_reward", descending=True)
+    summary = strategy_comparison(sel)  # mean reward on the prompts every strategy selected
     context.add_output_metadata({"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height})
     return sel
 
 
 @dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
 def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame) -> pl.DataFrame:
-    """Per language, how often each teacher wins under reward routing (with a chart)."""
+    """Per language, how often each teacher wins under reward routing (with a chart), and the
+    strategies compared on the prompts every strategy selected (metadata)."""
     from factory.charts import routing_chart
     from factory.routing import routing_stats as stats
+    from factory.routing import strategy_comparison
 
     df = stats(selections)
-    png = factory.warehouse().dir("reports") / "routing.png"
+    wh = factory.warehouse()
+    png = wh.dir("reports") / "routing.png"
     routing_chart(df, png)
-    context.add_output_metadata({"chart": dg.MetadataValue.md(image_markdown(png, "reward-routing wins")), "chart_path": str(png)})
+    context.add_output_metadata({
+        "chart": dg.MetadataValue.md(image_markdown(png, "reward-routing wins")),
+        "chart_path": str(png.relative_to(wh.home)),
+        "strategies_on_shared_prompts": dg.MetadataValue.md(markdown_table(strategy_comparison(selections))),
+    })
     return df
 
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 import polars as pl
 import pytest
 
-from factory.routing import STRATEGIES, RoutingConfig, best_mean_teacher, routing_stats, select, strategy_summary
+from factory.routing import STRATEGIES, RoutingConfig, best_mean_teacher, routing_stats, select, strategy_comparison
 from factory.schemas import SELECTIONS
 
 NON_LEARNED = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
@@ -119,9 +119,23 @@ def test_routing_stats_and_summary():
     stats = routing_stats(sel)
     assert stats["wins"].sum() == 60
     assert stats.group_by("language").agg(pl.col("share").sum())["share"].to_list() == pytest.approx([1.0])
-    summary = strategy_summary(sel).sort("strategy")
-    best, rand = summary["mean_reward"].to_list()[::-1]
+    summary = strategy_comparison(sel).sort("strategy")
+    assert summary["n_shared"].to_list() == [summary["n_shared"][0]] * 2  # both on the same prompts
+    assert summary["n_shared"][0] <= summary["n_selected"].min()
+    rand, best = summary["mean_reward"].to_list()
     assert best > rand  # argmax of all samples beats one random sample
+
+
+def test_comparison_uses_only_prompts_every_strategy_selected():
+    # random routing picks a low reward on p1 only; reward routing alone selected p2 with a low reward
+    sel = pl.DataFrame({
+        "strategy": ["reward_routing", "reward_routing", "random_routing"],
+        "prompt_id": ["p1", "p2", "p1"], "language": ["es"] * 3, "reward": [0.9, -5.0, 0.5],
+    })
+    cmp = strategy_comparison(sel)
+    assert cmp["strategy"].to_list() == ["reward_routing", "random_routing"]
+    assert cmp["n_selected"].to_list() == [2, 1] and cmp["n_shared"].to_list() == [1, 1]
+    assert cmp["mean_reward"].to_list() == pytest.approx([0.9, 0.5])  # own-prompt means would invert this
 
 
 def test_unknown_strategy_and_missing_columns(scored):

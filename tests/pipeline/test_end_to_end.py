@@ -58,10 +58,14 @@ def test_every_training_prompt_answered_by_every_teacher_and_scored(pipeline_hom
 
 
 def test_selections_pairs_and_decontamination(pipeline_home):
-    sel = q(pipeline_home, "select strategy, avg(reward) r, count(*) n from selections group by 1")
+    sel = q(pipeline_home, "select strategy, prompt_id, reward from selections")
     assert set(sel["strategy"]) == {"reward_routing", "fixed_routing", "random_routing", "single_teacher", "learned_routing"}
-    best = sel.sort("r", descending=True)["strategy"][0]
-    assert best == "reward_routing"
+    # Prompt by prompt, the argmax over every eligible sample is at least any one strategy's pick
+    # (means over each strategy's own prompts compare different prompt sets, and move by machine).
+    best = sel.filter(pl.col("strategy") == "reward_routing").select("prompt_id", pl.col("reward").alias("best"))
+    others = sel.filter(pl.col("strategy") != "reward_routing").join(best, on="prompt_id", how="left")
+    assert others["best"].null_count() == 0  # whatever another strategy selected, reward routing did too
+    assert (others["best"] >= others["reward"] - 1e-6).all()
     pairs = q(pipeline_home, "select * from preference_pairs")
     assert {"best_worst", "native_vs_translated", "online"} <= set(pairs["method"])
     bw = pairs.filter(pl.col("method") == "best_worst")
@@ -80,7 +84,8 @@ def test_checkpoints_and_win_rates(pipeline_home):
             "cluster", "merged"} <= stages
     merged = ck.filter(pl.col("stage") == "merged").row(0, named=True)
     assert len(merged["parents"]) == ck.filter(pl.col("stage") == "cluster").height
-    model = AutoModelForCausalLM.from_pretrained(merged["path"])
+    assert not merged["path"].startswith("/")  # stored relative to the home, so the home can move
+    model = AutoModelForCausalLM.from_pretrained(pipeline_home / merged["path"])
     assert model.num_parameters() > 0
     rates = q(pipeline_home, "select * from win_rates")
     assert set(rates["stage"]) == {s for s, _ in STAGES}
