@@ -138,6 +138,7 @@ QUARANTINE = {
     "asset": pl.String,
     "partition": pl.String,
     "row_key": pl.String,  # the id of the rejected row when it has one, else its position
+    "code": pl.String,  # a short machine-readable cause (duplicate, empty, ...), to group by
     "reason": pl.String,
     "payload": pl.String,  # the rejected row as JSON, so nothing is lost
     "run_id": pl.String,

@@ -2,7 +2,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from warehouse.sql import WriteRefused, ensure_read_only
+from warehouse.sql import WriteRefused
 from warehouse.store import Warehouse
 
 
@@ -71,16 +71,93 @@ def test_quarantine_replaces_per_partition_and_lineage_appends(home):
     assert q.rows() == [("es", 1), ("ja", 2)]
 
 
+@pytest.fixture
+def filled(home):
+    wh = Warehouse(home)
+    wh.write_table("things", _frame(3, "en"), {"language": "en"})
+    return wh
+
+
 @pytest.mark.parametrize(
     "query",
     ["drop view prompts", "insert into t values (1)", "select 1; delete from t", "CREATE TABLE x AS SELECT 1",
-     "copy (select 1) to 'x.csv'", "attach 'x.db'", "  /* hi */ update t set a=1"],
+     "copy (select 1) to 'x.csv'", "attach 'x.db'", "  /* hi */ update t set a=1", "INSTALL httpfs", "LOAD httpfs",
+     "set enable_external_access = true", "export database 'out'", "pragma version"],
 )
-def test_sql_refuses_writes(query):
-    with pytest.raises(WriteRefused, match="read-only"):
-        ensure_read_only(query)
+def test_sql_refuses_writes(filled, query):
+    with pytest.raises((WriteRefused, duckdb.Error), match="read-only|disabled|Permission|locked"):
+        filled.sql(query)
 
 
-@pytest.mark.parametrize("query", ["select 1", "with a as (select 1) select * from a", "describe prompts", "-- c\nSELECT 2"])
-def test_sql_allows_reads(query):
-    ensure_read_only(query)
+def test_sql_cannot_write_files_even_through_string_tricks(filled, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = filled.table_path("things", {"language": "en"})
+    before = target.read_bytes()
+    for query in ["select '--'; COPY (select 42 as x) TO 'out.csv'",
+                  f"select '--'; COPY (select 42 as x) TO '{target}' (FORMAT parquet)",
+                  "select ';' as a; copy (select 1) to 'out2.csv'"]:
+        with pytest.raises(WriteRefused):
+            filled.sql(query)
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "out2.csv").exists()
+    assert target.read_bytes() == before
+    assert filled.sql("select count(*) n from things").item() == 3
+
+
+@pytest.mark.parametrize("fn", ["read_text('/etc/hostname')", "read_csv('/etc/passwd')", "glob('/root/*')",
+                                "read_parquet('/tmp/*.parquet')"])
+def test_sql_reads_nothing_outside_the_home(filled, fn):
+    with pytest.raises(duckdb.Error, match="disabled|Permission"):
+        filled.sql(f"select * from {fn}")
+
+
+@pytest.mark.parametrize("query", ["select 1", "with a as (select 1) select * from a", "describe things", "-- c\nSELECT 2",
+                                   "select 'a;b' as s", "select '--' as s", "PIVOT things ON language USING count(*)",
+                                   "from things select x", "explain select * from things", "summarize things"])
+def test_sql_allows_reads(filled, query):
+    assert filled.sql(query) is not None
+
+
+def _checkpoints(paths: list[str]) -> pl.DataFrame:
+    from factory.schemas import CHECKPOINTS
+
+    n = len(paths)
+    return pl.DataFrame({"checkpoint_id": [f"ck_{i}" for i in range(n)], "path": paths}).with_columns(
+        [pl.lit(None, dtype).alias(c) for c, dtype in CHECKPOINTS.items() if c not in ("checkpoint_id", "path")]
+    )
+
+
+def test_a_copied_home_reads_its_own_files_after_the_original_is_gone(filled, tmp_path):
+    import shutil
+
+    filled.write_table("checkpoints", _checkpoints([str(filled.dir("models", "m"))]))
+    filled.connect().close()  # the original's catalog exists, with views over the original's files
+    copy = tmp_path / "copy"
+    shutil.copytree(filled.home, copy)
+    Warehouse(copy).write_table("things", _frame(5, "es"), {"language": "es"})  # the copy diverges
+    shutil.rmtree(filled.home)
+    wh = Warehouse(copy)
+    assert wh.sql("select count(*) from things").item() == 8
+    assert wh.sql("select path from checkpoints").item() == "models/m"  # stored relative to the home
+    assert wh.read_table("checkpoints")["path"][0] == str(copy / "models" / "m")
+    # the catalog file itself now points at the copy, for any DuckDB client
+    con = duckdb.connect(str(copy / "warehouse.duckdb"), read_only=True)
+    assert con.execute("select count(*) from things").fetchone() == (8,)
+
+
+def test_a_garbled_catalog_is_rebuilt_from_the_tables(filled):
+    filled.connect().close()
+    filled.catalog_path.write_bytes(b"\0" * 4096)
+    assert filled.sql("select count(*) from things").item() == 3
+
+
+def test_checkpoint_paths_outside_the_home_and_model_names_are_kept(filled, tmp_path):
+    filled.write_table("checkpoints", _checkpoints([str(tmp_path / "elsewhere"), "org/reward-model"]))
+    assert filled.read_table("checkpoints")["path"].to_list() == [str(tmp_path / "elsewhere"), "org/reward-model"]
+
+
+def test_quarantine_codes_given_or_derived(home):
+    wh = Warehouse(home)
+    wh.quarantine("a", None, pl.DataFrame({"row_key": ["1"], "reason": ["Too long (3000 chars)"], "payload": ["{}"]}), "r")
+    wh.quarantine("b", None, pl.DataFrame({"row_key": ["1"], "code": ["duplicate"], "reason": ["same as p_1"],
+                                           "payload": ["{}"]}), "r")
+    assert wh.sql("select asset, code from quarantine order by 1").rows() == [("a", "too_long"), ("b", "duplicate")]
