@@ -5,6 +5,7 @@ language; consecutive partitioned assets share one Dagster run per language.
 """
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,43 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def materialize_selection(selection: str | None = None, partitions: list[str] | None = None, log_level: str = "WARNING") -> list[Step]:
-    """Materialize `selection` (all assets by default) for `partitions` (default: all)."""
+class StepFailed(RuntimeError):
+    """One step of a run failed: `str()` is one line (asset, partition, cause, hint); `trace` has the rest."""
+
+    def __init__(self, label: str, cause: str, trace: str, run_id: str):
+        self.label, self.cause, self.trace, self.run_id = label, cause, trace, run_id
+        super().__init__(
+            f"{label} failed: {cause}\n  (run {run_id[:8]}: `--verbose` prints the trace; "
+            f"`dagster dev -m assets` shows the run's full log)"
+        )
+
+
+def job_name(step: Step) -> str:
+    """A readable Dagster job name per step (`generations__scores`), instead of `__ephemeral_asset_job__`."""
+    name = "__".join(step.assets)
+    return name if len(name) <= 120 else f"{step.assets[0]}__to__{step.assets[-1]}"
+
+
+def _cause(error) -> str:
+    """The innermost error's own message, on one line."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = (error.message or "").strip().splitlines()
+    text = lines[-1] if lines else error.cls_name or "unknown error"
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", text)  # `pkg.mod.Error: msg` -> `Error: msg`
+
+
+def materialize_selection(
+    selection: str | None = None, partitions: list[str] | None = None, log_level: str = "CRITICAL", echo=None,
+) -> list[Step]:
+    """Materialize `selection` (all assets by default) for `partitions` (default: all).
+
+    Progress is a bar on a terminal, and one line per finished step otherwise (logs, CI);
+    `echo` receives those lines (default: print). A failed step raises StepFailed. Dagster's
+    console log shows `log_level` and above; the run's own log in the instance keeps everything."""
+    import sys
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from assets.definitions import ALL_ASSETS, defs
@@ -132,32 +168,40 @@ def materialize_selection(selection: str | None = None, partitions: list[str] | 
         raise ValueError(f"unknown partitions {sorted(unknown)}; the config's languages are {language_partitions.get_partition_keys()}")
     steps = plan(order, graph, keys)
     inst = instance()
-    resources = defs.resources
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    jobs = {name: dg.define_asset_job(name, selection=step.assets) for step in steps for name in [job_name(step)]}
+    step_defs = dg.Definitions(assets=ALL_ASSETS, jobs=list(jobs.values()), resources=defs.resources)
+    interactive = sys.stdout.isatty()
+    say = echo or print
+    t_all = time.perf_counter()
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not interactive,
     ) as progress:
         task = progress.add_task("materializing", total=len(steps))
-        for step in steps:
+        warn = progress.console.print if interactive else say
+        for i, step in enumerate(steps, 1):
             label = ", ".join(step.assets) + (f" [{step.partition}]" if step.partition else "")
             progress.update(task, description=label)
-            result = dg.materialize(
-                ALL_ASSETS,
-                selection=step.assets,
-                partition_key=step.partition,
-                resources=resources,
-                instance=inst,
-                run_config=run_config,
-                raise_on_error=False,
+            t0 = time.perf_counter()
+            result = step_defs.resolve_job_def(job_name(step)).execute_in_process(
+                instance=inst, partition_key=step.partition, run_config=run_config, raise_on_error=False,
             )
             if not result.success:
                 failure = next((e for e in result.all_events if e.is_step_failure), None)
-                detail = failure.step_failure_data.error.to_string() if failure else "see the Dagster run log"
-                raise RuntimeError(f"materializing {label} failed:\n{detail}")
-            checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-            for ev in checks:
+                error = failure.step_failure_data.error if failure else None
+                asset = failure.step_key if failure else label
+                where = f"{asset} [{step.partition}]" if step.partition else asset
+                raise StepFailed(where, _cause(error) if error else "see the Dagster run log",
+                                 error.to_string() if error else "", result.run_id)
+            for ev in (e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"):
                 data = ev.event_specific_data
                 if not data.passed:
-                    progress.console.print(f"[yellow]check failed: {data.asset_key.to_user_string()}.{data.check_name} {label}")
+                    part = data.partition or step.partition
+                    warn(f"check failed: {data.asset_key.to_user_string()}.{data.check_name}"
+                         + (f" [partition {part}]" if part else "") + f" ({data.severity.value.lower()})")
             progress.advance(task)
+            if not interactive:
+                say(f"[{i}/{len(steps)}] {label} done in {time.perf_counter() - t0:.1f}s "
+                    f"(total {time.perf_counter() - t_all:.0f}s)")
     return steps

@@ -20,6 +20,23 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="Run config YAML (or a shipped profile name: default, tiny). Env: FACTORY_CONFIG."),
 ]
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On failure, print the whole trace (the run log keeps it anyway).")]
+
+
+def _materialize(selection: str | None, partitions: list[str] | None, verbose: bool):
+    """Run a selection; a failed step becomes one red line naming the asset, partition and cause."""
+    from assets.run import StepFailed, materialize_selection
+
+    try:
+        return materialize_selection(selection, partitions, echo=typer.echo)
+    except StepFailed as exc:
+        if verbose:
+            typer.echo(exc.trace, err=True)
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    except (ValueError, RuntimeError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 def _env(config: str | None, home: str | None) -> None:
@@ -48,34 +65,24 @@ def run(
     partition: Annotated[list[str] | None, typer.Option("--partition", "-p", help="Language partition(s); default all.")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Materialize the selected assets, all partitions, in-process, with progress."""
     _env(config, home)
-    from assets.run import materialize_selection
-
-    try:
-        steps = materialize_selection(select, partition or None)
-    except (ValueError, RuntimeError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    steps = _materialize(select, partition or None, verbose)
     typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
 
 
 @app.command()
-def demo(config: ConfigOpt = None, home: HomeOpt = None) -> None:
+def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
     """Run everything on the embedded default (tiny local models, chatterbot prompts, CPU)."""
     import time
 
     _env(config, home)
-    from assets.run import materialize_selection
     from warehouse.home import resolve_home
 
     t0 = time.perf_counter()
-    try:
-        materialize_selection(None, None)
-    except (ValueError, RuntimeError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    _materialize(None, None, verbose)
     home_dir = resolve_home()
     typer.echo(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Warehouse: {home_dir}")
     from factory.summary import demo_summary
@@ -163,10 +170,13 @@ def lineage(
 ) -> None:
     """Print the ancestry of a row: pair -> completions -> prompt, teachers, scores, runs."""
     _env(None, home)
-    from warehouse.lineage import trace
+    from warehouse.lineage import RowNotFound, trace
 
     try:
         typer.echo(trace(row_id))
+    except RowNotFound as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
@@ -196,16 +206,11 @@ def publish(
     push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload each dataset to REPO (needs HF_TOKEN); REPO-sft for the SFT data.")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Write the SFT data and preference pairs as Hugging Face dataset folders (FACTORY_HOME/published)."""
     _env(config, home)
-    from assets.run import materialize_selection
-
-    try:
-        materialize_selection("published_datasets", None)
-    except (ValueError, RuntimeError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
+    _materialize("published_datasets", None, verbose)
     from warehouse.home import resolve_home
 
     root = resolve_home() / "published"

@@ -104,6 +104,10 @@ def markdown_table(df: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
+class MissingUpstream(RuntimeError):
+    """An asset's input has no data at all in this home (never materialized)."""
+
+
 class WarehouseIOManager(dg.ConfigurableIOManager):
     """Stores asset outputs as Parquet partitions in FACTORY_HOME, with lineage."""
 
@@ -146,6 +150,13 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         frames = []
         sc = context.step_context
         step = (sc.run_id, sc.step.key) if sc else None
+        if not any(wh.has(table, partition_for(asset, table, key)) for key in keys):
+            which = asset if keys == [None] else f"{asset}[{keys[0]}]" if len(keys) == 1 else f"{asset} ({len(keys)} partitions)"
+            needed_by = sc.step.key if sc else "ASSET"
+            raise MissingUpstream(
+                f"upstream {which} has not been materialized in {wh.home}: "
+                f"`factory run --select +{needed_by}` builds it and everything it needs"
+            )
         for key in keys:
             part = partition_for(asset, table, key)
             frames.append(wh.read_table(table, part))

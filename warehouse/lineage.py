@@ -121,10 +121,18 @@ def judgment_node(wh: Warehouse, jid: str) -> Node:
 PREFIXES = {"pr_": pair_node, "c_": completion_node, "p_": prompt_node, "ck_": checkpoint_node, "j_": judgment_node}
 
 
+class RowNotFound(LookupError):
+    """The id has a known prefix but no row in its table."""
+
+
 def trace(row_id: str, wh: Warehouse | None = None) -> str:
-    """The ancestry of a pair, completion, prompt, checkpoint or judgment id, as a tree."""
+    """The ancestry of a pair, completion, prompt, checkpoint or judgment id, as a tree.
+    Raises RowNotFound when the row itself does not exist (missing ancestors are shown in the tree)."""
     wh = wh or Warehouse()
     for prefix, fn in PREFIXES.items():
         if row_id.startswith(prefix):
-            return fn(wh, row_id).render()
+            node = fn(wh, row_id)
+            if node.label.endswith("(not found)"):
+                raise RowNotFound(f"{node.label}: no such row in {wh.home}")
+            return node.render()
     raise ValueError(f"unrecognised id {row_id!r}: expected a prefix among {', '.join(PREFIXES)}")

@@ -1,0 +1,54 @@
+"""The command line as a user meets it: exit codes, one-line failures, output without a terminal."""
+
+import polars as pl
+from typer.testing import CliRunner
+
+from factory.cli import app
+from warehouse.store import Warehouse
+
+
+def test_lineage_of_a_missing_row_exits_non_zero(home):
+    Warehouse(home).write_table("things", pl.DataFrame({"x": [1]}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["lineage", "ck_doesnotexist", "--home", str(home)])
+    assert out.exit_code == 1 and "not found" in out.output
+    assert runner.invoke(app, ["lineage", "zz_nothing", "--home", str(home)]).exit_code == 2
+
+
+def test_sql_pivot_is_a_read_and_copy_is_refused(home, tmp_path):
+    Warehouse(home).write_table("things", pl.DataFrame({"language": ["en", "es", "es"], "x": [1, 2, 3]}))
+    runner = CliRunner()
+    out = runner.invoke(app, ["sql", "PIVOT things ON language USING sum(x)", "--home", str(home), "-f", "csv"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == ["en,es", "1,5"]
+    target = tmp_path / "out.csv"
+    out = runner.invoke(app, ["sql", f"select '--'; COPY (select 42 as x) TO '{target}'", "--home", str(home)])
+    assert out.exit_code == 2 and "read-only" in out.output and not target.exists()
+
+
+def test_a_failed_step_is_one_line_naming_asset_partition_and_cause(home):
+    out = CliRunner().invoke(app, ["run", "--select", "generations", "--partition", "es", "--home", str(home)])
+    assert out.exit_code == 1
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) <= 3, out.output  # no stack trace
+    assert "generations [es] failed" in out.output and "has not been materialized" in out.output
+    assert "Traceback" not in out.output
+    verbose = CliRunner().invoke(app, ["run", "--select", "generations", "--partition", "es", "--home", str(home), "-v"])
+    assert verbose.exit_code == 1 and "MissingUpstream" in verbose.output
+
+
+def test_progress_without_a_terminal_is_one_line_per_step(home):
+    out = CliRunner().invoke(app, ["run", "--select", "prompts", "--partition", "es", "--partition", "en", "--home", str(home)])
+    assert out.exit_code == 0, out.output
+    assert "\r" not in out.output
+    steps = [line for line in out.output.splitlines() if line.startswith("[")]
+    assert [s.split(" done")[0] for s in steps] == ["[1/2] prompts [es]", "[2/2] prompts [en]"]
+
+
+def test_runs_are_named_after_their_step(home):
+    import dagster as dg
+
+    CliRunner().invoke(app, ["run", "--select", "prompts", "--partition", "es", "--home", str(home)])
+    inst = dg.DagsterInstance.from_config(str(home / ".dagster"))
+    names = {r.job_name for r in inst.get_runs()}
+    assert names == {"prompts"}
