@@ -215,7 +215,7 @@ def publish(
 
     root = resolve_home() / "published"
     for name in ("preference_pairs", "sft_data"):
-        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}', name=LANG))")
+        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}'): every row; name=CONFIG for one config)")
     if push_to_hub:
         from warehouse.publish import PublishError
         from warehouse.publish import push_to_hub as push

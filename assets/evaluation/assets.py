@@ -121,22 +121,30 @@ def language_table(rates: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"huggingface"})
+ONLINE_PAIRS = [f"online_pairs_round_{k}" for k in (1, 2, 3)]
+
+
+@dg.asset(
+    io_manager_key="warehouse", group_name="evaluation", kinds={"huggingface"},
+    ins={"preference_pairs": dg.AssetIn(), **{name: dg.AssetIn() for name in ONLINE_PAIRS}},
+)
 def published_datasets(
-    context: dg.AssetExecutionContext, factory: FactoryResource, sft_data: pl.DataFrame, preference_pairs: pl.DataFrame,
+    context: dg.AssetExecutionContext, factory: FactoryResource, sft_data: pl.DataFrame, **pair_tables: pl.DataFrame,
 ) -> pl.DataFrame:
-    """The SFT data and the offline preference pairs as Hugging Face dataset folders (Parquet
-    shards per language config, README card with YAML configs, licenses and provenance), loadable
-    with datasets.load_dataset(folder, name=LANG) and trainable by TRL as they are."""
+    """The SFT data and every preference pair (offline per language, each online round as its own
+    config) as Hugging Face dataset folders: Parquet shards per config, an `all` config that is the
+    default, a README card with YAML configs, licenses and provenance; loadable with
+    datasets.load_dataset(folder) or (folder, name=CONFIG) and trainable by TRL as they are."""
     from factory.version import code_version
-    from warehouse.publish import publish_dataset
+    from warehouse.publish import pair_configs, publish_dataset
 
     cfg = factory.settings()
     wh = factory.warehouse()
     pub = cfg.publish
     out_root = wh.dir("published")
+    pairs = pl.concat([pair_tables["preference_pairs"], *(pair_tables[n] for n in ONLINE_PAIRS)], how="diagonal_relaxed")
     provenance = {
-        "run_ids": sorted(set(preference_pairs["run_id"].unique().to_list()) | set(sft_data["run_id"].unique().to_list())),
+        "run_ids": sorted(set(pairs["run_id"].unique().to_list()) | set(sft_data["run_id"].unique().to_list())),
         "teachers": [t.name for t in cfg.resolved_teachers()],
         "reward_model": cfg.arbiter.model,
         "strategy": cfg.arbitrage.sft_strategy,
@@ -144,16 +152,17 @@ def published_datasets(
         "config": cfg.name,
     }
     rows = []
-    for name, df, desc in [
-        ("preference_pairs", preference_pairs, pub.description),
+    for name, df, desc, configs in [
+        ("preference_pairs", pairs, pub.description, pair_configs(pub.config_column)),
         ("sft_data", sft_data.filter(pl.col("strategy") == cfg.arbitrage.sft_strategy),
-         f"Multilingual SFT data selected by {cfg.arbitrage.sft_strategy} from a teacher pool."),
+         f"Multilingual SFT data selected by {cfg.arbitrage.sft_strategy} from a teacher pool.", pub.config_column),
     ]:
         folder = publish_dataset(df, out_root / name, name=f"{pub.name}-{name}" if name == "sft_data" else pub.name,
-                                 config_column=pub.config_column, description=desc, licenses=pub.licenses,
+                                 config_column=configs, description=desc, licenses=pub.licenses,
                                  source_info=provenance, split=pub.split, max_rows_per_shard=pub.max_rows_per_shard,
                                  task_categories=pub.task_categories)
-        rows.append({"dataset": name, "path": str(folder), "rows": df.height, "configs": df["language"].n_unique()})
+        n_configs = df.select(configs if isinstance(configs, pl.Expr) else pl.col(configs) if configs else pl.lit("all")).n_unique()
+        rows.append({"dataset": name, "path": str(folder.relative_to(wh.home)), "rows": df.height, "configs": n_configs})
     table = pl.DataFrame(rows)
     context.add_output_metadata({"published": dg.MetadataValue.md(markdown_table(table))})
     return table

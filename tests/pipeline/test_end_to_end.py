@@ -109,6 +109,10 @@ def test_lineage_and_publishing(pipeline_home):
     lang = q(pipeline_home, "select language from preference_pairs where producer is null limit 1").item()
     ds = datasets.load_dataset(str(published), name=lang, split="train")
     assert ds.num_rows > 0 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    everything = datasets.load_dataset(str(published), split="train")  # the default config: every pair, online too
+    assert everything.num_rows == q(pipeline_home, "select count(*) from preference_pairs").item()
+    online = datasets.load_dataset(str(published), name="online_round_1", split="train")
+    assert set(online["method"]) == {"online"} and set(online["round"]) == {1}
     lineage = q(pipeline_home, "select * from lineage where asset = 'sft_data'")
     assert json.loads(lineage["input_versions"][0])  # names the versions it read
 
