@@ -56,16 +56,24 @@ def arbiter(
     reply in another language, a reply to another prompt, or a degenerate one); its accuracy on
     held-out pairs is reported here."""
     from assets.common import find_model
-    from training.reward_model import make_reward_pairs, train_reward_model
+    from training.reward_model import heldout_accuracy, make_reward_pairs, train_reward_model
     from training.run_dir import fingerprint
 
     cfg = factory.settings()
     wh = factory.warehouse()
+    pairs = make_reward_pairs(train_dialogs(prompts), seed=cfg.seed, heldout_fraction=cfg.arbiter.train.heldout_fraction)
     if cfg.arbiter.model != "embedded":
-        record = {"stage": "reward_model", "name": "arbiter", "path": cfg.arbiter.model, "config": {"external": True}}
+        # A user's reward model is not trained here, but it is measured on the same held-out pairs.
+        heldout = pairs.filter(pl.col("split") == "heldout")
+        if heldout.height > cfg.arbiter.train.max_heldout_pairs:
+            heldout = heldout.sample(cfg.arbiter.train.max_heldout_pairs, seed=cfg.seed)
+        metrics = heldout_accuracy(cfg.arbiter.model, heldout, cfg.arbiter.max_length) if heldout.height else {}
+        metrics["n_heldout"] = heldout.height
+        context.add_output_metadata({"heldout_accuracy": dg.MetadataValue.json(metrics)})
+        record = {"stage": "reward_model", "name": "arbiter", "path": cfg.arbiter.model, "config": {"external": True},
+                  "datasets": {"prompts": wh.version("prompts")}, "metrics": metrics}
         return checkpoint_frame([record], context.run_id)
     base = find_model(embedded_pool, "base")
-    pairs = make_reward_pairs(train_dialogs(prompts), seed=cfg.seed, heldout_fraction=cfg.arbiter.train.heldout_fraction)
     out = wh.dir("models") / "arbiter"
     fp = fingerprint("reward_model", cfg.arbiter.train, [base["path"]], pairs.select("prompt", "chosen", "rejected").to_dicts())
     metrics = cached_metrics(out, fp)
