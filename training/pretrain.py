@@ -91,7 +91,7 @@ def train_causal_lm(
     losses: list[float] = []
     tokens = 0
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=desc, disable=None if progress else True, leave=False)  # None: off when not a terminal
     for _ in bar:
         first = int(torch.randint(len(examples) - size + 1, (1,), generator=gen))
         input_ids, mask, labels = _collate(examples[first : first + size], tokenizer.pad_token_id, device)

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def trainer_loop_args(cfg: TrainLoopConfig, work_dir: Path, progress: bool) -> d
         "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit,
         "activation_checkpointing": cfg.gradient_checkpointing,
-        "disable_tqdm": not progress,
+        "disable_tqdm": not (progress and sys.stderr.isatty()),  # no carriage-return bars in logs
         "report_to": "none",
         "dataloader_num_workers": 0,
     }

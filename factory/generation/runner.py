@@ -170,7 +170,7 @@ def generate_completions(
             if any(cid not in done for cid in ids):
                 todo.append((p, ids))
         size = max(1, cfg.batch_size)
-        bar = tqdm(total=len(todo), desc=f"generate[{cfg.name}]", unit="prompt", disable=not progress, leave=False)
+        bar = tqdm(total=len(todo), desc=f"generate[{cfg.name}]", unit="prompt", disable=None if progress else True, leave=False)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             answered, failed = _batch_with_retries(backend, [p for p, _ in chunk], cfg, k, retries)
