@@ -84,6 +84,9 @@ def init_causal_lm(tokenizer, seed: int = 0, **config_overrides):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    # Servers that take sampling defaults from the folder (`transformers serve`) then sample at the
+    # request's temperature instead of decoding greedily; the project's own backends set it per call.
+    model.generation_config.do_sample = True
     return model
 
 

@@ -131,6 +131,7 @@ class OpenAIBackend:
         self._opened_at: float | None = None  # circuit open since (monotonic), None when closed
         self._probing = False
         self._warned_n = False
+        self._warned_identical = False
 
     def close(self) -> None:
         """Nothing to release: each generate() call opens and closes its own connection pool."""
@@ -277,7 +278,22 @@ class OpenAIBackend:
             if len(got) < want:
                 self._note_ignored_n(want, len(got), n)
             out.extend(got)
+        if n > 1 and sampling.temperature > 0 and len({c.text for c in out}) == 1 and len(out[0].text) > 20:
+            self._note_identical_samples(n, sampling.temperature)
         return out
+
+    def _note_identical_samples(self, n: int, temperature: float) -> None:
+        """k identical answers at temperature > 0 mean the server decodes greedily (e.g. `transformers
+        serve` samples only when the model's generation_config.json has `do_sample: true`)."""
+        with self._lock:
+            if self._warned_identical:
+                return
+            self._warned_identical = True
+        log.warning(
+            "%s: %d samples at temperature %.2f came back identical: the server at %s seems to decode greedily "
+            "(for `transformers serve`, set `do_sample: true` in the model's generation_config.json)",
+            self.name, n, temperature, self._redact(self.url),
+        )  # fmt: skip
 
     # --- a batch --------------------------------------------------------------------------------
 

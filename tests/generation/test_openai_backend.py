@@ -96,7 +96,7 @@ class ChatServer:
                 if "slow once" in prompt and attempt == 1:
                     time.sleep(1.0)
                 n = 1 if server.ignore_n else body.get("n", 1)
-                suffix = f" (seed {body['seed']})" if server.ignore_n else ""
+                suffix = f" (seed {body['seed']})" if server.ignore_n and "greedy" not in prompt else ""
                 choices = [
                     {
                         "index": i,
@@ -230,6 +230,18 @@ def test_server_ignoring_n_gets_one_request_per_sample_with_distinct_seeds(monke
     assert [r.get("n") for r in server.requests] == [3] + [None] * 8
     warnings = [r.getMessage() for r in caplog.records if "ignores `n`" in r.getMessage()]
     assert len(warnings) == 1 and "3 requests per prompt" in warnings[0]
+
+
+def test_identical_samples_from_a_greedy_server_are_warned_about_once(monkeypatch, caplog):
+    with ChatServer(ignore_n=True) as server:  # "greedy" prompts: the same answer whatever the seed
+        backend = _backend(server, monkeypatch, max_concurrency=1)
+        convs = [[{"role": "user", "content": f"greedy question number {i}"}] for i in range(2)]
+        with caplog.at_level(logging.WARNING, logger="factory.generation.openai_backend"):
+            out = backend.generate(convs, SamplingConfig(seed=7, temperature=0.8), n=2)
+            backend.generate([[{"role": "user", "content": "a varied question"}]], SamplingConfig(seed=7), n=2)
+    assert all(len({c.text for c in cs}) == 1 for cs in out)
+    warnings = [r.getMessage() for r in caplog.records if "came back identical" in r.getMessage()]
+    assert len(warnings) == 1 and "do_sample" in warnings[0]
 
 
 # --- API key ------------------------------------------------------------------------------------
