@@ -228,6 +228,25 @@ def publish(
             raise typer.Exit(2) from None
 
 
+@app.command()
+def ui(
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
+) -> None:
+    """Open the Dagster UI (`dagster dev`) on this home and config, with runs recorded in FACTORY_HOME/.dagster."""
+    _env(config, home)
+    from warehouse.home import resolve_home
+
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or resolve_home() / ".dagster")
+    dagster_home.mkdir(parents=True, exist_ok=True)  # dagster refuses a DAGSTER_HOME that does not exist yet
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    os.environ.setdefault("FACTORY_HOME", str(resolve_home()))
+    exe = Path(sys.executable).with_name("dagster")
+    typer.echo(f"Dagster UI on http://127.0.0.1:{port} (home {os.environ['FACTORY_HOME']}, runs in {dagster_home})")
+    os.execv(str(exe), [str(exe), "dev", "-m", "assets", "--host", "127.0.0.1", "--port", str(port)])
+
+
 def main() -> None:  # pragma: no cover
     app()
 
