@@ -1,18 +1,75 @@
-"""Where everything lives: FACTORY_HOME and its layout."""
+"""Where everything lives: FACTORY_HOME and its layout; write failures of the home named in one line."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_HOME = "factory_home"
+
+# errno -> (what happened, what to do). Other OSErrors are bugs or transient and keep their traceback.
+WRITE_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free space there or set FACTORY_HOME to a folder on a disk with room"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free space there or set FACTORY_HOME to a folder on a disk with room"),
+    errno.EROFS: ("the file system is read-only", "set FACTORY_HOME to a writable folder"),
+    errno.EACCES: ("permission denied", "make the home writable for this user or set FACTORY_HOME to a writable folder"),
+    errno.EPERM: ("operation not permitted", "make the home writable for this user or set FACTORY_HOME to a writable folder"),
+    errno.ENOTDIR: ("a file is where a folder should be (not a folder)", "move that file away or set FACTORY_HOME elsewhere"),
+    errno.EEXIST: ("a file is where a folder should be (not a folder)", "move that file away or set FACTORY_HOME elsewhere"),
+}
+
+
+class WarehouseWriteError(RuntimeError):
+    """The warehouse could not write under its home (disk full, read-only, permission, a file in the way).
+    `errno` is the operating system's code; the message names the home, the path and what to do."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.errno = code
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS error code behind `exc`: an OSError's errno, else one named in the message, as polars
+    ("... (os error 28)") and DuckDB ("... No space left on device") report them."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    text = str(exc)
+    if m := re.search(r"os error (\d+)", text):
+        return int(m.group(1))
+    return next((code for code in WRITE_ERRORS if os.strerror(code) in text), None)
+
+
+@contextmanager
+def writing(home: Path, target: Path, action: str = "write") -> Iterator[None]:
+    """Turn a disk-full, read-only, permission or file-in-the-way failure while writing `target`
+    into one WarehouseWriteError naming the home and what to do."""
+    try:
+        yield
+    except Exception as exc:
+        code = os_errno(exc)
+        if code not in WRITE_ERRORS:
+            raise
+        what, todo = WRITE_ERRORS[code]
+        target = Path(target)
+        if target == home:
+            where = f"warehouse {home}"
+        elif target.is_relative_to(home):
+            where = f"{target.relative_to(home).as_posix()} in warehouse {home}"
+        else:
+            where = f"{target} for warehouse {home}"
+        raise WarehouseWriteError(f"cannot {action} {where}: {what} ({os.strerror(code)}); {todo}", code) from exc
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
     """`home`, else $FACTORY_HOME, else ./factory_home; absolute, created if missing."""
     raw = home or os.environ.get("FACTORY_HOME") or DEFAULT_HOME
     path = Path(raw).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    with writing(path, path, "create"):
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 

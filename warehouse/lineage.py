@@ -127,12 +127,15 @@ class RowNotFound(LookupError):
 
 def trace(row_id: str, wh: Warehouse | None = None) -> str:
     """The ancestry of a pair, completion, prompt, checkpoint or judgment id, as a tree.
-    Raises RowNotFound when the row itself does not exist (missing ancestors are shown in the tree)."""
+    Raises RowNotFound when the row itself does not exist (missing ancestors are shown in the tree),
+    CorruptTable when a table it needs cannot be read; unreadable lineage files are set aside
+    and named in a warning line under the tree."""
     wh = wh or Warehouse()
     for prefix, fn in PREFIXES.items():
         if row_id.startswith(prefix):
             node = fn(wh, row_id)
             if node.label.endswith("(not found)"):
                 raise RowNotFound(f"{node.label}: no such row in {wh.home}")
-            return node.render()
+            # Lineage files that could not be read were set aside; say so under the tree.
+            return node.render() + "".join(f"\nwarning: {p}" for p in wh.problems)
     raise ValueError(f"unrecognised id {row_id!r}: expected a prefix among {', '.join(PREFIXES)}")

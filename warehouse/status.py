@@ -1,10 +1,20 @@
-"""`factory status`: rows, languages and the last run of every table."""
+"""`factory status`: rows, languages and the last run of every table.
+
+A damaged table does not hide the others: its row shows no counts and a `problem`, and the
+text lists each problem in full (the unreadable file and the `factory run` that rewrites it),
+as well as lineage files set aside because they could not be read.
+"""
 
 from __future__ import annotations
 
 import polars as pl
 
-from warehouse.store import Warehouse
+from warehouse.store import CorruptTable, Warehouse
+
+SCHEMA = {
+    "table": pl.String, "rows": pl.Int64, "languages": pl.Int64, "last_run": pl.String,
+    "finished_at": pl.Datetime("us", "UTC"), "problem": pl.String,
+}
 
 
 def status_frame(wh: Warehouse | None = None) -> pl.DataFrame:
@@ -12,15 +22,19 @@ def status_frame(wh: Warehouse | None = None) -> pl.DataFrame:
     lineage = wh.read_table("lineage") if wh.has("lineage") else None
     rows = []
     for table in wh.tables():
-        df = wh.read_table(table)
-        langs = df["language"].n_unique() if "language" in df.columns else None
         last_run = last_at = None
         if lineage is not None and lineage.height:
             mine = lineage.filter(pl.col("table") == table).sort("finished_at")
             if mine.height:
                 last_run, last_at = mine["run_id"][-1][:8], mine["finished_at"][-1]
+        try:
+            df = wh.read_table(table)
+        except CorruptTable as exc:
+            rows.append({"table": table, "last_run": last_run, "finished_at": last_at, "problem": str(exc)})
+            continue
+        langs = df["language"].n_unique() if "language" in df.columns else None
         rows.append({"table": table, "rows": df.height, "languages": langs, "last_run": last_run, "finished_at": last_at})
-    return pl.DataFrame(rows, schema={"table": pl.String, "rows": pl.Int64, "languages": pl.Int64, "last_run": pl.String, "finished_at": pl.Datetime("us", "UTC")})
+    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def table_status(wh: Warehouse | None = None) -> str:
@@ -28,5 +42,14 @@ def table_status(wh: Warehouse | None = None) -> str:
     df = status_frame(wh)
     if df.height == 0:
         return f"warehouse {wh.home} is empty: run `factory demo` or `factory run`."
+    problems = [*df["problem"].drop_nulls().to_list(), *wh.problems]
+    for f in wh.set_aside_files():
+        rel = f.relative_to(wh.home).as_posix()
+        if not any(rel in p for p in problems):
+            problems.append(f"{rel} was set aside as unreadable; delete it once inspected")
+    shown = df.with_columns(pl.when(pl.col("problem").is_not_null()).then(pl.lit("unreadable, see below")).alias("problem"))
+    if not problems:
+        shown = shown.drop("problem")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        return f"warehouse: {wh.home}\n{df}"
+        text = f"warehouse: {wh.home}\n{shown}"
+    return text + "".join(f"\nproblem: {p}" for p in problems)

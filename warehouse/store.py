@@ -16,15 +16,42 @@ A home can be copied or moved: nothing stored in a table holds the home's absolu
 path (checkpoint paths under the home are stored relative to it and resolved on
 read), and the catalog records the home it was built for, so opening a copied or
 moved home rebuilds its views over the files where they are now.
+
+Damage is named, not propagated:
+
+- A table file that cannot be read (truncated, garbled) raises CorruptTable naming the
+  file, its table and the `factory run` that rewrites it, from `read_table` and from SQL.
+  In the catalog such a table's view is replaced by one that raises the same message, so
+  every other view still builds; the next write of the table restores its real view.
+- Lineage is append-only, one small file per materialization, read whole by status,
+  `factory lineage` and rerun hints. One unreadable lineage file must not hide all the
+  others, so it is moved to `tables/.corrupt/lineage/` with a warning naming it (and listed
+  in `Warehouse.problems`). Moving it, rather than listing the good files in the view,
+  keeps the lineage view a plain glob: any DuckDB client sees it, and lineage written
+  later appears without rebuilding the view. Where the home is read-only the file is
+  skipped (and reported) instead.
+- A home whose path holds glob characters (`[`, `]`, `*`, `?`) works: polars reads
+  single files with globbing off, the views escape the characters DuckDB would expand,
+  and, because DuckDB takes a `?` in a database path for the start of URL parameters,
+  such a home's catalog is written in a temporary folder and moved in.
+- Disk full, read-only home, permission denied or a file where a folder should be:
+  one WarehouseWriteError naming the home, the path and what to do (warehouse.home).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +61,27 @@ import polars as pl
 from filelock import FileLock
 
 from factory import schemas
-from warehouse.home import partition_dir, resolve_home
+from warehouse.home import WarehouseWriteError, partition_dir, resolve_home, writing
+
+__all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
+
+logger = logging.getLogger(__name__)
 
 DATA_FILE = "data.parquet"
 CATALOG_FILE = "warehouse.duckdb"
 CATALOG_HOME_MARKER = ".views/.home"  # the home the catalog's views were built for
 PATH_COLUMNS = {"checkpoints": "path"}  # tables whose paths under the home are stored relative to it
+APPEND_ONLY = {"lineage"}  # one file per write: an unreadable one is set aside, not fatal
+CORRUPT_DIR = ".corrupt"  # under tables/: unreadable append-only files, kept for inspection
+# Producer folders an asset writes beside its own output (they have no lineage row of their own):
+# (folder name prefix, the asset that rewrites them). Other producer folders are named after their asset.
+SIDE_WRITERS = (("native_vs_translated", "preference_pairs"), ("eval_answers_", "judgments"))
+_GLOB_CHARS = re.compile(r"([\[*?])")
+
+
+class CorruptTable(ValueError):
+    """A table file exists but cannot be read (truncated, garbled). The message names the file,
+    its table, why, and the `factory run` that rewrites it."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +105,34 @@ def file_version(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write_parquet(df: pl.DataFrame, path: Path, home: Path | None = None) -> None:
+    """Write `df` to `path` through a temp file and a rename; a failure of the disk or its
+    permissions is one WarehouseWriteError naming `home` (default: the file's folder)."""
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(home or path.parent, path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def glob_escape(path: str) -> str:
+    """`path` with DuckDB's glob characters matched literally (`[` `*` `?` as one-character classes)."""
+    return _GLOB_CHARS.sub(r"[\1]", path)
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 class Warehouse:
@@ -83,12 +143,14 @@ class Warehouse:
         self.tables_dir = self.home / "tables"
         self.catalog_path = self.home / CATALOG_FILE
         self._lock = FileLock(str(self.home / ".catalog.lock"), timeout=120)
+        self.problems: list[str] = []  # damage met and worked around (set-aside lineage files), for status
 
     # -- folders -----------------------------------------------------------------
     def dir(self, *parts: str) -> Path:
         """A folder under the home (staging, models, reports, published, ...), created."""
         path = self.home.joinpath(*parts)
-        path.mkdir(parents=True, exist_ok=True)
+        with writing(self.home, path, "create"):
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def table_path(self, table: str, partition: dict[str, str] | None = None) -> Path:
@@ -109,7 +171,7 @@ class Warehouse:
         if table in PATH_COLUMNS:
             df = df.with_columns(pl.col(PATH_COLUMNS[table]).map_elements(self.relative, return_dtype=pl.String))
         path = self.table_path(table, partition)
-        atomic_write_parquet(df, path)
+        atomic_write_parquet(df, path, self.home)
         self.ensure_view(table)
         return WriteResult(table, path, df.height, file_version(path))
 
@@ -119,7 +181,7 @@ class Warehouse:
             df = schemas.conform(df, schemas.TABLES[table])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         path = self.tables_dir / table / f"{safe}.parquet"
-        atomic_write_parquet(df, path)
+        atomic_write_parquet(df, path, self.home)
         self.ensure_view(table)
         return path
 
@@ -184,18 +246,93 @@ class Warehouse:
         return bool(self.files(table, partition))
 
     def read_table(self, table: str, partition: dict[str, str] | None = None, columns: list[str] | None = None) -> pl.DataFrame:
-        """All files of `table` (or of one partition) as one DataFrame; missing columns are null."""
-        files = self.files(table, partition)
-        if not files:
+        """All files of `table` (or of one partition) as one DataFrame; missing columns are null.
+
+        An unreadable file raises CorruptTable (naming it and the asset to rerun); in an
+        append-only table (lineage) it is set aside with a warning and the rest is read."""
+        frames = []
+        for f in self.files(table, partition):
+            try:
+                frames.append(_read_parquet(f, columns))
+            except _UNREADABLE as exc:
+                if not _is_corruption(exc):
+                    raise
+                if table not in APPEND_ONLY:
+                    raise self.corrupt(table, f, exc) from exc
+                self._set_aside(f, exc)
+        if not frames:
             if table in schemas.TABLES:
                 return schemas.empty(schemas.TABLES[table])
             raise FileNotFoundError(f"table {table!r} has no data under {self.tables_dir / table}")
-        frames = [pl.read_parquet(f, columns=columns) for f in files]
         df = pl.concat(frames, how="diagonal_relaxed")
         col = PATH_COLUMNS.get(table)
         if col in df.columns:
             df = df.with_columns(pl.col(col).map_elements(self.resolve, return_dtype=pl.String))
         return df
+
+    # -- damage ------------------------------------------------------------------
+    def corrupt(self, table: str, path: Path, cause: BaseException) -> CorruptTable:
+        """The CorruptTable error for an unreadable file of `table`: the file, why, and what to rerun."""
+        rel = path.relative_to(self.home).as_posix()
+        asset, part = self._writer(table, path)
+        rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "")
+        return CorruptTable(f"{rel} of table {table} cannot be read ({_first_line(cause)}): rerun `{rerun}`")
+
+    def _writer(self, table: str, path: Path) -> tuple[str, str | None]:
+        """The asset (and language partition) that rewrites `path`: its lineage row when there is one,
+        else the quarantine's asset folder, the producer folder, or the table's own name."""
+        segments = dict(p.split("=", 1) for p in path.relative_to(self.tables_dir / table).parent.parts if "=" in p)
+        if table not in APPEND_ONLY and self.has("lineage"):
+            rel = path.relative_to(self.home).as_posix()
+            try:
+                rows = self.read_table("lineage", columns=["asset", "partition", "path", "finished_at"])
+                rows = rows.filter(pl.col("path") == rel).sort("finished_at")
+            except Exception:  # noqa: BLE001 - a hint must never hide the error it explains
+                rows = pl.DataFrame()
+            if rows.height:
+                return rows["asset"][-1], rows["partition"][-1] or None
+        if table == "quarantine" and "asset" in segments:
+            part = segments.get("partition")
+            return segments["asset"], None if part in (None, "all") else part
+        producer = segments.get("producer")
+        if producer:
+            producer = next((asset for prefix, asset in SIDE_WRITERS if producer.startswith(prefix)), producer)
+        return producer or table, segments.get("language")
+
+    def _set_aside(self, path: Path, cause: BaseException) -> None:
+        """Move an unreadable append-only file to tables/.corrupt/ (skip it where the home is read-only)."""
+        rel = path.relative_to(self.home).as_posix()
+        target = self.tables_dir / CORRUPT_DIR / path.relative_to(self.tables_dir)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            note = f"unreadable {rel} set aside to {target.relative_to(self.home).as_posix()}"
+        except OSError as exc:
+            if not path.exists():
+                return  # another reader moved it first
+            note = f"unreadable {rel} skipped (cannot move it aside: {exc.strerror})"
+        note += f" ({_first_line(cause)}); the rows of that one write are missing from {path.parent.name}"
+        logger.warning(note)
+        self.problems.append(note)
+
+    def set_aside_unreadable(self, table: str) -> int:
+        """Set aside every unreadable file of an append-only `table`; returns how many."""
+        bad = [(f, exc) for f in self.files(table) if (exc := _read_error(f, whole=True)) is not None]
+        for f, exc in bad:
+            self._set_aside(f, exc)
+        return len(bad)
+
+    def set_aside_files(self) -> list[Path]:
+        """Files set aside under tables/.corrupt/ (by this or an earlier reader), for status to show."""
+        root = self.tables_dir / CORRUPT_DIR
+        return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def diagnose(self, table: str) -> CorruptTable | None:
+        """The first file of `table` whose Parquet footer cannot be read, as a CorruptTable; None if all read."""
+        for f in self.files(table):
+            if (exc := _read_error(f, whole=table in APPEND_ONLY)) is not None:
+                return self.corrupt(table, f, exc)
+        return None
 
     # -- paths -------------------------------------------------------------------
     def relative(self, path: str | None) -> str | None:
@@ -230,11 +367,36 @@ class Warehouse:
 
     # -- catalog -----------------------------------------------------------------
     def _view_sql(self, table: str) -> str:
-        glob = str(self.tables_dir / table / "**" / "*.parquet").replace("'", "''")
+        glob = glob_escape(str(self.tables_dir / table)) + "/**/*.parquet"
         return (
             f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM '
-            f"read_parquet('{glob}', union_by_name = true, hive_partitioning = false)"
+            f"read_parquet({_sql_str(glob)}, union_by_name = true, hive_partitioning = false)"
         )
+
+    def _create_view(self, con, table: str) -> bool:
+        """Create `table`'s view; if its files cannot be read, set aside unreadable append-only files and
+        retry, else create a view that raises the CorruptTable message. True when the real view stands."""
+        import duckdb
+
+        try:
+            con.execute(self._view_sql(table))
+            return True
+        except duckdb.Error as exc:
+            failure: BaseException = exc
+        if table in APPEND_ONLY and self.set_aside_unreadable(table):
+            if not self.files(table):
+                con.execute(f'DROP VIEW IF EXISTS "{table}"')
+                return False
+            try:
+                con.execute(self._view_sql(table))
+                return True
+            except duckdb.Error as exc:
+                failure = exc
+        problem = self.diagnose(table)
+        message = f"CorruptTable: {problem}" if problem else f"the view of table {table} cannot be built: {_first_line(failure)}"
+        logger.warning(message)
+        con.execute(f'CREATE OR REPLACE VIEW "{table}" AS SELECT error({_sql_str(message)}) AS problem')
+        return False
 
     def ensure_view(self, table: str) -> None:
         """Create the table's view in warehouse.duckdb if it is missing (serialised writers)."""
@@ -242,8 +404,6 @@ class Warehouse:
         if marker.exists() and self._catalog_current():
             return
         self.refresh_catalog(None if not self._catalog_current() else [table])
-        marker.parent.mkdir(exist_ok=True)
-        marker.touch()
 
     def _catalog_current(self) -> bool:
         """The catalog exists and was built for this home (not for the folder it was copied from)."""
@@ -256,27 +416,55 @@ class Warehouse:
         import duckdb
 
         names = [t for t in (tables or self.tables()) if self.files(t)]
-        with self._lock:
+        with writing(self.home, self.catalog_path, "update the catalog"), self._lock:
             if tables is None:
                 self.catalog_path.unlink(missing_ok=True)  # rebuilt whole: no view may point elsewhere
                 self.catalog_path.with_name(self.catalog_path.name + ".wal").unlink(missing_ok=True)
-            try:
-                con = _retry(lambda: duckdb.connect(str(self.catalog_path)))
-            except duckdb.Error as exc:
-                if "lock" in str(exc).lower():
-                    raise
+            with self._catalog_file() as path:
+                try:
+                    con = _retry(lambda: duckdb.connect(str(path)))
+                except duckdb.Error as exc:
+                    if "lock" in str(exc).lower() or tables is None:
+                        raise
+                    con = None
+                if con is not None:
+                    try:
+                        built = {t: self._create_view(con, t) for t in names}
+                    finally:
+                        con.close()
+            if con is None:  # not a DuckDB file any more (zeroed, garbled): views are derived state
                 self.catalog_path.unlink(missing_ok=True)
                 return self.refresh_catalog(None)
-            try:
-                for t in names:
-                    con.execute(self._view_sql(t))
-            finally:
-                con.close()
+            views = self.home / ".views"
+            views.mkdir(exist_ok=True)
+            for t, ok in built.items():  # a table without its real view is rebuilt by its next write
+                if ok:
+                    (views / t).touch()
+                else:
+                    (views / t).unlink(missing_ok=True)
             if tables is None:
-                marker = self.home / CATALOG_HOME_MARKER
-                marker.parent.mkdir(exist_ok=True)
-                marker.write_text(str(self.home))
+                (self.home / CATALOG_HOME_MARKER).write_text(str(self.home))
         return names
+
+    @contextmanager
+    def _catalog_file(self) -> Iterator[Path]:
+        """Where DuckDB writes the catalog: in place, except in a home whose path holds `?`, which
+        DuckDB reads as the start of URL parameters (its write-ahead log would go to `a.wal?b/...`).
+        There the catalog is updated in a temporary folder and moved in (copy beside it, rename)."""
+        if "?" not in str(self.catalog_path):
+            yield self.catalog_path
+            return
+        with tempfile.TemporaryDirectory(prefix="factory-catalog-") as tmp:
+            work = Path(tmp) / CATALOG_FILE
+            if self.catalog_path.exists():
+                shutil.copyfile(self.catalog_path, work)
+            yield work
+            staged = self.catalog_path.with_name(f".{CATALOG_FILE}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                shutil.copyfile(work, staged)
+                os.replace(staged, self.catalog_path)
+            finally:
+                staged.unlink(missing_ok=True)
 
     def connect(self):
         """A read-only DuckDB connection to the catalog that can read the home's tables and nothing
@@ -299,34 +487,89 @@ class Warehouse:
                 raise
             self.refresh_catalog()  # not a DuckDB file any more (zeroed, garbled): views are derived state
             con = open_read_only()
-        allowed = str(self.tables_dir).replace("'", "''") + "/"
-        con.execute(f"SET allowed_directories = ['{allowed}']")
+        # The views name the folder with glob characters escaped; DuckDB checks that spelling too.
+        allowed = sorted({str(self.tables_dir) + "/", glob_escape(str(self.tables_dir)) + "/"})
+        con.execute(f"SET allowed_directories = [{', '.join(map(_sql_str, allowed))}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         return con
 
     def sql(self, query: str) -> pl.DataFrame:
-        """Run a read-only query against the catalog (`warehouse.sql` says what is refused)."""
+        """Run a read-only query against the catalog (`warehouse.sql` says what is refused).
+
+        When it fails over damaged files: unreadable lineage files are set aside and the query
+        runs again; an unreadable file of another table it names raises CorruptTable."""
+        import duckdb
+
         from warehouse.sql import ensure_read_only
 
-        con = self.connect()
-        try:
-            ensure_read_only(query, con)
-            rel = con.sql(query)
-            return rel.pl() if rel is not None else pl.DataFrame()
-        finally:
-            con.close()
+        for attempt in (0, 1):
+            con = self.connect()
+            try:
+                ensure_read_only(query, con)
+                rel = con.sql(query)
+                return rel.pl() if rel is not None else pl.DataFrame()
+            except duckdb.ParserException:
+                raise
+            except duckdb.Error as exc:
+                failure = exc
+            finally:
+                con.close()
+            named = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)) & set(self.tables())
+            lineage = sorted(named & APPEND_ONLY)
+            if attempt == 0 and sum(self.set_aside_unreadable(t) for t in lineage):
+                self.refresh_catalog(lineage)
+                continue
+            if "CorruptTable: " in str(failure):
+                raise CorruptTable(str(failure).split("CorruptTable: ", 1)[1].splitlines()[0]) from failure
+            problem = next((p for t in sorted(named) if (p := self.diagnose(t)) is not None), None)
+            if problem is not None:
+                raise problem from failure
+            raise failure
+        raise AssertionError("unreachable")
 
     def tables(self) -> list[str]:
         if not self.tables_dir.exists():
             return []
-        return sorted(p.name for p in self.tables_dir.iterdir() if p.is_dir() and self.files(p.name))
+        return sorted(
+            p.name for p in self.tables_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and self.files(p.name)
+        )
 
 
 def reason_code(reason: pl.Expr) -> pl.Expr:
     """A short code from a free-text reason: its lead before ':' or '(', lower-case, non-alphanumerics as '_'."""
     lead = reason.cast(pl.String).str.split(":").list.first().str.split("(").list.first()
     return lead.str.strip_chars().str.to_lowercase().str.replace_all(r"[^a-z0-9]+", "_").str.strip_chars("_").str.slice(0, 48)
+
+
+_UNREADABLE = (pl.exceptions.ComputeError, pl.exceptions.PanicException, OSError)
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """A read error caused by the file's content (or a failing disk), not by a missing column or permissions."""
+    if isinstance(exc, OSError):
+        from warehouse.home import os_errno
+
+        return os_errno(exc) == errno.EIO
+    return True
+
+
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
+    # glob=False: a home named `run [1]` is a path, not a pattern.
+    return pl.read_parquet(path, columns=columns, glob=False)
+
+
+def _read_error(path: Path, whole: bool) -> BaseException | None:
+    """Why `path` cannot be read (its footer, or `whole` the file), or None when it reads."""
+    try:
+        if whole:
+            _read_parquet(path)
+        else:
+            with open(path, "rb") as f:
+                pl.read_parquet_schema(f)
+    except _UNREADABLE as exc:
+        return exc if _is_corruption(exc) else None
+    return None
 
 
 def _retry(fn, attempts: int = 40, delay: float = 0.25) -> Any:
