@@ -1,4 +1,4 @@
-"""Refuse merges of incompatible checkpoints: differing tensor names, shapes or vocabularies."""
+"""Refuse merges of incompatible checkpoints: differing tensor names, shapes, vocabularies or embedding tying."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+
+
+TIED_HEAD = "lm_head.weight"  # the output projection that tie_word_embeddings shares with the input embeddings
 
 
 class IncompatibleModelsError(ValueError):
@@ -84,3 +87,35 @@ def _config(folder: str | Path) -> dict:
     cfg = json.loads(path.read_text())
     # Multimodal configs nest the language model's vocab size.
     return cfg if "vocab_size" in cfg else cfg.get("text_config", cfg)
+
+
+def tied_embeddings(folder: str | Path) -> bool | None:
+    """The folder's config `tie_word_embeddings` (None when config.json does not say)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    value = cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings"))
+    return None if value is None else bool(value)
+
+
+def check_same_tying(folders: list[str | Path]) -> bool:
+    """All models must agree on tie_word_embeddings; True when they are tied.
+
+    A merge of tied and untied models has no faithful output: the loader would either drop the
+    merged lm_head or leave it random."""
+    known = {str(f): t for f in folders if (t := tied_embeddings(f)) is not None}
+    if len(set(known.values())) > 1:
+        raise IncompatibleModelsError(
+            f"tie_word_embeddings differs (one model ties word embeddings, another does not): {known}"
+        )
+    return bool(known) and all(known.values())
+
+
+def drop_tied_head(readers: dict[str, CheckpointReader]) -> list[str]:
+    """Forget a stored lm_head.weight in tied checkpoints (some writers store the shared tensor
+    twice); the loader ties it to the merged embeddings anyway. Returns the folders that stored it."""
+    stored = [path for path, reader in readers.items() if TIED_HEAD in reader.infos]
+    for path in stored:
+        del readers[path].infos[TIED_HEAD]
+    return stored

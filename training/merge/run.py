@@ -15,7 +15,13 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.merge.compat import TOKENIZER_FILES, check_same_tensors, check_same_vocabulary
+from training.merge.compat import (
+    TOKENIZER_FILES,
+    check_same_tensors,
+    check_same_tying,
+    check_same_vocabulary,
+    drop_tied_head,
+)
 from training.merge.config import MergeConfig, MergeParameters, format_validation_error, load_merge_config
 from training.merge.registry import MergeMethod, get_method
 from training.merge.streaming import (
@@ -100,6 +106,7 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     source = base or members[0]
     tok_source = _tokenizer_source(config.tokenizer_source, base, source, resolve)
     check_same_vocabulary(folders + ([tok_source] if tok_source not in folders else []))
+    tied = check_same_tying(folders)
 
     readers = {str(f): CheckpointReader(f) for f in folders}
     out = Path(out_dir)
@@ -107,6 +114,8 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     shutil.rmtree(tmp, ignore_errors=True)
     writer = None
     try:
+        # Tied inputs give a tied output: no lm_head.weight is written, config.json (copied) says tied.
+        dropped_head = drop_tied_head(readers) if tied else []
         check_same_tensors(readers)
         ref = readers[str(source)]
         out_infos = [_output_info(ref.infos[n], config.dtype) for n in ref.names()]
@@ -148,6 +157,8 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
         "n_shards": len(writer.shards),
         "bytes": sum(i.nbytes for i in out_infos),
         "dtype": config.dtype,
+        "tied_embeddings": tied,
+        "dropped_tied_head": dropped_head,
         "seconds": round(time.perf_counter() - start, 3),
         "output": str(out),
     }
