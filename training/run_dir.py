@@ -9,6 +9,16 @@ Layout next to the final model folder `out/`:
 - `out/`       appears only by renaming a complete `out.tmp/`, so a crash never
   leaves a half-written model. Its `metrics.json` carries the fingerprint, so a
   rerun after success returns at once.
+
+A finished run is reused only if its files are still what was published:
+`outputs.json`, written last into `out.tmp/`, records every output file's size
+and a cheap hash (blake2b of the size and the first and last MiB, so checking a
+multi-GB checkpoint reads 2 MiB). Before reuse the sizes and hashes are checked
+and every `*.safetensors` must be structurally whole (header, then exactly the
+bytes its tensors need); a file that was truncated, changed or removed after the
+run finished makes the stage train again, with one log line saying why. Damage
+confined to the middle of a large file is caught only by the structural check.
+A folder from before `outputs.json` existed gets the structural check alone.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ logger = logging.getLogger(__name__)
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
+OUTPUTS_FILE = "outputs.json"
+_HASH_SPAN = 1 << 20  # bytes hashed at each end of a file
 
 
 class TrainLoopConfig(BaseModel):
@@ -113,6 +125,72 @@ def _complete_checkpoint(path: Path) -> bool:
     return (path / "optimizer.pt").exists() and any(path.glob("*.safetensors"))
 
 
+def quick_hash(path: Path) -> str:
+    """blake2b of a file's size and its first and last MiB (the whole file when it is under 2 MiB)."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(_HASH_SPAN))
+        if size > 2 * _HASH_SPAN:
+            f.seek(size - _HASH_SPAN)
+        h.update(f.read(_HASH_SPAN))
+    return h.hexdigest()
+
+
+def output_manifest(folder: Path) -> dict[str, dict]:
+    """{relative path: {size, hash}} for every file under `folder` except the manifest itself."""
+    return {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "blake2b": quick_hash(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != OUTPUTS_FILE
+    }
+
+
+def safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (truncated, padded, unreadable header), or None.
+    The format is an 8-byte header length, a JSON header, then the tensors' bytes up to the
+    largest `data_offsets` end, so the file size is fully determined by its header."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                return f"{path.name} is {size} bytes, shorter than its header says"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        return f"{path.name} has an unreadable header ({exc})"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return f"{path.name} is {size} bytes, its tensors need {expected}"
+    return None
+
+
+def output_damage(folder: Path) -> str | None:
+    """Why `folder` no longer holds the outputs that were published into it, or None when it does."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors in it"
+    for p in weights:
+        if (why := safetensors_damage(p)) is not None:
+            return why
+    try:
+        recorded = json.loads((folder / OUTPUTS_FILE).read_text())
+    except FileNotFoundError:
+        return None  # published before outputs.json existed: the structural check above is all there is
+    except (OSError, ValueError) as exc:
+        return f"{OUTPUTS_FILE} is unreadable ({exc})"
+    for name, want in recorded.items():
+        p = folder / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if (size := p.stat().st_size) != want["size"]:
+            return f"{name} is {size} bytes, {want['size']} when the run finished"
+        if quick_hash(p) != want["blake2b"]:
+            return f"{name} changed since the run finished (hash mismatch)"
+    return None
+
+
 @dataclass
 class StageRun:
     """The folders of one training run and the operations that keep them consistent."""
@@ -135,7 +213,10 @@ class StageRun:
             metrics = json.loads((self.out_dir / METRICS_FILE).read_text())
         except (OSError, ValueError):
             return None
-        if metrics.get("config_hash") != self.fingerprint or not any(self.out_dir.glob("*.safetensors")):
+        if metrics.get("config_hash") != self.fingerprint:
+            return None
+        if (why := output_damage(self.out_dir)) is not None:
+            logger.warning("training again: the finished run in %s cannot be reused: %s", self.out_dir, why)
             return None
         return {**metrics, "reused": True}
 
@@ -170,6 +251,7 @@ class StageRun:
         model.save_pretrained(self.tmp_dir)
         tokenizer.save_pretrained(self.tmp_dir)
         (self.tmp_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        (self.tmp_dir / OUTPUTS_FILE).write_text(json.dumps(output_manifest(self.tmp_dir), indent=1))
         old = self.out_dir.parent / f"{self.out_dir.name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.out_dir.exists():
