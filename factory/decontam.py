@@ -58,11 +58,15 @@ def char_ngrams(norm: str, cfg: DecontamConfig) -> set[str]:
 
 
 class EvalIndex:
-    """Eval prompts indexed for exact, normalised and n-gram lookups."""
+    """Eval prompts indexed for exact, normalised and n-gram lookups. `names` (e.g. "p_12 [de]")
+    say which eval prompt a match is; by default its position ("#3")."""
 
-    def __init__(self, eval_texts: list[str], cfg: DecontamConfig):
+    def __init__(self, eval_texts: list[str], cfg: DecontamConfig, names: list[str] | None = None):
+        if names is not None and len(names) != len(eval_texts):
+            raise ValueError(f"{len(names)} names for {len(eval_texts)} eval texts")
         self.cfg = cfg
         self.texts = eval_texts
+        self.names = names
         self.exact = {t.strip(): i for i, t in reversed(list(enumerate(eval_texts)))}
         norms = [normalize(t) for t in eval_texts]
         self.normalised = {n: i for i, n in reversed(list(enumerate(norms))) if n}
@@ -74,7 +78,7 @@ class EvalIndex:
 
     def _name(self, i: int) -> str:
         text = self.texts[i].strip().replace("\n", " ")
-        return f"eval prompt #{i} {text[:80]!r}"
+        return f"eval prompt {self.names[i] if self.names else f'#{i}'} {text[:80]!r}"
 
     def match(self, text: str) -> str | None:
         """The contamination reason for `text`, or None if it is clean."""
@@ -99,10 +103,16 @@ class EvalIndex:
         return None
 
 
-def decontaminate(df: pl.DataFrame, eval_texts: list[str], cfg: DecontamConfig | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split `df` [prompt_id, text, ...] into (kept rows, quarantine [row_key, reason, payload])."""
+def decontaminate(
+    df: pl.DataFrame, eval_texts: list[str], cfg: DecontamConfig | None = None, *, eval_names: list[str] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split `df` [prompt_id, text, ...] into (kept rows, quarantine [row_key, reason, payload]).
+
+    `eval_texts` should be every eval prompt of every language, not only the rows' own: the
+    same text under another language label (zh-Hans / zh-Hant, de / nl) is contamination too.
+    `eval_names` name them in the reasons (default: their position)."""
     cfg = cfg or DecontamConfig()
-    index = EvalIndex(eval_texts, cfg)
+    index = EvalIndex(eval_texts, cfg, eval_names)
     reasons = [index.match(t or "") for t in df[cfg.text_column].to_list()]
     flagged = df.with_columns(pl.Series("_reason", reasons, dtype=pl.String))
     hits = flagged.filter(pl.col("_reason").is_not_null())

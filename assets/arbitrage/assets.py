@@ -210,8 +210,21 @@ def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, s
     return df
 
 
-def eval_texts(prompts: pl.DataFrame) -> list[str]:
-    return prompts.filter(pl.col("split") == "eval")["text"].to_list()
+def eval_prompts(wh, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Every eval prompt of every language [prompt_id, language, text]: the warehouse's and those in
+    `prompts`. The same text can carry two language labels (zh-Hans and zh-Hant, de and nl), and a
+    partitioned asset's `prompts` input holds only its own language, so training rows are compared
+    against all of them."""
+    cols = ["prompt_id", "language", "text"]
+    stored = wh.read_table("prompts", columns=[*cols, "split"]) if wh.has("prompts") else prompts.clear()
+    frames = [df.filter(pl.col("split") == "eval").select(cols) for df in (stored, prompts)]
+    return pl.concat(frames, how="vertical_relaxed").unique("prompt_id", keep="first", maintain_order=True)
+
+
+def eval_texts(evals: pl.DataFrame) -> tuple[list[str], list[str]]:
+    """The texts of `evals` and how decontamination names each one (prompt id and language)."""
+    names = [f"{pid} [{lang}]" for pid, lang in zip(evals["prompt_id"], evals["language"], strict=True)]
+    return evals["text"].to_list(), names
 
 
 @dg.asset(
@@ -237,24 +250,30 @@ def sft_data(
         quarantined.append(q)
     df = pl.concat(frames, how="diagonal_relaxed")
     texts = prompts.select("prompt_id", "text")
-    kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_texts(prompts), cfg.arbitrage.decontam)
+    evals = eval_prompts(wh, prompts)
+    eval_text, eval_names = eval_texts(evals)
+    kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
     if not cfg.arbitrage.decontaminate:
         kept, hits = df.join(texts, on="prompt_id", how="left"), hits.clear()
     wh.quarantine("sft_data", None, pl.concat([*quarantined, hits]), context.run_id)
     kept = kept.drop("text").with_columns(pl.lit(context.run_id).alias("run_id"))
     yield dg.Output(kept, metadata={"contaminated_removed": hits.height, "per_strategy": dg.MetadataValue.md(
         markdown_table(kept.group_by("strategy").len().sort("strategy")))})
-    yield contamination_check("decontaminated", kept, prompts, cfg)
+    yield contamination_check("decontaminated", kept, prompts, evals, cfg)
 
 
-def contamination_check(name: str, rows: pl.DataFrame, prompts: pl.DataFrame, cfg) -> dg.AssetCheckResult:
-    """Re-verify written training rows against the eval split (blocking: downstream training stops)."""
+def contamination_check(
+    name: str, rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg
+) -> dg.AssetCheckResult:
+    """Re-verify written training rows (texts from `prompts`) against every eval prompt of every
+    language, `evals` from eval_prompts (blocking: downstream training stops)."""
     from factory.decontam import decontaminate
 
     joined = rows.select("prompt_id").join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
     joined = joined.with_columns(pl.col("text").fill_null(""))
-    _, hits = decontaminate(joined, eval_texts(prompts), cfg.arbitrage.decontam)
-    in_eval = rows.filter(pl.col("prompt_id").is_in(prompts.filter(pl.col("split") == "eval")["prompt_id"].to_list())).height
+    eval_text, eval_names = eval_texts(evals)
+    _, hits = decontaminate(joined, eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
+    in_eval = rows.filter(pl.col("prompt_id").is_in(evals["prompt_id"].to_list())).height
     return dg.AssetCheckResult(
         check_name=name, passed=hits.height == 0 and in_eval == 0,
         metadata={"contaminated_rows": hits.height, "eval_prompt_ids": in_eval,
@@ -303,7 +322,9 @@ def preference_pairs(
             wh.write_table("generations", translated, {"producer": "native_vs_translated", "language": lang})
     df = pl.concat(frames, how="diagonal_relaxed")
     with_text = df.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
-    kept, hits = decontaminate(with_text, eval_texts(prompts), cfg.arbitrage.decontam)
+    evals = eval_prompts(wh, prompts)  # every language's: the same text can carry another label
+    eval_text, eval_names = eval_texts(evals)
+    kept, hits = decontaminate(with_text, eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
     if not cfg.arbitrage.decontaminate:
         kept, hits = with_text, hits.clear()
     kept = kept.drop("text")
@@ -316,7 +337,7 @@ def preference_pairs(
     })
     problems = check_pairs(kept)
     yield dg.AssetCheckResult(check_name="pairs_valid", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
-    yield contamination_check("decontaminated", kept, prompts, cfg)
+    yield contamination_check("decontaminated", kept, prompts, evals, cfg)
     yield dg.AssetCheckResult(
         check_name="enough_pairs", passed=not warnings, severity=dg.AssetCheckSeverity.WARN,
         metadata={"warnings": dg.MetadataValue.json(warnings), "pairs": kept.height},
