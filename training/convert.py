@@ -15,6 +15,7 @@ under a file lock, so concurrent runs convert once and nobody sees half a folder
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -48,6 +49,10 @@ def resolve_model(ref: str, home: str | os.PathLike | None = None, chat_template
     if _is_converted(plan):
         return str(plan.folder)
     check_architecture(plan.header.architecture or "", plan.ref.raw)
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelSourceError(
+            f"{plan.ref.raw!r}: transformers reads GGUF files with the gguf package: pip install gguf"
+        )
     from filelock import FileLock
 
     plan.folder.parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +108,9 @@ def convert_gguf(plan: ConversionPlan) -> Path:
     del loaded
     _fix_tokenizer(tokenizer, model, plan.chat_template)
 
+    for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

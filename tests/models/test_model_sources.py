@@ -166,3 +166,14 @@ def test_a_failed_conversion_leaves_nothing_behind(tiny_gguf, tmp_path, monkeypa
         convert.resolve_model(f"gguf:{tiny_gguf[0]}", home=tmp_path)
     leftovers = [p.name for p in (tmp_path / "models" / "sources").iterdir() if p.is_dir()]
     assert leftovers == []
+
+
+def test_a_killed_conversion_is_cleaned_up_by_the_next(tiny_gguf, tmp_path):
+    from training.convert import resolve_model
+
+    plan = plan_conversion(f"gguf:{tiny_gguf[0]}", tmp_path)
+    stale = plan.folder.with_name(f".{plan.folder.name}.tmp-1")  # as a killed process would leave it
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert resolve_model(f"gguf:{tiny_gguf[0]}", home=tmp_path) == str(plan.folder)
+    assert not stale.exists() and read_source_record(plan.folder)["sha256"] == plan.record["sha256"]
