@@ -135,7 +135,9 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             started_at=_STARTED.pop(step, datetime.now(UTC)),
         )
         # The schema as stored: conformed, with partition columns such as producer.
-        meta = frame_metadata(obj, table=table, schema=pl.read_parquet_schema(result.path))
+        with open(result.path, "rb") as f:  # a file object: a home may have glob characters in its path
+            schema = pl.read_parquet_schema(f)
+        meta = frame_metadata(obj, table=table, schema=schema)
         # Relative to the home, so the metadata stays true when FACTORY_HOME is moved or copied.
         path = result.path.relative_to(wh.home).as_posix()
         meta.update({"table": table, "path": path, "data_version": result.data_version})

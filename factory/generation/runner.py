@@ -42,7 +42,7 @@ def read_shards(shard_dir: Path) -> pl.DataFrame:
     frames = []
     for path in sorted(Path(shard_dir).glob("*.parquet")):
         try:
-            df = pl.read_parquet(path)
+            df = pl.read_parquet(path, glob=False)
             missing = [pl.lit(None, dtype=t).alias(c) for c, t in GENERATION_EXTRA.items() if c not in df.columns]
             frames.append(conform(df.with_columns(missing), schema).select(list(schema)))
         except Exception as exc:  # an unreadable shard is regenerated, not trusted

@@ -91,7 +91,7 @@ def _read_cache(cache_dir: Path, keys: set[str]) -> dict[str, tuple[float, bool]
     found: dict[str, tuple[float, bool]] = {}
     for path in sorted(cache_dir.glob("*.parquet")):
         try:
-            df = pl.read_parquet(path, columns=list(CACHE_COLUMNS))
+            df = pl.read_parquet(path, columns=list(CACHE_COLUMNS), glob=False)
         except Exception as exc:
             log.warning("ignoring unreadable score shard %s: %s", path, exc)
             continue

@@ -52,3 +52,13 @@ def test_runs_are_named_after_their_step(home):
     inst = dg.DagsterInstance.from_config(str(home / ".dagster"))
     names = {r.job_name for r in inst.get_runs()}
     assert names == {"prompts"}
+
+
+def test_a_home_with_glob_characters_runs_and_answers_sql(tmp_path):
+    home = tmp_path / "run [1]"
+    runner = CliRunner()
+    out = runner.invoke(app, ["run", "--select", "prompts", "--partition", "es", "--home", str(home)])
+    assert out.exit_code == 0, out.output
+    n = runner.invoke(app, ["sql", "select count(*) as n from prompts", "--home", str(home), "-f", "csv"])
+    assert n.exit_code == 0, n.output
+    assert int(n.output.splitlines()[1]) == Warehouse(home).read_table("prompts").height > 0
