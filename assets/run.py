@@ -2,15 +2,29 @@
 
 Used by `factory run` and `factory demo`. Partitioned assets are run language by
 language; consecutive partitioned assets share one Dagster run per language.
+
+Each start first cleans up after killed runs: temp leftovers (warehouse/housekeeping.py) and Dagster runs that a killed
+process left STARTED (marked failed). Runs carry the pid and host of the process that runs them.
 """
 
 import os
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+
+from warehouse.home import resolve_home
+from warehouse.housekeeping import clean_leftovers, describe_leftovers, pid_alive
+
+PID_TAG, HOST_TAG = "factory/pid", "factory/host"
+# A run in one of these states whose process is gone will never finish.
+UNFINISHED = (
+    dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+)
 
 
 @dataclass
@@ -107,8 +121,6 @@ def plan(order: list[str], graph, partitions: Iterable[str]) -> list[Step]:
 def instance() -> dg.DagsterInstance:
     """A persistent instance under FACTORY_HOME/.dagster (unless DAGSTER_HOME is set),
     so runs made from the CLI show up in `dagster dev`."""
-    from warehouse.home import resolve_home
-
     home = os.environ.get("DAGSTER_HOME") or str(resolve_home() / ".dagster")
     Path(home).mkdir(parents=True, exist_ok=True)
     yaml_path = Path(home) / "dagster.yaml"
@@ -144,6 +156,44 @@ def _cause(error) -> str:
     return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", text)  # `pkg.mod.Error: msg` -> `Error: msg`
 
 
+def run_tags() -> dict[str, str]:
+    """Who runs a run: so a later start can tell a run whose process was killed from a live one."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
+    """Mark failed the unfinished runs started by a process of this machine that is gone (killed
+    mid-run, they would stay STARTED forever). Runs without our pid tag (`dagster dev`, which has
+    its own run monitoring) or from another host are left alone. Returns the run ids marked."""
+    host = socket.gethostname()
+    marked = []
+    for record in inst.get_run_records(dg.RunsFilter(statuses=list(UNFINISHED))):
+        run = record.dagster_run
+        pid, run_host = run.tags.get(PID_TAG), run.tags.get(HOST_TAG)
+        if not pid or not pid.isdigit() or run_host != host:
+            continue
+        since = record.start_time or record.create_timestamp.timestamp()
+        if pid_alive(int(pid), since=since):
+            continue
+        inst.report_run_failed(run, message=f"the process that ran it (pid {pid} on {host}) is gone: killed mid-run")
+        marked.append(run.run_id)
+    return marked
+
+
+def housekeeping(inst: dg.DagsterInstance) -> str | None:
+    """Clean up after killed runs; one line saying what was done, or None."""
+    home = resolve_home()
+    removed = clean_leftovers(home)
+    failed = fail_orphaned_runs(inst)
+    done = []
+    if removed:
+        done.append(describe_leftovers(removed, home))
+    if failed:
+        ids = ", ".join(r[:8] for r in failed)
+        done.append(f"marked {len(failed)} run{'s' if len(failed) > 1 else ''} of killed processes as failed ({ids})")
+    return "housekeeping: " + "; ".join(done) if done else None
+
+
 def materialize_selection(
     selection: str | None = None, partitions: list[str] | None = None, log_level: str = "CRITICAL", echo=None,
 ) -> list[Step]:
@@ -167,12 +217,15 @@ def materialize_selection(
     if unknown:
         raise ValueError(f"unknown partitions {sorted(unknown)}; the config's languages are {language_partitions.get_partition_keys()}")
     steps = plan(order, graph, keys)
+    say = echo or print
     inst = instance()
+    if done := housekeeping(inst):
+        say(done)
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     jobs = {name: dg.define_asset_job(name, selection=step.assets) for step in steps for name in [job_name(step)]}
     step_defs = dg.Definitions(assets=ALL_ASSETS, jobs=list(jobs.values()), resources=defs.resources)
     interactive = sys.stdout.isatty()
-    say = echo or print
+    tags = run_tags()
     t_all = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -185,7 +238,7 @@ def materialize_selection(
             progress.update(task, description=label)
             t0 = time.perf_counter()
             result = step_defs.resolve_job_def(job_name(step)).execute_in_process(
-                instance=inst, partition_key=step.partition, run_config=run_config, raise_on_error=False,
+                instance=inst, partition_key=step.partition, run_config=run_config, raise_on_error=False, tags=tags,
             )
             if not result.success:
                 failure = next((e for e in result.all_events if e.is_step_failure), None)
