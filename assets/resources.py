@@ -2,21 +2,75 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import dagster as dg
 
-from factory.config import FactoryConfig, load_config
+from factory.config import FactoryConfig, config_path, load_config
+from warehouse.home import resolve_home
+from warehouse.housekeeping import check_home_config
 from warehouse.store import Warehouse
+
+FORCE_ENV = "FACTORY_FORCE_CONFIG"
+
+# What a teacher is, as opposed to how it is run (batch size, device, server address, retries).
+_TEACHER_IDENTITY = {"name", "backend", "model", "sampling"}
+
+
+def config_identity(cfg: FactoryConfig) -> dict[str, Any]:
+    """The keys that decide which rows the per-language tables (prompts, generations, scores,
+    selections, pairs) hold and what their ids mean: the languages (the partitions), the prompts
+    (prompt_id, split), the teachers, the embedded models behind them, their sampling and k
+    (completion_id and its text), and the seed. Two configs that differ here must not write into
+    one home: a rerun of some partitions would mix their rows.
+
+    Everything else may change between runs of a home: the Arbiter (scores are cached by its
+    checkpoint hash and carry it), scoring, routing, pairs, training, merge, evaluation and
+    publish settings (their assets are recomputed from the tables on the next materialization;
+    rerun `scores+` over every partition after changing the Arbiter or routing), and how things
+    run: devices, threads, batch sizes of inference, retries, timeouts, server addresses."""
+    return {
+        "seed": cfg.seed,
+        "languages": list(cfg.languages),
+        "prompts": cfg.prompts.model_dump(mode="json"),
+        "teachers": [t.model_dump(mode="json", include=_TEACHER_IDENTITY) for t in cfg.resolved_teachers()],
+        "generation.k": cfg.generation.k,
+        "models.embedded": cfg.models.embedded.model_dump(mode="json", exclude={"device", "torch_threads"}),
+    }
+
+
+def _forced_by_env() -> bool:
+    return os.environ.get(FORCE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class FactoryResource(dg.ConfigurableResource):
     """FACTORY_HOME and the YAML config. Both default to their env vars (FACTORY_HOME,
-    FACTORY_CONFIG), else ./factory_home and the embedded default config."""
+    FACTORY_CONFIG), else ./factory_home and the embedded default config.
+
+    Every run that uses it first checks the config against the one that built the home
+    (`config.json` there): FACTORY_FORCE_CONFIG=1 lets a differing config through and records it."""
 
     home: str | None = None
     config_path: str | None = None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.check_home()
 
     def warehouse(self) -> Warehouse:
         return Warehouse(self.home)
 
     def settings(self) -> FactoryConfig:
         return load_config(self.config_path)
+
+    def check_home(self, force: bool = False) -> str | None:
+        """Record this config in a new home, or refuse one that differs from the home's in
+        config_identity's keys (ConfigMismatch) unless forced. Returns a note on a forced change."""
+        cfg = self.settings()
+        shown = cfg.model_dump(mode="json")
+        shown["teachers"] = [t.model_dump(mode="json") for t in cfg.resolved_teachers()]
+        return check_home_config(
+            resolve_home(self.home), config_identity(cfg), shown, str(config_path(self.config_path).absolute()),
+            force=force or _forced_by_env(),
+            force_hint=f"add `--force` to `factory run` / `factory demo` (Dagster: {FORCE_ENV}=1)",
+        )

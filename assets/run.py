@@ -3,7 +3,8 @@
 Used by `factory run` and `factory demo`. Partitioned assets are run language by
 language; consecutive partitioned assets share one Dagster run per language.
 
-Each start first cleans up after killed runs: temp leftovers (warehouse/housekeeping.py) and Dagster runs that a killed
+Each start first checks the config against the home's (assets/resources.py), then cleans up
+after killed runs: temp leftovers (warehouse/housekeeping.py) and Dagster runs that a killed
 process left STARTED (marked failed). Runs carry the pid and host of the process that runs them.
 """
 
@@ -196,12 +197,15 @@ def housekeeping(inst: dg.DagsterInstance) -> str | None:
 
 def materialize_selection(
     selection: str | None = None, partitions: list[str] | None = None, log_level: str = "CRITICAL", echo=None,
+    force: bool = False,
 ) -> list[Step]:
     """Materialize `selection` (all assets by default) for `partitions` (default: all).
 
     Progress is a bar on a terminal, and one line per finished step otherwise (logs, CI);
     `echo` receives those lines (default: print). A failed step raises StepFailed. Dagster's
-    console log shows `log_level` and above; the run's own log in the instance keeps everything."""
+    console log shows `log_level` and above; the run's own log in the instance keeps everything.
+    A config that differs from the home's (see assets/resources.py) raises ConfigMismatch, unless
+    `force`, which records it as the home's config."""
     import sys
     import time
 
@@ -218,6 +222,9 @@ def materialize_selection(
         raise ValueError(f"unknown partitions {sorted(unknown)}; the config's languages are {language_partitions.get_partition_keys()}")
     steps = plan(order, graph, keys)
     say = echo or print
+    note = defs.resources["factory"].check_home(force=force)
+    if note:
+        say(note)
     inst = instance()
     if done := housekeeping(inst):
         say(done)

@@ -21,14 +21,15 @@ ConfigOpt = Annotated[
 ]
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On failure, print the whole trace (the run log keeps it anyway).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the home was built with a config that differs in keys that decide its data, and record this config as the home's.")]
 
 
-def _materialize(selection: str | None, partitions: list[str] | None, verbose: bool):
+def _materialize(selection: str | None, partitions: list[str] | None, verbose: bool, force: bool = False):
     """Run a selection; a failed step becomes one red line naming the asset, partition and cause."""
     from assets.run import StepFailed, materialize_selection
 
     try:
-        return materialize_selection(selection, partitions, echo=typer.echo)
+        return materialize_selection(selection, partitions, echo=typer.echo, force=force)
     except StepFailed as exc:
         if verbose:
             typer.echo(exc.trace, err=True)
@@ -66,15 +67,16 @@ def run(
     config: ConfigOpt = None,
     home: HomeOpt = None,
     verbose: VerboseOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Materialize the selected assets, all partitions, in-process, with progress."""
     _env(config, home)
-    steps = _materialize(select, partition or None, verbose)
+    steps = _materialize(select, partition or None, verbose, force)
     typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
 
 
 @app.command()
-def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = False) -> None:
+def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
     """Run everything on the embedded default (tiny local models, chatterbot prompts, CPU)."""
     import time
 
@@ -82,7 +84,7 @@ def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = F
     from warehouse.home import resolve_home
 
     t0 = time.perf_counter()
-    _materialize(None, None, verbose)
+    _materialize(None, None, verbose, force)
     home_dir = resolve_home()
     typer.echo(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Warehouse: {home_dir}")
     from factory.summary import demo_summary

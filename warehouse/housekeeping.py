@@ -1,6 +1,6 @@
 """Housekeeping of a FACTORY_HOME, done at the start of every run.
 
-What killed runs leave behind (the Dagster runs they leave STARTED are assets/run.py's):
+Two things a killed run leaves, and one thing a home must remember:
 
 - Leftovers: temp files and folders that a killed process never renamed into place. Writers name
   them in one of three ways, and each way says when the entry is safe to remove:
@@ -11,6 +11,10 @@ What killed runs leave behind (the Dagster runs they leave STARTED are assets/ru
     process. A live writer keeps its temp open or fresh, so neither rule removes live work.
   `.dagster/` (Dagster's own storage) is never touched; resume state (`out.work/` checkpoints,
   generation and score shards) is not temp and is kept.
+- The home's config: `config.json` records the identity of the config that built the home (the
+  keys that decide which rows its tables hold and what their ids mean). A later run whose config
+  differs in those keys is refused (ConfigMismatch) unless forced, which records the new config.
+  Which keys count is the caller's choice (assets/resources.py); this module only compares.
 
 Pid checks assume the home's writers run on this machine (a home on a filesystem shared by
 several hosts needs a per-host lock instead).
@@ -18,18 +22,25 @@ several hosts needs a per-host lock instead).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
 
 TEMP_MAX_AGE_S = 3600.0
 SKIP_DIRS = frozenset({".dagster"})  # Dagster's storage: its own journal and temp files
+CONFIG_RECORD = "config.json"
 
 # `.{name}.tmp-{pid}` (training/merge/run.py, training/convert.py), `{name}.{pid}.tmp` (factory/ids.py,
-# factory/model_sources.py)
+# factory/model_sources.py, this module)
 _PID_NAMES = (re.compile(r"^\..+\.tmp-(\d+)$"), re.compile(r"^.+\.(\d+)\.tmp$"))
 # `{name}.tmp-{uuid8}` (warehouse/store.py)
 _RANDOM_NAME = re.compile(r"^.+\.tmp-[0-9a-f]{8,32}$")
@@ -228,3 +239,105 @@ def describe_leftovers(removed: list[Leftover], home: str | os.PathLike, show: i
     mb = sum(item.size for item in removed) / 1e6
     plural = "s" if len(removed) != 1 else ""
     return f"removed {len(removed)} temp leftover{plural} of killed runs ({mb:.1f} MB): {', '.join(names)}{more}"
+
+
+# -- the home's config ------------------------------------------------------------------------------
+
+
+class ConfigMismatch(RuntimeError):
+    """This run's config differs from the one that built the home in keys that decide its data."""
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    payload = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _leaves(value: Any, key: str) -> dict[str, Any]:
+    """Dotted leaf keys of nested dicts and lists (`prompts.sources.0.max_per_language`)."""
+    if isinstance(value, dict) and value:
+        items = value.items()
+    elif isinstance(value, list) and value and any(isinstance(v, dict | list) for v in value):
+        items = enumerate(value)
+    else:
+        return {key: value}
+    out: dict[str, Any] = {}
+    for sub, child in items:
+        out.update(_leaves(child, f"{key}.{sub}"))
+    return out
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def identity_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key (old -> new)` for every leaf that differs, over the top-level keys both records have
+    (a key added to the identity later does not make older homes refuse)."""
+    diffs = []
+    for top in [k for k in new if k in old]:
+        before, after = _leaves(old[top], top), _leaves(new[top], top)
+        for key in [*before, *(k for k in after if k not in before)]:
+            a, b = before.get(key, "(absent)"), after.get(key, "(absent)")
+            if a != b:
+                diffs.append(f"{key} ({_short(a)} -> {_short(b)})")
+    return diffs
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_config_record(home: str | os.PathLike) -> dict | None:
+    """The home's `config.json`, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(home) / CONFIG_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("identity"), dict) else None
+
+
+def check_home_config(
+    home: str | os.PathLike,
+    identity: dict[str, Any],
+    config: dict[str, Any],
+    source: str,
+    force: bool = False,
+    force_hint: str = "force it",
+) -> str | None:
+    """Record the config at the first run into `home`; afterwards refuse (ConfigMismatch, one line
+    naming the keys) a run whose `identity` differs, unless `force`, which records the new config
+    and keeps the old one's fingerprint under `previous`. Returns a note when it recorded a change."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home / ".config.lock"), timeout=60):
+        old = read_config_record(home)
+        diffs = identity_diff(old["identity"], identity) if old else []
+        if old and not diffs and all(k in old["identity"] for k in identity):
+            return None
+        if diffs and not force:
+            shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            raise ConfigMismatch(
+                f"{home} was built with config {old.get('source')!r} and this run's config ({source}) differs in "
+                f"keys that decide its data: {shown}. Use that config (--config / FACTORY_CONFIG) or another "
+                f"FACTORY_HOME, or {force_hint} to rebuild this home with the new config "
+                f"(tables of the old one stay until rematerialized)."
+            )
+        record = {
+            "fingerprint": fingerprint(identity),
+            "source": source,
+            "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "identity": identity,
+            "config": config,
+            "previous": (old or {}).get("previous", []),
+        }
+        if diffs:
+            record["previous"] = [
+                *record["previous"],
+                {k: old.get(k) for k in ("fingerprint", "source", "recorded_at")},
+            ]
+        _write_json(home / CONFIG_RECORD, record)
+    return f"forced: recorded config {source} for this home (was {old.get('source')!r})" if diffs else None
