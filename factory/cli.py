@@ -52,10 +52,12 @@ def _env(config: str | None, home: str | None) -> None:
 
     quiet_libraries()
     from factory.config import ConfigError, active_config
+    from warehouse.home import WarehouseWriteError, resolve_home
 
     try:
         active_config()
-    except ConfigError as exc:
+        resolve_home()  # a home that cannot be created (read-only, a file in the way) is one line, here
+    except (ConfigError, WarehouseWriteError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
 

@@ -62,3 +62,12 @@ def test_a_home_with_glob_characters_runs_and_answers_sql(tmp_path):
     n = runner.invoke(app, ["sql", "select count(*) as n from prompts", "--home", str(home), "-f", "csv"])
     assert n.exit_code == 0, n.output
     assert int(n.output.splitlines()[1]) == Warehouse(home).read_table("prompts").height > 0
+
+
+def test_a_home_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for command in (["status"], ["sql", "select 1"], ["lineage", "p_x"], ["run", "--select", "prompts"]):
+        out = CliRunner().invoke(app, [*command, "--home", str(blocker / "home")])
+        assert out.exit_code == 2, (command, out.output)
+        assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 2, out.output
