@@ -31,6 +31,45 @@ def checkpoint_frame(records: list[dict], run_id: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=schemas.CHECKPOINTS) if rows else schemas.empty(schemas.CHECKPOINTS)
 
 
+def source_record(ref: str, home) -> dict | None:
+    """A `checkpoints` record for a gguf:/pkg: model reference: the converted folder (converted on
+    first use, cached in FACTORY_HOME/models/sources/), with the source file and its sha256 as
+    config, so lineage reaches the original file. None for folder and hub references."""
+    from factory.model_sources import parse_model_ref, read_source_record
+
+    if not parse_model_ref(ref).needs_conversion:
+        return None
+    from training.convert import resolve_model
+
+    folder = resolve_model(ref, home=home)
+    return {"stage": "source", "name": ref, "path": folder, "config": read_source_record(folder) or {}}
+
+
+def model_folder(ref: str, home) -> tuple[str, list[str]]:
+    """What to load for a model reference, and its parent checkpoint ids: a converted folder (and the
+    source's checkpoint) for gguf:/pkg:, else the folder or hub name as given (no parent)."""
+    record = source_record(ref, home)
+    if record is None:
+        return ref, []
+    return record["path"], checkpoint_frame([record], "")["checkpoint_id"].to_list()
+
+
+def backend_for(t, pool: pl.DataFrame | None, home):
+    """(config naming what is actually loaded, backend) for a generation slot: an embedded model
+    resolves to the pool's folder, a gguf:/pkg: source to its converted folder, anything else
+    (a folder, a hub name, a served model) is used as given. The folder's weights are hashed into
+    the completion ids, so what generated a row is part of its id."""
+    from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
+
+    if t.embedded:
+        if pool is None:
+            raise ValueError(f"{t.name}: an embedded model needs the embedded pool")
+        t = with_model_path(t, find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"])
+    elif t.backend != "openai":
+        t = with_model_path(t, model_folder(t.model, home)[0])
+    return t, make_backend(t)
+
+
 def find_model(checkpoints: pl.DataFrame, name: str) -> dict:
     """The checkpoint row named `name` (e.g. a teacher's cluster), or a clear error."""
     hit = checkpoints.filter(pl.col("name") == name)

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.arbitrage.assets import generations, preference_pairs, router, routing_stats, scores, selections, sft_data
 from assets.evaluation.assets import judgments, published_datasets, win_rates
-from assets.models.assets import arbiter, embedded_pool
+from assets.models.assets import arbiter, embedded_pool, model_sources
 from assets.prompts.assets import prompts
 from assets.resources import FactoryResource
 from assets.training.assets import TRAINING_ASSETS
@@ -12,6 +12,7 @@ from warehouse.io_manager import WarehouseIOManager
 
 ALL_ASSETS = [
     prompts,
+    model_sources,
     embedded_pool,
     arbiter,
     generations,

@@ -44,6 +44,7 @@ from factory.languages import (
     own_languages,
     validate_code,
 )
+from factory.model_sources import GGUF_PREFIX, PKG_PREFIX, check_model_ref
 from factory.pairs import PAIR_BUILDERS, BestWorstConfig, NativeVsTranslatedConfig
 from factory.router import RouterConfig
 from factory.routing import RoutingConfig
@@ -141,6 +142,9 @@ class ArbiterConfig(Strict):
     TRL's RewardTrainer; anything else is a path or name of a sequence-classification RM."""
 
     model: str = "embedded"
+    # What the embedded Arbiter is fine-tuned from (a sequence-classification head on it):
+    # embedded:base, or any causal-LM reference (a folder, gguf:PATH, pkg:DIST/PATH).
+    base_model: str = "embedded:base"
     train: RewardModelConfig = Field(default_factory=RewardModelConfig)
     batch_size: int = 32
     max_length: int = 256
@@ -340,7 +344,12 @@ def _local_path(value: str, base: Path, key: str, problems: Problems) -> str:
 
 def _maybe_local(value: str, base: Path, key: str, problems: Problems) -> str:
     """A model or dataset that may be local or a hub / served name: local when it starts with
-    `.`, `/` or `~`, or when it exists next to the config file; any other name is left as given."""
+    `.`, `/` or `~`, or when it exists next to the config file; any other name is left as given.
+    `gguf:PATH` resolves PATH the same way; `pkg:` names a file inside an installed package."""
+    if value.startswith(GGUF_PREFIX):
+        return GGUF_PREFIX + _local_path(value.removeprefix(GGUF_PREFIX), base, key, problems)
+    if value.startswith(PKG_PREFIX):
+        return value
     if value and (value.startswith((".", "/", "~")) or (base / value).exists()):
         return _local_path(value, base, key, problems)
     return value
@@ -376,10 +385,35 @@ def resolve_paths(cfg: FactoryConfig, base: Path) -> Problems:
         cfg.evaluation.reward_model = _maybe_local(
             cfg.evaluation.reward_model, base, "evaluation.reward_model", problems
         )
+    if not cfg.arbiter.base_model.startswith(EMBEDDED_PREFIX):
+        cfg.arbiter.base_model = _maybe_local(cfg.arbiter.base_model, base, "arbiter.base_model", problems)
     for key, t in _model_slots(cfg):
         if t.backend != "openai" and not t.embedded:  # an openai `model` is a served name, never a path
             t.model = _maybe_local(t.model, base, f"{key}.model", problems)
     return problems
+
+
+def _source_refs(cfg: FactoryConfig) -> list[tuple[str, str]]:
+    """(key, reference) of every model slot that takes a model reference (folder, gguf:, pkg:)."""
+    refs = [("training.base_model", cfg.training.base_model), ("arbiter.base_model", cfg.arbiter.base_model)]
+    refs += [(f"{key}.model", t.model) for key, t in _model_slots(cfg) if t.backend != "openai" and not t.embedded]
+    return [(k, r) for k, r in refs if r.startswith((GGUF_PREFIX, PKG_PREFIX))]
+
+
+def _check_model_sources(cfg: FactoryConfig) -> Problems:
+    """gguf:/pkg: references are located and their GGUF header read now (a missing file, a package
+    that is not installed, no chat template), before any long work; nothing is converted here."""
+    problems: Problems = []
+    for key, ref in _source_refs(cfg):
+        why = check_model_ref(ref)
+        if why:
+            problems.append((key, why))
+    return problems
+
+
+def model_source_refs(cfg: FactoryConfig) -> list[str]:
+    """The distinct gguf:/pkg: references of a run (converted once by the model_sources asset)."""
+    return list(dict.fromkeys(r for _, r in _source_refs(cfg)))
 
 
 def _check_embedded_names(cfg: FactoryConfig) -> Problems:
@@ -399,10 +433,9 @@ def _check_embedded_names(cfg: FactoryConfig) -> Problems:
         else:
             continue
         problems.append((f"{key}.model", msg))
-    if cfg.training.base_model.startswith(EMBEDDED_PREFIX) and cfg.training.base_model != "embedded:base":
-        problems.append(
-            ("training.base_model", f"the embedded base model is embedded:base; got {cfg.training.base_model!r}")
-        )
+    for key, ref in (("training.base_model", cfg.training.base_model), ("arbiter.base_model", cfg.arbiter.base_model)):
+        if ref.startswith(EMBEDDED_PREFIX) and ref != "embedded:base":
+            problems.append((key, f"the embedded base model is embedded:base; got {ref!r}"))
     if cfg.arbiter.model.startswith(EMBEDDED_PREFIX):
         problems.append(("arbiter.model", f"`embedded` (no suffix) trains the tiny Arbiter; got {cfg.arbiter.model!r}"))
     return problems
@@ -557,7 +590,9 @@ def _check_positive(cfg: FactoryConfig) -> Problems:
     return problems
 
 
-RUN_CHECKS = [_check_embedded_names, _check_teacher_count, _check_reply_data, _check_names, _check_positive]
+RUN_CHECKS = [
+    _check_embedded_names, _check_teacher_count, _check_reply_data, _check_names, _check_positive, _check_model_sources,
+]
 
 
 def _problems(e: dict) -> Problems:

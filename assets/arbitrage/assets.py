@@ -3,32 +3,22 @@
 import dagster as dg
 import polars as pl
 
-from assets.common import checkpoint_frame, find_model, image_markdown, only
+from assets.common import backend_for, checkpoint_frame, image_markdown, only
 from assets.partitions import language_partitions
 from assets.resources import FactoryResource
 from warehouse.io_manager import markdown_table
 
 
-def teacher_backends(cfg, pool: pl.DataFrame) -> list:
-    """(TeacherConfig, backend) for every configured teacher; embedded ones resolve to the pool's folders
-    (the config then names the folder, whose weights' hash goes into the completion ids)."""
-    from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
-
-    out = []
-    for t in cfg.resolved_teachers():
-        path = find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"] if t.embedded else None
-        t = with_model_path(t, path)
-        out.append((t, make_backend(t)))
-    return out
+def teacher_backends(cfg, pool: pl.DataFrame, home) -> list:
+    """(TeacherConfig, backend) for every configured teacher, naming the folder actually loaded."""
+    return [backend_for(t, pool, home) for t in cfg.resolved_teachers()]
 
 
-def configured_scorers(cfg, arbiter: pl.DataFrame) -> list:
+def configured_scorers(cfg, arbiter: pl.DataFrame, home) -> list:
     """The Arbiter, plus the LLM judge scorer when configured."""
     scorers = [arbiter_scorer(cfg, arbiter)[0]]
     if cfg.scoring.llm_judge is not None:
-        from factory.generation.registry import make_backend
-
-        scorers.append(cfg.scoring.llm_judge.build(make_backend(cfg.scoring.llm_judge_model)))
+        scorers.append(cfg.scoring.llm_judge.build(backend_for(cfg.scoring.llm_judge_model, None, home)[1]))
     return scorers
 
 
@@ -62,7 +52,7 @@ def generations(
     train = prompts.filter(pl.col("split") == "train")
     shard_dir = wh.dir("staging", "generations", f"language={lang}")
     gens, quarantine = generate_completions(
-        train, teacher_backends(cfg, embedded_pool), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
+        train, teacher_backends(cfg, embedded_pool, wh.home), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
     )
     wh.quarantine("generations", lang, quarantine, context.run_id)
     per_teacher = gens.group_by("teacher").agg(
@@ -99,7 +89,7 @@ def scores(
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    scorers = configured_scorers(cfg, arbiter)
+    scorers = configured_scorers(cfg, arbiter, wh.home)
     cache = wh.dir("staging", "scores", f"language={context.partition_key}")
     scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
@@ -315,7 +305,7 @@ def preference_pairs(
     nvt = cfg.pairs.native_vs_translated
     if nvt.enabled and lang not in nvt.skip_languages and scored.height:
         best = selections.filter(pl.col("strategy") == "reward_routing")
-        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id)
+        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id, wh.home)
         frames.append(nvt_pairs)
         quarantined.append(q)
         if translated.height:
@@ -345,22 +335,21 @@ def preference_pairs(
 
 
 def native_vs_translated_pairs(cfg, scored: pl.DataFrame, best: pl.DataFrame, prompts: pl.DataFrame, pool: pl.DataFrame,
-                               arbiter: pl.DataFrame, run_id: str):
+                               arbiter: pl.DataFrame, run_id: str, home):
     """Chosen: the best in-language completion (reward routing's selection). Rejected: the weak
     teacher's English answer to the prompt's English translation, translated back by the translator."""
-    from factory.generation.registry import TeacherConfig, make_backend
+    from factory.generation.registry import TeacherConfig
     from factory.pairs import native_vs_translated
 
     nvt = cfg.pairs.native_vs_translated
-    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool)}
+    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool, home)}
     weak = nvt.weak_teacher or (
         scored.group_by("teacher").agg(pl.col("reward").mean()).sort(["reward", "teacher"]).row(0)[0]
     )
     if weak not in teachers:
         raise ValueError(f"pairs.native_vs_translated.weak_teacher {weak!r} is not a teacher; have {sorted(teachers)}")
     translator_cfg = nvt.translator_model or TeacherConfig(name="translator", model="embedded:base")
-    translator_path = find_model(pool, "base")["path"] if translator_cfg.embedded else None
-    translator = make_backend(translator_cfg, translator_path)
+    translator = backend_for(translator_cfg, pool, home)[1]
     best = best.join(scored.select("completion_id", "text"), on="completion_id", how="left")
     scorer, _ = arbiter_scorer(cfg, arbiter)
     return native_vs_translated(best, prompts, teachers[weak][1], translator, nvt, run_id=run_id, scorer=scorer)

@@ -4,7 +4,7 @@ confidence intervals, the step-by-step chart, and datasets in the Hugging Face l
 import dagster as dg
 import polars as pl
 
-from assets.common import image_markdown, only
+from assets.common import backend_for, image_markdown, only
 from assets.resources import FactoryResource
 from factory.evaluation import BASELINE, STAGES
 from warehouse.io_manager import markdown_table, metadata_table
@@ -37,9 +37,7 @@ def judgments(
 
         scorer = SequenceClassifierScorer(ev.reward_model)
     if ev.judge.name == "llm":
-        from factory.generation.registry import make_backend
-
-        backend = make_backend(ev.judge_model)
+        backend = backend_for(ev.judge_model, None, wh.home)[1]
     judge = build_judge(ev.judge, scorer=scorer, backend=backend)
     staging = wh.dir("staging", "eval_answers")
     baseline = only(models[BASELINE])

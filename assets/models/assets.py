@@ -1,9 +1,11 @@
 """The embedded model pool (tokenizer, base, one teacher per cluster) and the Arbiter."""
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
-from assets.common import cached_metrics, checkpoint_frame, write_metrics
+from assets.common import cached_metrics, checkpoint_frame, model_folder, source_record, write_metrics
 from assets.resources import FactoryResource
 from factory.sources.chatterbot import Dialog
 
@@ -18,6 +20,23 @@ def train_dialogs(prompts: pl.DataFrame) -> list[Dialog]:
 
 
 @dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
+def model_sources(context: dg.AssetExecutionContext, factory: FactoryResource) -> pl.DataFrame:
+    """Every model the config names as a file (gguf:PATH) or as a file shipped in an installed
+    package (pkg:DIST/PATH), converted once into a Hugging Face folder under models/sources/ and
+    recorded with its source file and sha256 (so a checkpoint's lineage reaches the file)."""
+    from factory.config import model_source_refs
+
+    cfg = factory.settings()
+    home = factory.warehouse().home
+    records = [source_record(ref, home) for ref in model_source_refs(cfg)]
+    context.add_output_metadata({"sources": dg.MetadataValue.json(
+        {r["name"]: {"sha256": r["config"].get("sha256"), "folder": str(Path(r["path"]).relative_to(home))}
+         for r in records})})
+    return checkpoint_frame(records, context.run_id)
+
+
+@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"},
+          deps=[model_sources])
 def embedded_pool(context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame) -> pl.DataFrame:
     """The embedded default's tiny models, built locally from the training prompts: a byte-level
     BPE tokenizer, a weak generalist base model, and one specialised teacher per language
@@ -73,15 +92,19 @@ def arbiter(
         record = {"stage": "reward_model", "name": "arbiter", "path": cfg.arbiter.model, "config": {"external": True},
                   "datasets": {"prompts": wh.version("prompts")}, "metrics": metrics}
         return checkpoint_frame([record], context.run_id)
-    base = find_model(embedded_pool, "base")
+    if cfg.arbiter.base_model == "embedded:base":
+        row = find_model(embedded_pool, "base")
+        base_path, parents = row["path"], [row["checkpoint_id"]]
+    else:
+        base_path, parents = model_folder(cfg.arbiter.base_model, wh.home)
     out = wh.dir("models") / "arbiter"
-    fp = fingerprint("reward_model", cfg.arbiter.train, [base["path"]], pairs.select("prompt", "chosen", "rejected").to_dicts())
+    fp = fingerprint("reward_model", cfg.arbiter.train, [base_path], pairs.select("prompt", "chosen", "rejected").to_dicts())
     metrics = cached_metrics(out, fp)
     if metrics is None:
-        metrics = train_reward_model(base["path"], pairs, out, cfg.arbiter.train)
+        metrics = train_reward_model(base_path, pairs, out, cfg.arbiter.train)
         write_metrics(out, fp, metrics)
     record = {
-        "stage": "reward_model", "name": "arbiter", "path": out, "parents": [base["checkpoint_id"]],
+        "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents,
         "datasets": {"prompts": wh.version("prompts")}, "config": cfg.arbiter.train.model_dump(), "metrics": metrics,
     }
     context.add_output_metadata({

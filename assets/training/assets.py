@@ -4,19 +4,20 @@ rounds, language-cluster models and their merge. Every model is a row in `checkp
 import dagster as dg
 import polars as pl
 
-from assets.common import checkpoint_frame, find_model, only
+from assets.common import checkpoint_frame, find_model, model_folder, only
 from assets.resources import FactoryResource
 from warehouse.io_manager import markdown_table
 
 CHECKPOINTS = {"table": "checkpoints"}
 
 
-def base_model(cfg, pool: pl.DataFrame) -> tuple[str, list[str]]:
-    """The base model's path and parent checkpoint ids (embedded:base or a user's causal LM)."""
+def base_model(cfg, pool: pl.DataFrame, home) -> tuple[str, list[str]]:
+    """The base model's path and parent checkpoint ids (embedded:base, a user's causal LM, or a
+    gguf:/pkg: source converted into a folder)."""
     if cfg.training.base_model == "embedded:base":
         row = find_model(pool, "base")
         return row["path"], [row["checkpoint_id"]]
-    return cfg.training.base_model, []
+    return model_folder(cfg.training.base_model, home)
 
 
 def _sft(context, factory: FactoryResource, sft_data: pl.DataFrame, pool: pl.DataFrame, strategy: str, name: str):
@@ -24,7 +25,7 @@ def _sft(context, factory: FactoryResource, sft_data: pl.DataFrame, pool: pl.Dat
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    base, parents = base_model(cfg, pool)
+    base, parents = base_model(cfg, pool, wh.home)
     rows = sft_data.filter(pl.col("strategy") == strategy)
     out = wh.dir("models") / name
     metrics = train_sft(base, rows, out, cfg.training.sft)
@@ -169,7 +170,7 @@ def cluster_models(
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    base, parents = base_model(cfg, embedded_pool)
+    base, parents = base_model(cfg, embedded_pool, factory.warehouse().home)
     records, summary = [], []
     for cluster, members in CLUSTERS.items():
         if not set(own_languages(cluster)) & set(cfg.languages):
@@ -209,7 +210,7 @@ def merged_model(
     out = factory.warehouse().dir("models") / "merged_model"
     base = None
     if m.method in ("ties", "dare_ties", "dare_linear"):
-        base = base_model(cfg, embedded_pool)[0]
+        base = base_model(cfg, embedded_pool, factory.warehouse().home)[0]
     params = {"t": m.t} if m.method == "slerp" else {}
     info = merge_models(paths, m.method, out, weights=weights, base=base,
                         densities=[m.density] * len(paths) if m.method in ("ties", "dare_ties", "dare_linear") else None,
