@@ -54,17 +54,31 @@ def model_folder(ref: str, home) -> tuple[str, list[str]]:
     return record["path"], checkpoint_frame([record], "")["checkpoint_id"].to_list()
 
 
-def backend_for(t, pool: pl.DataFrame | None, home):
+def serving(cfg, home, servers):
+    """`name -> (api_base, model)` for slots whose api_base is `serve:NAME`: the run's ModelServers
+    resource starts the server on first use. None without the resource."""
+    return (lambda name: servers.endpoint(cfg, name, home)) if servers is not None else None
+
+
+def backend_for(t, pool: pl.DataFrame | None, home, serving=None):
     """(config naming what is actually loaded, backend) for a generation slot: an embedded model
-    resolves to the pool's folder, a gguf:/pkg: source to its converted folder, anything else
-    (a folder, a hub name, a served model) is used as given. The folder's weights are hashed into
-    the completion ids, so what generated a row is part of its id."""
+    resolves to the pool's folder, a gguf:/pkg: source to its converted folder, an `openai` slot
+    whose api_base is `serve:NAME` to the server the run starts for it (`serving(NAME)` gives its
+    api_base and model name), anything else (a folder, a hub name, a served model) is used as given.
+    The returned config is what the completion ids hash: for a `serve:` slot it keeps `serve:NAME`
+    and the configured model, so ids do not change with the port the server got."""
     from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
+    from factory.generation.serve import SERVE_PREFIX
 
     if t.embedded:
         if pool is None:
             raise ValueError(f"{t.name}: an embedded model needs the embedded pool")
         t = with_model_path(t, find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"])
+    elif t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
+        if serving is None:
+            raise ValueError(f"{t.name}: api_base {t.api_base} needs the run's model servers")
+        api_base, served = serving(t.api_base.removeprefix(SERVE_PREFIX))
+        return t, make_backend(t.model_copy(update={"api_base": api_base, "model": served}))
     elif t.backend != "openai":
         t = with_model_path(t, model_folder(t.model, home)[0])
     return t, make_backend(t)

@@ -6,7 +6,7 @@ from assets.arbitrage.assets import generations, preference_pairs, router, routi
 from assets.evaluation.assets import judgments, published_datasets, win_rates
 from assets.models.assets import arbiter, embedded_pool, model_sources
 from assets.prompts.assets import prompts
-from assets.resources import FactoryResource
+from assets.resources import FactoryResource, ModelServers
 from assets.training.assets import TRAINING_ASSETS
 from warehouse.io_manager import WarehouseIOManager
 
@@ -32,6 +32,7 @@ defs = dg.Definitions(
     assets=ALL_ASSETS,
     resources={
         "factory": FactoryResource(),
+        "servers": ModelServers(),
         "warehouse": WarehouseIOManager(),
     },
 )

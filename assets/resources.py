@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from factory.config import FactoryConfig, config_path, load_config
 from warehouse.home import resolve_home
@@ -74,3 +76,33 @@ class FactoryResource(dg.ConfigurableResource):
             force=force or _forced_by_env(),
             force_hint=f"add `--force` to `factory run` / `factory demo` (Dagster: {FORCE_ENV}=1)",
         )
+
+
+class ModelServers(dg.ConfigurableResource):
+    """The models a config serves itself (`serve:` entries, `transformers serve` on 127.0.0.1),
+    for teachers and judges whose `api_base` is `serve:<name>`. Each server starts the first time
+    a step asks for it (steps that never ask pay nothing) and stops when the step ends."""
+
+    _stack: ExitStack | None = PrivateAttr(default=None)
+    _running: dict = PrivateAttr(default_factory=dict)
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext):
+        with ExitStack() as stack:
+            self._stack, self._running = stack, {}
+            yield self
+
+    def endpoint(self, cfg: FactoryConfig, name: str, home) -> tuple[str, str]:
+        """(api_base, model name to send) of serve entry `name`, starting its server if needed."""
+        from factory.generation.serve import ModelServer
+        from training.convert import resolve_model
+
+        if self._stack is None:
+            raise RuntimeError("ModelServers is used outside a Dagster step")
+        if name not in self._running:
+            spec = next(s for s in cfg.serve if s.name == name)
+            folder = resolve_model(spec.model, home=home)
+            server = ModelServer(folder, Warehouse(home).dir("staging", "serve") / f"{name}.log", device=spec.device,
+                                 startup_timeout_s=spec.startup_timeout_s, threads=spec.threads)
+            self._running[name] = (self._stack.enter_context(server).api_base, folder)
+        return self._running[name]

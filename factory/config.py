@@ -34,6 +34,7 @@ from pydantic import (
 from factory.decontam import DecontamConfig
 from factory.generation.base import SamplingConfig
 from factory.generation.registry import EMBEDDED_PREFIX, TeacherConfig
+from factory.generation.serve import SERVE_PREFIX
 from factory.judges import JUDGES, JudgeConfig
 from factory.languages import (
     CLUSTERS,
@@ -268,6 +269,17 @@ class EvaluationConfig(Strict):
         return self
 
 
+class ServedModel(Strict):
+    """A model the run serves itself with `transformers serve` on 127.0.0.1 (a free port), for the
+    teachers whose `api_base` is `serve:<name>`: started on first use in a step, stopped after it."""
+
+    name: str
+    model: str  # a folder, gguf:PATH or pkg:DIST/PATH
+    device: str = "cpu"
+    threads: int | None = None  # OMP threads of the server process
+    startup_timeout_s: float = Field(180.0, gt=0)
+
+
 class FactoryConfig(Strict):
     name: str = "embedded-default"
     seed: int = 0
@@ -275,6 +287,7 @@ class FactoryConfig(Strict):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     teachers: list[TeacherConfig] | None = None  # default: one embedded teacher per cluster
+    serve: list[ServedModel] = Field(default_factory=list)  # models this run serves itself (api_base serve:NAME)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     arbiter: ArbiterConfig = Field(default_factory=ArbiterConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
@@ -387,6 +400,8 @@ def resolve_paths(cfg: FactoryConfig, base: Path) -> Problems:
         )
     if not cfg.arbiter.base_model.startswith(EMBEDDED_PREFIX):
         cfg.arbiter.base_model = _maybe_local(cfg.arbiter.base_model, base, "arbiter.base_model", problems)
+    for i, served in enumerate(cfg.serve):
+        served.model = _maybe_local(served.model, base, f"serve.{i}.model", problems)
     for key, t in _model_slots(cfg):
         if t.backend != "openai" and not t.embedded:  # an openai `model` is a served name, never a path
             t.model = _maybe_local(t.model, base, f"{key}.model", problems)
@@ -397,6 +412,7 @@ def _source_refs(cfg: FactoryConfig) -> list[tuple[str, str]]:
     """(key, reference) of every model slot that takes a model reference (folder, gguf:, pkg:)."""
     refs = [("training.base_model", cfg.training.base_model), ("arbiter.base_model", cfg.arbiter.base_model)]
     refs += [(f"{key}.model", t.model) for key, t in _model_slots(cfg) if t.backend != "openai" and not t.embedded]
+    refs += [(f"serve.{i}.model", served.model) for i, served in enumerate(cfg.serve)]
     return [(k, r) for k, r in refs if r.startswith((GGUF_PREFIX, PKG_PREFIX))]
 
 
@@ -408,6 +424,20 @@ def _check_model_sources(cfg: FactoryConfig) -> Problems:
         why = check_model_ref(ref)
         if why:
             problems.append((key, why))
+    return problems
+
+
+def _check_served(cfg: FactoryConfig) -> Problems:
+    """`api_base: serve:NAME` names a `serve` entry; serve names are unique."""
+    names = [s.name for s in cfg.serve]
+    problems: Problems = [("serve", f"served model {n!r} is listed twice") for n in set(names) if names.count(n) > 1]
+    for key, t in _model_slots(cfg):
+        if t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
+            name = t.api_base.removeprefix(SERVE_PREFIX)
+            if name not in names:
+                problems.append((f"{key}.api_base", f"no `serve` entry named {name!r}; have {names or 'none'}"))
+        elif t.api_base.startswith(SERVE_PREFIX):
+            problems.append((f"{key}.api_base", "serve:NAME is for backend: openai"))
     return problems
 
 
@@ -592,6 +622,7 @@ def _check_positive(cfg: FactoryConfig) -> Problems:
 
 RUN_CHECKS = [
     _check_embedded_names, _check_teacher_count, _check_reply_data, _check_names, _check_positive, _check_model_sources,
+    _check_served,
 ]
 
 

@@ -107,6 +107,9 @@ def convert_gguf(plan: ConversionPlan) -> Path:
     model = _plain_copy(loaded)
     del loaded
     _fix_tokenizer(tokenizer, model, plan.chat_template)
+    # A chat model samples: servers that take defaults from the folder (`transformers serve`) then
+    # honour a request's temperature instead of decoding greedily. The project's backends set it per call.
+    model.generation_config.do_sample = True
 
     for stale in folder.parent.glob(f".{folder.name}.tmp-*"):  # left by a killed conversion (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)

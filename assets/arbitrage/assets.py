@@ -3,22 +3,23 @@
 import dagster as dg
 import polars as pl
 
-from assets.common import backend_for, checkpoint_frame, image_markdown, only
+from assets.common import backend_for, checkpoint_frame, image_markdown, only, serving
 from assets.partitions import language_partitions
-from assets.resources import FactoryResource
+from assets.resources import FactoryResource, ModelServers
 from warehouse.io_manager import markdown_table
 
 
-def teacher_backends(cfg, pool: pl.DataFrame, home) -> list:
+def teacher_backends(cfg, pool: pl.DataFrame, home, servers: ModelServers | None = None) -> list:
     """(TeacherConfig, backend) for every configured teacher, naming the folder actually loaded."""
-    return [backend_for(t, pool, home) for t in cfg.resolved_teachers()]
+    return [backend_for(t, pool, home, serving(cfg, home, servers)) for t in cfg.resolved_teachers()]
 
 
-def configured_scorers(cfg, arbiter: pl.DataFrame, home) -> list:
+def configured_scorers(cfg, arbiter: pl.DataFrame, home, servers: ModelServers | None = None) -> list:
     """The Arbiter, plus the LLM judge scorer when configured."""
     scorers = [arbiter_scorer(cfg, arbiter)[0]]
     if cfg.scoring.llm_judge is not None:
-        scorers.append(cfg.scoring.llm_judge.build(backend_for(cfg.scoring.llm_judge_model, None, home)[1]))
+        judge = backend_for(cfg.scoring.llm_judge_model, None, home, serving(cfg, home, servers))[1]
+        scorers.append(cfg.scoring.llm_judge.build(judge))
     return scorers
 
 
@@ -39,7 +40,8 @@ def arbiter_scorer(cfg, arbiter: pl.DataFrame):
 
 @dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"pytorch"})
 def generations(
-    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
+    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
+    embedded_pool: pl.DataFrame,
 ) -> pl.DataFrame:
     """Every teacher's k completions for each training prompt of the language (the eval split is
     never generated here). Written in shards as it goes: a killed run resumes where it stopped.
@@ -52,7 +54,7 @@ def generations(
     train = prompts.filter(pl.col("split") == "train")
     shard_dir = wh.dir("staging", "generations", f"language={lang}")
     gens, quarantine = generate_completions(
-        train, teacher_backends(cfg, embedded_pool, wh.home), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
+        train, teacher_backends(cfg, embedded_pool, wh.home, servers), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
     )
     wh.quarantine("generations", lang, quarantine, context.run_id)
     per_teacher = gens.group_by("teacher").agg(
@@ -79,7 +81,7 @@ SCORE_CHECKS = [
     check_specs=SCORE_CHECKS,
 )
 def scores(
-    context: dg.AssetExecutionContext, factory: FactoryResource, generations: pl.DataFrame, prompts: pl.DataFrame,
+    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, generations: pl.DataFrame, prompts: pl.DataFrame,
     arbiter: pl.DataFrame,
 ):
     """The Arbiter's reward for every completion, standardised per language (reward_z), with the
@@ -89,7 +91,7 @@ def scores(
 
     cfg = factory.settings()
     wh = factory.warehouse()
-    scorers = configured_scorers(cfg, arbiter, wh.home)
+    scorers = configured_scorers(cfg, arbiter, wh.home, servers)
     cache = wh.dir("staging", "scores", f"language={context.partition_key}")
     scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
@@ -286,7 +288,7 @@ PAIR_CHECKS = [
     check_specs=PAIR_CHECKS,
 )
 def preference_pairs(
-    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame, selections: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
 ):
     """Offline chosen/rejected pairs in TRL's conversational preference format: best_worst (highest vs
@@ -305,7 +307,7 @@ def preference_pairs(
     nvt = cfg.pairs.native_vs_translated
     if nvt.enabled and lang not in nvt.skip_languages and scored.height:
         best = selections.filter(pl.col("strategy") == "reward_routing")
-        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id, wh.home)
+        nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id, wh.home, servers)
         frames.append(nvt_pairs)
         quarantined.append(q)
         if translated.height:
@@ -335,21 +337,21 @@ def preference_pairs(
 
 
 def native_vs_translated_pairs(cfg, scored: pl.DataFrame, best: pl.DataFrame, prompts: pl.DataFrame, pool: pl.DataFrame,
-                               arbiter: pl.DataFrame, run_id: str, home):
+                               arbiter: pl.DataFrame, run_id: str, home, servers: ModelServers | None = None):
     """Chosen: the best in-language completion (reward routing's selection). Rejected: the weak
     teacher's English answer to the prompt's English translation, translated back by the translator."""
     from factory.generation.registry import TeacherConfig
     from factory.pairs import native_vs_translated
 
     nvt = cfg.pairs.native_vs_translated
-    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool, home)}
+    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool, home, servers)}
     weak = nvt.weak_teacher or (
         scored.group_by("teacher").agg(pl.col("reward").mean()).sort(["reward", "teacher"]).row(0)[0]
     )
     if weak not in teachers:
         raise ValueError(f"pairs.native_vs_translated.weak_teacher {weak!r} is not a teacher; have {sorted(teachers)}")
     translator_cfg = nvt.translator_model or TeacherConfig(name="translator", model="embedded:base")
-    translator = backend_for(translator_cfg, pool, home)[1]
+    translator = backend_for(translator_cfg, pool, home, serving(cfg, home, servers))[1]
     best = best.join(scored.select("completion_id", "text"), on="completion_id", how="left")
     scorer, _ = arbiter_scorer(cfg, arbiter)
     return native_vs_translated(best, prompts, teachers[weak][1], translator, nvt, run_id=run_id, scorer=scorer)

@@ -4,15 +4,15 @@ confidence intervals, the step-by-step chart, and datasets in the Hugging Face l
 import dagster as dg
 import polars as pl
 
-from assets.common import backend_for, image_markdown, only
-from assets.resources import FactoryResource
+from assets.common import backend_for, image_markdown, only, serving
+from assets.resources import FactoryResource, ModelServers
 from factory.evaluation import BASELINE, STAGES
 from warehouse.io_manager import markdown_table, metadata_table
 
 
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})
 def judgments(
-    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame,
+    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
     sft_model_single_teacher: pl.DataFrame, sft_model: pl.DataFrame, dpo_offline_model: pl.DataFrame,
     dpo_online_round_1: pl.DataFrame, dpo_online_round_2: pl.DataFrame, dpo_online_round_3: pl.DataFrame,
     merged_model: pl.DataFrame,
@@ -37,7 +37,7 @@ def judgments(
 
         scorer = SequenceClassifierScorer(ev.reward_model)
     if ev.judge.name == "llm":
-        backend = backend_for(ev.judge_model, None, wh.home)[1]
+        backend = backend_for(ev.judge_model, None, wh.home, serving(cfg, wh.home, servers))[1]
     judge = build_judge(ev.judge, scorer=scorer, backend=backend)
     staging = wh.dir("staging", "eval_answers")
     baseline = only(models[BASELINE])

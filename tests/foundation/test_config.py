@@ -350,3 +350,26 @@ def _strings(value) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return [value] if isinstance(value, str) else []
+
+
+# -- model sources and served models ---------------------------------------------------------------
+
+
+def test_model_source_references_are_checked_up_front(tmp_path):
+    err = _error(tmp_path, {"languages": OK_LANGUAGES, "training": {"base_model": "gguf:missing/model.gguf"},
+                            "arbiter": {"base_model": "pkg:not-a-real-dist-xyz/model.gguf"}})
+    assert "training.base_model" in err and "missing/model.gguf" in err
+    assert "arbiter.base_model" in err and "pip install not-a-real-dist-xyz" in err
+
+
+def test_a_serve_reference_must_name_a_serve_entry(tmp_path):
+    teachers = [{"name": "a", "model": "embedded:east_asian"},
+                {"name": "b", "backend": "openai", "model": "m", "api_base": "serve:nope", "api_key_env": None}]
+    err = _error(tmp_path, {"languages": OK_LANGUAGES, "teachers": teachers})
+    assert "teachers.1.api_base" in err and "no `serve` entry named 'nope'" in err
+
+
+def test_the_smol_profile_validates_with_its_served_teacher():
+    cfg = load_config("smol")
+    served = [t for t in cfg.resolved_teachers() if t.api_base.startswith("serve:")]
+    assert [t.name for t in served] == ["smollm2_served"] and [s.name for s in cfg.serve] == ["smollm2"]

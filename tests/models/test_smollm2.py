@@ -128,6 +128,26 @@ def test_transformers_backend_answers_with_the_real_weights(smol):
         assert text.strip() and "<|im_end|>" not in text and "<|im_start|>" not in text
 
 
+def test_served_by_transformers_serve_through_the_openai_backend(smol, tmp_path):
+    """The converted folder behind a real OpenAI-compatible server the project starts (and stops),
+    asked through the project's openai backend: the same real answer, and k distinct samples."""
+    from factory.generation.base import SamplingConfig
+    from factory.generation.openai_backend import OpenAIBackend
+    from factory.generation.serve import ModelServer
+
+    with ModelServer(smol, tmp_path / "serve.log", threads=1) as server:
+        backend = OpenAIBackend(str(smol), server.api_base, name="served", api_key_env=None, max_concurrency=1,
+                                timeout_s=120)
+        [greedy] = backend.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                                    SamplingConfig(**GREEDY), n=1)
+        [sampled] = backend.generate([[{"role": "user", "content": "Write one sentence about the sea."}]],
+                                     SamplingConfig(temperature=1.0, top_p=0.95, max_new_tokens=24, seed=3), n=2)
+        proc = server.proc
+    assert "Paris" in greedy[0].text and "<|im_end|>" not in greedy[0].text
+    assert len(sampled) == 2 and len({c.text for c in sampled}) == 2  # do_sample is on in the converted folder
+    assert proc.poll() is not None  # stopped with the context
+
+
 def test_sft_and_dpo_steps_keep_the_embeddings_tied(trained):
     from transformers import AutoModelForCausalLM
 
