@@ -148,6 +148,15 @@ def job_name(step: Step) -> str:
     return name if len(name) <= 120 else f"{step.assets[0]}__to__{step.assets[-1]}"
 
 
+def _run_error(events):
+    """The error of a run that failed outside a step (a resource that could not start, e.g. a bad config)."""
+    for e in events:
+        error = getattr(e.event_specific_data, "error", None)
+        if e.event_type_value in ("RESOURCE_INIT_FAILURE", "PIPELINE_FAILURE") and error is not None:
+            return error
+    return None
+
+
 def _cause(error) -> str:
     """The innermost error's own message, on one line."""
     while getattr(error, "cause", None) is not None:
@@ -249,7 +258,7 @@ def materialize_selection(
             )
             if not result.success:
                 failure = next((e for e in result.all_events if e.is_step_failure), None)
-                error = failure.step_failure_data.error if failure else None
+                error = failure.step_failure_data.error if failure else _run_error(result.all_events)
                 asset = failure.step_key if failure else label
                 where = f"{asset} [{step.partition}]" if step.partition else asset
                 raise StepFailed(where, _cause(error) if error else "see the Dagster run log",

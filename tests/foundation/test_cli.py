@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes, one-line failures, output without a terminal."""
 
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from factory.cli import app
@@ -71,3 +72,16 @@ def test_a_home_that_cannot_be_created_is_one_line(tmp_path):
         out = CliRunner().invoke(app, [*command, "--home", str(blocker / "home")])
         assert out.exit_code == 2, (command, out.output)
         assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 2, out.output
+
+
+def test_a_run_that_fails_before_any_step_names_its_cause(home, monkeypatch):
+    from assets.resources import FactoryResource
+    from assets.run import StepFailed, materialize_selection
+
+    def broken(self, context):
+        raise RuntimeError("the resource could not start: disk on fire")
+
+    monkeypatch.setattr(FactoryResource, "setup_for_execution", broken)
+    with pytest.raises(StepFailed) as info:
+        materialize_selection("prompts", ["es"], echo=lambda _: None)
+    assert "disk on fire" in str(info.value) and "see the Dagster run log" not in str(info.value)
