@@ -1,22 +1,42 @@
-"""Materialize a selection of the graph in-process, all partitions, with progress.
+"""Materialize a selection of the graph with Dagster, all partitions, with progress.
 
-Used by `factory run` and `factory demo`. Partitioned assets are run language by
-language; consecutive partitioned assets share one Dagster run per language.
+Used by `factory run` and `factory demo`. Dagster resolves the selection (its asset selection
+syntax; `a,b`, `+a`, `a+` are rewritten into it) over the asset graph. The work is then cut into
+steps, each one Dagster run of a named job: a chain of language-partitioned assets runs as one
+run per language (`generations__scores [es]`), an unpartitioned asset as one run. A step starts
+once the steps it needs have succeeded: the same language's upstream partitions (Dagster's
+identity partition mapping), every partition of an upstream asset that an unpartitioned one
+reads. Up to `workers` steps run at once, each in a worker process that executes its run with
+`dagster.execute_job` on a reconstructable job; one worker runs the steps in this process.
 
 Each start first checks the config against the home's (assets/resources.py), then cleans up
 after killed runs: temp leftovers (warehouse/housekeeping.py) and Dagster runs that a killed
 process left STARTED (marked failed). Runs carry the pid and host of the process that runs them.
 """
 
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
 import os
 import re
 import socket
-from collections.abc import Iterable
-from dataclasses import dataclass
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
+from assets.definitions import build_definitions
+from assets.resources import FactoryResource
+from factory.config import config_path as find_config
+from factory.quiet import quiet_libraries
 from warehouse.home import resolve_home
 from warehouse.housekeeping import clean_leftovers, describe_leftovers, pid_alive
 
@@ -26,109 +46,121 @@ UNFINISHED = (
     dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 )
+_TERM = re.compile(r"(\d*\+)?([A-Za-z_]\w*)(\+\d*)?")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Step:
+    """One Dagster run: `assets` (one job) for one `partition`, once the steps in `after` succeeded."""
+
     assets: list[str]
     partition: str | None
+    after: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.assets) + (f" [{self.partition}]" if self.partition else "")
 
 
-def _graph(assets: list[dg.AssetsDefinition]) -> dict[str, tuple[set[str], bool]]:
-    out: dict[str, tuple[set[str], bool]] = {}
-    for a in assets:
-        for key in a.keys:
-            deps = {d.to_user_string() for d in a.asset_deps.get(key, set())}
-            out[key.to_user_string()] = (deps, a.partitions_def is not None)
-    return out
+def dagster_selection(text: str | None) -> str:
+    """`text` in Dagster's asset selection syntax. The shorthand `a,b`, `+a` (a and everything
+    upstream), `a+` (and everything downstream), `2+a` (two levels up) becomes
+    `+key:"a" or key:"b"`; anything else (`group:training`, `key:"sft_*"`,
+    `+key:"scores" and not key:"arbiter"`) is Dagster's syntax already and is kept."""
+    if not text or not text.strip() or text.strip() == "*":
+        return "*"
+    terms = [t.strip() for t in text.split(",") if t.strip()]
+    matches = [_TERM.fullmatch(t) for t in terms]
+    if not all(matches):
+        return text.strip()
+    return " or ".join(f'{m[1] or ""}key:"{m[2]}"{m[3] or ""}' for m in matches)
 
 
-def toposort(graph: dict[str, tuple[set[str], bool]]) -> list[str]:
-    """Dependencies first. Among ready assets: unpartitioned ones that per-language work still
-    waits for, then partitioned ones, then the rest, so that per-language work (generations,
-    scores, pairs) shares one run per language."""
-    names = list(graph)
-    pending = {n: {d for d in graph[n][0] if d in graph} for n in names}
-    feeds_partitioned = {n for n in names if any(graph[m][1] and _reaches(graph, m, n) for m in names if m != n)}
-    order: list[str] = []
-    while pending:
-        ready = [n for n in names if n in pending and not pending[n]]
-        if not ready:
-            raise ValueError(f"cycle in asset graph among {sorted(pending)}")
-        ready.sort(key=lambda n: (0 if n in feeds_partitioned and not graph[n][1] else 1 if graph[n][1] else 2, names.index(n)))
-        pick = ready[0]
-        order.append(pick)
-        del pending[pick]
-        for deps in pending.values():
-            deps.discard(pick)
-    return order
+def select(text: str | None, graph) -> list[dg.AssetKey]:
+    """The asset keys `text` selects in `graph` (an AssetGraph), dependencies first."""
+    query = dagster_selection(text)
+    known = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    named = re.findall(r'key:"([^"*]+)"', query) if query != (text or "").strip() else []
+    if unknown := [n for n in named if n not in known]:
+        raise ValueError(f"unknown asset {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Dagster's BetaWarning on its own parser's defaults
+            keys = dg.AssetSelection.from_string(query).resolve(graph)
+    except Exception as exc:  # a parse error, or a key Dagster does not know
+        raise ValueError(f"invalid selection {text!r}: {str(exc).splitlines()[0]}") from None
+    if not keys:
+        raise ValueError(f"selection {text!r} matches no asset; known: {', '.join(sorted(known))}")
+    return [k for k in graph.toposorted_asset_keys if k in keys]
 
 
-def resolve_selection(selection: str | None, graph: dict[str, tuple[set[str], bool]]) -> list[str]:
-    """`a,b` names; `+a` adds a's upstream, `a+` its downstream; empty or `*` means all."""
-    if not selection or selection.strip() == "*":
-        return toposort(graph)
-    chosen: set[str] = set()
-    for raw in (s.strip() for s in selection.split(",")):
-        if not raw:
-            continue
-        name = raw.strip("+")
-        if name not in graph:
-            raise ValueError(f"unknown asset {name!r}; known: {', '.join(sorted(graph))}")
-        chosen.add(name)
-        if raw.startswith("+"):
-            stack = [name]
-            while stack:
-                for dep in graph[stack.pop()][0]:
-                    if dep in graph and dep not in chosen:
-                        chosen.add(dep)
-                        stack.append(dep)
-        if raw.endswith("+"):
-            chosen.update(other for other in graph if _reaches(graph, other, name))
-    return [n for n in toposort(graph) if n in chosen]
+def _same_partition(graph, key: dg.AssetKey, parent: dg.AssetKey) -> bool:
+    """Partition p of `key` reads partition p of `parent` (and nothing else of it)."""
+    if graph.get(key).partitions_def is None or graph.get(parent).partitions_def is None:
+        return False
+    return isinstance(graph.get_partition_mapping(key, parent), dg.IdentityPartitionMapping)
 
 
-def _reaches(graph, node: str, target: str) -> bool:
-    stack, seen = [node], set()
-    while stack:
-        cur = stack.pop()
-        if cur == target:
-            return True
-        if cur in seen or cur not in graph:
-            continue
-        seen.add(cur)
-        stack.extend(graph[cur][0])
-    return False
+def plan(graph, keys: list[dg.AssetKey], partitions: list[str]) -> list[Step]:
+    """Steps for `keys` (dependencies first) over `partitions`. A partitioned asset joins the step
+    of a partitioned parent (one run per language: selections__preference_pairs [es]) when all
+    else it needs comes before that step anyway, so joining never delays the step; otherwise
+    (scores also needs the arbiter, which generations does not) it is a step of its own. An
+    unpartitioned asset is a step of its own."""
+    chosen = set(keys)
 
+    @functools.cache
+    def above(key: dg.AssetKey) -> frozenset[dg.AssetKey]:
+        parents = [p for p in graph.get(key).parent_keys if p in chosen]
+        return frozenset(parents).union(*(above(p) for p in parents))
 
-def plan(order: list[str], graph, partitions: Iterable[str]) -> list[Step]:
-    """Group consecutive partitioned assets into one step per language."""
-    steps: list[Step] = []
-    parts = list(partitions)
-    i = 0
-    while i < len(order):
-        if graph[order[i]][1]:
-            j = i
-            while j < len(order) and graph[order[j]][1]:
-                j += 1
-            steps.extend(Step(order[i:j], p) for p in parts)
-            i = j
-        else:
-            steps.append(Step([order[i]], None))
-            i += 1
+    groups: list[list[dg.AssetKey]] = []
+    group_of: dict[dg.AssetKey, int] = {}
+    for key in keys:
+        parents = [p for p in graph.get(key).parent_keys if p in chosen]
+        home = None
+        for g in sorted({group_of[p] for p in parents if _same_partition(graph, key, p)}, reverse=True):
+            before = frozenset().union(*(above(m) for m in groups[g]))
+            if all(group_of[p] == g or p in before for p in parents):
+                home = g
+                break
+        if home is None:
+            groups.append([])
+            home = len(groups) - 1
+        groups[home].append(key)
+        group_of[key] = home
+
+    index: dict[tuple[int, str | None], int] = {}
+    for g, members in enumerate(groups):
+        for part in partitions if graph.get(members[0]).partitions_def is not None else [None]:
+            index[(g, part)] = len(index)
+    steps = []
+    for (g, part), _ in sorted(index.items(), key=lambda item: item[1]):
+        after = set()
+        for key in groups[g]:
+            for p in graph.get(key).parent_keys:
+                if p not in chosen or group_of[p] == g:
+                    continue
+                if graph.get(p).partitions_def is None:
+                    after.add(index[(group_of[p], None)])
+                elif part is not None and _same_partition(graph, key, p):
+                    after.add(index[(group_of[p], part)])
+                else:
+                    after.update(index[(group_of[p], q)] for q in partitions)
+        steps.append(Step([k.to_user_string() for k in groups[g]], part, frozenset(after)))
     return steps
 
 
-def instance() -> dg.DagsterInstance:
+def instance(home: str | os.PathLike | None = None) -> dg.DagsterInstance:
     """A persistent instance under FACTORY_HOME/.dagster (unless DAGSTER_HOME is set),
-    so runs made from the CLI show up in `dagster dev`."""
-    home = os.environ.get("DAGSTER_HOME") or str(resolve_home() / ".dagster")
-    Path(home).mkdir(parents=True, exist_ok=True)
-    yaml_path = Path(home) / "dagster.yaml"
+    so runs made from the CLI show up in `dagster dev`. The env is left as it is: one process
+    may run into several homes (tests do), and worker processes are told the folder."""
+    folder = os.environ.get("DAGSTER_HOME") or str(resolve_home(home) / ".dagster")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    yaml_path = Path(folder) / "dagster.yaml"
     if not yaml_path.exists():
         yaml_path.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = home
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(folder)
 
 
 class StepFailed(RuntimeError):
@@ -136,8 +168,9 @@ class StepFailed(RuntimeError):
 
     def __init__(self, label: str, cause: str, trace: str, run_id: str):
         self.label, self.cause, self.trace, self.run_id = label, cause, trace, run_id
+        where = f"run {run_id[:8]}: " if run_id else ""
         super().__init__(
-            f"{label} failed: {cause}\n  (run {run_id[:8]}: `--verbose` prints the trace; "
+            f"{label} failed: {cause}\n  ({where}`--verbose` prints the trace; "
             f"`dagster dev -m assets` shows the run's full log)"
         )
 
@@ -190,9 +223,9 @@ def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
     return marked
 
 
-def housekeeping(inst: dg.DagsterInstance) -> str | None:
+def housekeeping(inst: dg.DagsterInstance, home: str | os.PathLike | None = None) -> str | None:
     """Clean up after killed runs; one line saying what was done, or None."""
-    home = resolve_home()
+    home = resolve_home(home)
     removed = clean_leftovers(home)
     failed = fail_orphaned_runs(inst)
     done = []
@@ -204,73 +237,188 @@ def housekeeping(inst: dg.DagsterInstance) -> str | None:
     return "housekeeping: " + "; ".join(done) if done else None
 
 
+def step_job(config: str | None, home: str | None, jobs: list, name: str) -> dg.JobDefinition:
+    """Job `name` of a plan's `jobs` ([name, [asset, ...]] pairs), built from (config, home): what
+    a worker process reconstructs (dagster.build_reconstructable_job points here)."""
+    stamp = find_config(config).stat().st_mtime_ns if find_config(config).exists() else 0
+    return _plan_defs(config, home, json.dumps(jobs), stamp).resolve_job_def(name)
+
+
+@functools.lru_cache(maxsize=4)
+def _plan_defs(config: str | None, home: str | None, jobs: str, _stamp: int) -> dg.Definitions:
+    """One Definitions per plan and process (a worker runs many steps of one plan)."""
+    return build_definitions(config, home, [
+        dg.define_asset_job(name, selection=assets, executor_def=dg.in_process_executor)
+        for name, assets in json.loads(jobs)
+    ])
+
+
+@dataclass
+class Outcome:
+    """What a step's run reports back (plain data: it crosses from the worker process)."""
+
+    run_id: str
+    seconds: float
+    failure: tuple[str, str, str] | None = None  # where, cause, trace
+    checks: list[str] = field(default_factory=list)  # failed asset checks, one line each
+
+
+def execute_step(config: str | None, home: str | None, jobs: list, step: Step, log_level: str,
+                 inst: dg.DagsterInstance | None = None) -> Outcome:
+    """Run one step as a Dagster run (`dagster.execute_job`) in this process, recorded in the instance."""
+    job = dg.build_reconstructable_job("assets.run", "step_job", (config, home, jobs, job_name(step)))
+    tags = {**run_tags(), **({"dagster/partition": step.partition} if step.partition else {})}
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    t0 = time.perf_counter()
+    # Not opened as a context manager: that would start the resources again, to load outputs.
+    result = dg.execute_job(job, instance=inst or _WORKER["instance"], run_config=run_config, tags=tags)
+    events = result.all_events
+    outcome = Outcome(result.run_id, time.perf_counter() - t0)
+    if not result.success:
+        failure = next((e for e in events if e.is_step_failure), None)
+        error = failure.step_failure_data.error if failure else _run_error(events)
+        asset = failure.step_key if failure else ", ".join(step.assets)
+        where = f"{asset} [{step.partition}]" if step.partition else asset
+        outcome.failure = (where, _cause(error) if error else "see the Dagster run log", error.to_string() if error else "")
+    for ev in (e for e in events if e.event_type_value == "ASSET_CHECK_EVALUATION"):
+        data = ev.event_specific_data
+        if not data.passed:
+            part = data.partition or step.partition
+            outcome.checks.append(f"check failed: {data.asset_key.to_user_string()}.{data.check_name}"
+                                  + (f" [partition {part}]" if part else "") + f" ({data.severity.value.lower()})")
+    return outcome
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(threads: int, dagster_home: str) -> None:
+    """A worker process: quiet libraries, share the cores, open the run's instance."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    quiet_libraries()
+    _WORKER["instance"] = dg.DagsterInstance.from_config(dagster_home)
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _InProcess:
+    """The pool's interface, running each step here at submit time (one worker)."""
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+def run_steps(steps: list[Step], submit: Callable[[Step], Future], workers: int,
+              started: Callable[[Step], None], finished: Callable[[Step, Outcome], None]) -> Outcome | None:
+    """Submit each step once the steps it needs have succeeded, at most `workers` at once, in plan
+    order. After a failure nothing new starts; the steps already running finish. Returns the first failure."""
+    waiting, done, running = list(range(len(steps))), set(), {}
+    failure = None
+    while waiting or running:
+        if failure is None:
+            for i in [i for i in waiting if steps[i].after <= done][: max(0, workers - len(running))]:
+                waiting.remove(i)
+                started(steps[i])
+                running[submit(steps[i])] = i
+        if not running:
+            break
+        for future in wait(running, return_when=FIRST_COMPLETED).done:
+            i = running.pop(future)
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                outcome = Outcome("", 0.0, (steps[i].label, "its worker process died (killed, or out of memory)", ""))
+            finished(steps[i], outcome)
+            if outcome.failure:
+                failure = failure or outcome
+            else:
+                done.add(i)
+    return failure
+
+
 def materialize_selection(
     selection: str | None = None, partitions: list[str] | None = None, log_level: str = "CRITICAL", echo=None,
-    force: bool = False,
+    force: bool = False, workers: int | None = None, config: str | None = None, home: str | None = None,
 ) -> list[Step]:
-    """Materialize `selection` (all assets by default) for `partitions` (default: all).
+    """Materialize `selection` (all assets by default) for `partitions` (default: all), with up to
+    `workers` runs at once (default: the core count; 1 runs every step in this process).
 
     Progress is a bar on a terminal, and one line per finished step otherwise (logs, CI);
     `echo` receives those lines (default: print). A failed step raises StepFailed. Dagster's
     console log shows `log_level` and above; the run's own log in the instance keeps everything.
     A config that differs from the home's (see assets/resources.py) raises ConfigMismatch, unless
-    `force`, which records it as the home's config."""
-    import sys
-    import time
-
+    `force`, which records it as the home's config. `config` and `home` default to FACTORY_CONFIG
+    and FACTORY_HOME."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from assets.definitions import ALL_ASSETS, defs
-    from assets.partitions import language_partitions
-
-    graph = _graph(ALL_ASSETS)
-    order = resolve_selection(selection, graph)
-    keys = partitions or language_partitions.get_partition_keys()
-    unknown = set(keys) - set(language_partitions.get_partition_keys())
-    if unknown:
-        raise ValueError(f"unknown partitions {sorted(unknown)}; the config's languages are {language_partitions.get_partition_keys()}")
-    steps = plan(order, graph, keys)
+    config = config or os.environ.get("FACTORY_CONFIG")
+    home = str(resolve_home(home))
+    defs = build_definitions(config, home)
+    graph = defs.resolve_asset_graph()
+    keys = select(selection, graph)
+    languages = next(graph.get(k).partitions_def for k in graph.get_all_asset_keys() if graph.get(k).partitions_def)
+    parts = partitions or languages.get_partition_keys()
+    if unknown := set(parts) - set(languages.get_partition_keys()):
+        raise ValueError(f"unknown partitions {sorted(unknown)}; the config's languages are {languages.get_partition_keys()}")
+    steps = plan(graph, keys, list(parts))
     say = echo or print
-    note = defs.resources["factory"].check_home(force=force)
-    if note:
+    if note := FactoryResource(home=home, config_path=config).check_home(force=force):
         say(note)
-    inst = instance()
-    if done := housekeeping(inst):
+    inst = instance(home)
+    if done := housekeeping(inst, home):
         say(done)
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    jobs = {name: dg.define_asset_job(name, selection=step.assets) for step in steps for name in [job_name(step)]}
-    step_defs = dg.Definitions(assets=ALL_ASSETS, jobs=list(jobs.values()), resources=defs.resources)
+    jobs = sorted({job_name(s): s.assets for s in steps}.items())
+    workers = max(1, workers or default_workers())
+    if workers == 1 or len(steps) == 1:
+        pool, workers = _InProcess(), 1
+    else:
+        threads = max(1, default_workers() // workers)
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
+                                   (threads, inst.root_directory))
     interactive = sys.stdout.isatty()
-    tags = run_tags()
-    t_all = time.perf_counter()
+    t_all, count, running = time.perf_counter(), [0], []
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         disable=not interactive,
     ) as progress:
         task = progress.add_task("materializing", total=len(steps))
         warn = progress.console.print if interactive else say
-        for i, step in enumerate(steps, 1):
-            label = ", ".join(step.assets) + (f" [{step.partition}]" if step.partition else "")
-            progress.update(task, description=label)
-            t0 = time.perf_counter()
-            result = step_defs.resolve_job_def(job_name(step)).execute_in_process(
-                instance=inst, partition_key=step.partition, run_config=run_config, raise_on_error=False, tags=tags,
-            )
-            if not result.success:
-                failure = next((e for e in result.all_events if e.is_step_failure), None)
-                error = failure.step_failure_data.error if failure else _run_error(result.all_events)
-                asset = failure.step_key if failure else label
-                where = f"{asset} [{step.partition}]" if step.partition else asset
-                raise StepFailed(where, _cause(error) if error else "see the Dagster run log",
-                                 error.to_string() if error else "", result.run_id)
-            for ev in (e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"):
-                data = ev.event_specific_data
-                if not data.passed:
-                    part = data.partition or step.partition
-                    warn(f"check failed: {data.asset_key.to_user_string()}.{data.check_name}"
-                         + (f" [partition {part}]" if part else "") + f" ({data.severity.value.lower()})")
+
+        def started(step: Step) -> None:
+            running.append(step.label)
+            progress.update(task, description=" | ".join(running))
+
+        def finished(step: Step, outcome: Outcome) -> None:
+            running.remove(step.label)
+            progress.update(task, description=" | ".join(running) or "materializing")
+            for line in outcome.checks:
+                warn(line)
+            if outcome.failure:
+                return
+            count[0] += 1
             progress.advance(task)
             if not interactive:
-                say(f"[{i}/{len(steps)}] {label} done in {time.perf_counter() - t0:.1f}s "
+                say(f"[{count[0]}/{len(steps)}] {step.label} done in {outcome.seconds:.1f}s "
                     f"(total {time.perf_counter() - t_all:.0f}s)")
+
+        try:
+            submit = functools.partial(pool.submit, execute_step, config, home, jobs, log_level=log_level,
+                                       **({"inst": inst} if workers == 1 else {}))
+            failure = run_steps(steps, submit, workers, started, finished)
+        finally:
+            if isinstance(pool, ProcessPoolExecutor):
+                pool.shutdown(wait=True, cancel_futures=True)
+    if failure:
+        if not failure.run_id:  # a dead worker left its run STARTED: its pid is gone now
+            fail_orphaned_runs(inst)
+        raise StepFailed(*failure.failure, failure.run_id)
     return steps

@@ -22,14 +22,16 @@ ConfigOpt = Annotated[
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On failure, print the whole trace (the run log keeps it anyway).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run even if the home was built with a config that differs in keys that decide its data, and record this config as the home's.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", "-w", min=1, help="Dagster runs at once, each in a worker process (independent language partitions in parallel). Default: the core count; 1 runs everything in this process.")]
 
 
-def _materialize(selection: str | None, partitions: list[str] | None, verbose: bool, force: bool = False):
+def _materialize(selection: str | None, partitions: list[str] | None, verbose: bool, force: bool = False,
+                 workers: int | None = None):
     """Run a selection; a failed step becomes one red line naming the asset, partition and cause."""
     from assets.run import StepFailed, materialize_selection
 
     try:
-        return materialize_selection(selection, partitions, echo=typer.echo, force=force)
+        return materialize_selection(selection, partitions, echo=typer.echo, force=force, workers=workers)
     except StepFailed as exc:
         if verbose:
             typer.echo(exc.trace, err=True)
@@ -64,21 +66,25 @@ def _env(config: str | None, home: str | None) -> None:
 
 @app.command()
 def run(
-    select: Annotated[str | None, typer.Option("--select", "-s", help="Assets: `a,b`; `+a` adds upstream, `a+` downstream. Default: all.")] = None,
+    select: Annotated[str | None, typer.Option("--select", "-s", help="Assets: `a,b`; `+a` adds upstream, `a+` downstream; or Dagster's selection syntax (`group:training`, `+key:\"scores\" and not key:\"arbiter\"`). Default: all.")] = None,
     partition: Annotated[list[str] | None, typer.Option("--partition", "-p", help="Language partition(s); default all.")] = None,
     config: ConfigOpt = None,
     home: HomeOpt = None,
     verbose: VerboseOpt = False,
     force: ForceOpt = False,
+    workers: WorkersOpt = None,
 ) -> None:
-    """Materialize the selected assets, all partitions, in-process, with progress."""
+    """Materialize the selected assets, all partitions, as Dagster runs (parallel across languages), with progress."""
     _env(config, home)
-    steps = _materialize(select, partition or None, verbose, force)
+    steps = _materialize(select, partition or None, verbose, force, workers)
     typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
 
 
 @app.command()
-def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = False, force: ForceOpt = False) -> None:
+def demo(
+    config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = False, force: ForceOpt = False,
+    workers: WorkersOpt = None,
+) -> None:
     """Run everything on the embedded default (tiny local models, chatterbot prompts, CPU)."""
     import time
 
@@ -86,7 +92,7 @@ def demo(config: ConfigOpt = None, home: HomeOpt = None, verbose: VerboseOpt = F
     from warehouse.home import resolve_home
 
     t0 = time.perf_counter()
-    _materialize(None, None, verbose, force)
+    _materialize(None, None, verbose, force, workers)
     home_dir = resolve_home()
     typer.echo(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Warehouse: {home_dir}")
     from factory.summary import demo_summary
