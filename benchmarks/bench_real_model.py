@@ -121,6 +121,30 @@ def main() -> None:
             mode = "sampled (T=0.8, top-p 0.95)" if sample else "greedy"
             print(f"| {mode} | {bs} | {b_tok / b_s:.1f} | {r_tok / r_s:.1f} | {b_tok} | {r_tok} |")
 
+    # The same prompts through `transformers serve` (one request per prompt, `max_concurrency` in
+    # flight) and the project's openai backend, with the in-process backend stopped meanwhile.
+    from factory.generation.openai_backend import OpenAIBackend
+    from factory.generation.serve import ModelServer
+
+    backend = model = None  # free them before the server loads its own copy
+    print(f"\n`transformers serve` (server threads {args.threads}), the openai backend, sampled, median of "
+          f"{args.repeats}:\n")
+    print("| requests in flight | server tok/s | tokens |")
+    print("|---|---|---|")
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=args.new_tokens)
+    with ModelServer(folder, os.path.join(home, "serve.log"), threads=args.threads) as server:
+        for conc in args.batch_sizes:
+            client = OpenAIBackend(folder, server.api_base, name="served", api_key_env=None, max_concurrency=conc,
+                                   timeout_s=600)
+            client.generate(convs[:1], sampling)  # warm-up
+            runs = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                tokens = sum(c[0].n_tokens for c in client.generate(convs, sampling))
+                runs.append((time.perf_counter() - start, tokens))
+            secs = statistics.median(r[0] for r in runs)
+            print(f"| {conc} | {runs[-1][1] / secs:.1f} | {runs[-1][1]} |")
+
 
 if __name__ == "__main__":
     main()
