@@ -15,9 +15,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,42 @@ def score_key(completion_id: str, text: str, scorer: Any) -> str:
 
 def pair_id(prompt_id: str, method: str, round: int, chosen_completion_id: str, rejected_completion_id: str) -> str:
     return "pr_" + content_hash("pair", prompt_id, method, round, chosen_completion_id, rejected_completion_id)
+
+
+_PLAIN = r"^[A-Za-z0-9_.+\-]*$"  # strings whose canonical JSON is the string in quotes
+
+
+def blake2b_digests(values: pl.Series, size: int = 8) -> bytes:
+    """BLAKE2b (digest_size `size`) of every value of a String or Binary Series, concatenated:
+    `size` bytes per value. The hashing is one C call per value; there is no per-row JSON."""
+    if values.null_count():
+        raise ValueError("blake2b_digests: null values have no hash")
+    blake2b = hashlib.blake2b
+    return b"".join([blake2b(m, digest_size=size).digest() for m in values.cast(pl.Binary).to_list()])
+
+
+def hex_digests(digests: bytes, size: int = 8) -> pl.Series:
+    """`blake2b_digests` output as a String Series of lowercase hex, as `hexdigest()` writes it."""
+    d = np.frombuffer(digests, dtype=np.uint8).reshape(-1, size)
+    chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    out = np.empty((d.shape[0], 2 * size), dtype=np.uint8)
+    out[:, 0::2], out[:, 1::2] = chars[d >> 4], chars[d & 15]
+    return pl.Series(out.view(f"S{2 * size}").ravel()).cast(pl.String)
+
+
+def pair_ids(prompt_ids: pl.Series, method: str, round: int, chosen: pl.Series, rejected: pl.Series) -> pl.Series:
+    """`pair_id` over columns, the same ids. When every id is plain ASCII (as generated ids are), the
+    canonical JSON is built by polars and only the hash runs per row; otherwise pair_id row by row."""
+    frame = pl.DataFrame({"p": prompt_ids, "c": chosen, "r": rejected})
+    plain = frame.select(pl.all().str.contains(_PLAIN).all()).row(0)
+    if frame.height and all(plain) and re.fullmatch(_PLAIN, method):
+        payload = frame.select(
+            pl.concat_str([pl.lit('["pair","'), "p", pl.lit(f'","{method}",{int(round)},"'), "c", pl.lit('","'), "r", pl.lit('"]')])
+        ).to_series()
+        values = "pr_" + hex_digests(blake2b_digests(payload))
+    else:
+        values = pl.Series([pair_id(p, method, round, c, r) for p, c, r in frame.iter_rows()], dtype=pl.String)
+    return values.alias("pair_id")
 
 
 def checkpoint_id(stage: str, config: dict[str, Any], datasets: dict[str, Any], parents: list[str]) -> str:
