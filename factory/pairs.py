@@ -15,9 +15,7 @@ Builders (PAIR_BUILDERS):
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Sequence
 from functools import partial
 
@@ -25,15 +23,15 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig, generate_per_row
-from factory.ids import completion_id, normalize_text, pair_id
+from factory.ids import completion_id, normalize_text, pair_id, pair_ids
 from factory.languages import LANGUAGES
-from factory.routing import RoutingConfig, ranked
+from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
 from factory.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
 from factory.scoring.base import RewardScorer
 from factory.sft_data import message
 
-Frame = pl.DataFrame | pl.LazyFrame
 DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
+CANDIDATE_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")
 
 
 class BestWorstConfig(BaseModel):
@@ -46,49 +44,36 @@ class BestWorstConfig(BaseModel):
 # --- best_worst -------------------------------------------------------------------------------
 
 
-def best_worst_candidates(scored: Frame, require_language_match: bool = True, min_margin: float = 0.0) -> pl.LazyFrame:
+def best_worst_candidates(scored: Source, require_language_match: bool = True, min_margin: float = 0.0) -> pl.DataFrame:
     """Per prompt the best and worst eligible completion and a `status`: kept, or why it is dropped
     (single: < 2 eligible completions, tie, identical texts, margin below min_margin).
-    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?]."""
-    lf = scored.lazy() if isinstance(scored, pl.DataFrame) else scored
-    has_text = "text" in lf.collect_schema().names()
-    cols = ["completion_id", "teacher", "reward", *(["text"] if has_text else [])]
-    order = ranked(lf, RoutingConfig(require_language_match=require_language_match))
-    picks = order.group_by("prompt_id", maintain_order=True).agg(
-        pl.len().alias("n_eligible"), pl.col(cols).first().name.prefix("chosen_"), pl.col(cols).last().name.prefix("rejected_")
-    )
+    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?] (a frame or
+    Parquet files): one DuckDB aggregate per prompt (factory.routing.per_prompt), then the two rows'
+    columns are fetched."""
+    with ScoredTable(scored, CANDIDATE_COLUMNS, ["text"]) as table:
+        per = per_prompt(table, RoutingConfig(require_language_match=require_language_match), worst=True)
+        table.close()  # returns DuckDB's memory before the rows are fetched
+        cols = ["completion_id", "teacher", "reward", *(["text"] if "text" in table.columns else [])]
+        has = per["best_row"].is_not_null()
+        got = table.fetch(pl.concat([per["best_row"].filter(has), per["worst_row"].filter(has)]), cols)
+    n = int(has.sum())
     # Every prompt is counted, even one with no eligible completion (status "single").
-    out = lf.group_by("prompt_id").agg(pl.col("language").first()).join(picks, on="prompt_id", how="left")
-    out = out.with_columns(pl.col("n_eligible").fill_null(0))
+    out = pl.concat([
+        pl.concat([per.filter(has).select("prompt_id", "language", "n_eligible"), got[:n].select(pl.all().name.prefix("chosen_")),
+                   got[n:].select(pl.all().name.prefix("rejected_"))], how="horizontal"),
+        per.filter(~has).select("prompt_id", "language", "n_eligible"),
+    ], how="diagonal")
     out = out.with_columns((pl.col("chosen_reward") - pl.col("rejected_reward")).alias("margin"))
     status = pl.when(pl.col("n_eligible") < 2).then(pl.lit("single")).when(pl.col("margin") <= 0).then(pl.lit("tie"))
-    if has_text:
+    if "text" in cols:
         same = pl.col("chosen_text").str.strip_chars() == pl.col("rejected_text").str.strip_chars()
         status = status.when(same).then(pl.lit("identical"))
     status = status.when(pl.col("margin") < min_margin).then(pl.lit("margin")).otherwise(pl.lit("kept"))
     return out.with_columns(status.alias("status"))
 
 
-_SAFE = r"^[A-Za-z0-9_.+\-]*$"
-
-
-def pair_ids(prompt_ids: pl.Series, method: str, round: int, chosen: pl.Series, rejected: pl.Series) -> pl.Series:
-    """factory.ids.pair_id over columns. When every id is plain ASCII (as generated ids are), the
-    canonical JSON is built in polars and only the hash runs in Python; otherwise pair_id row by row."""
-    frame = pl.DataFrame({"p": prompt_ids, "c": chosen, "r": rejected})
-    safe = frame.select(pl.all().str.contains(_SAFE).all()).row(0)
-    if all(safe) and re.fullmatch(_SAFE, method):
-        payload = frame.select(
-            pl.concat_str([pl.lit('["pair","'), "p", pl.lit(f'","{method}",{int(round)},"'), "c", pl.lit('","'), "r", pl.lit('"]')])
-        ).to_series()
-        values = ["pr_" + hashlib.blake2b(s.encode(), digest_size=8).hexdigest() for s in payload]
-    else:
-        values = [pair_id(p, method, round, c, r) for p, c, r in frame.iter_rows()]
-    return pl.Series("pair_id", values, dtype=pl.String)
-
-
 def best_worst(
-    scored: Frame,
+    scored: Source,
     prompts: pl.DataFrame,
     min_margin: float = 0.0,
     method: str = "best_worst",
@@ -98,7 +83,7 @@ def best_worst(
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Highest- vs lowest-reward completion per prompt. Returns (pairs per PREFERENCE_PAIRS, stats) with
     stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts."""
-    cand = best_worst_candidates(scored, require_language_match, min_margin).collect(engine="streaming")
+    cand = best_worst_candidates(scored, require_language_match, min_margin)
     cand = cand.join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left")
     cand = cand.with_columns(
         pl.when((pl.col("status") == "kept") & pl.col("prompt_text").is_null()).then(pl.lit("no_prompt")).otherwise("status").alias("status")

@@ -20,22 +20,30 @@ at its other samples. The language filter applies to every strategy alike: if
 that one sample is off-language (or unscored) the prompt is quarantined for the
 strategy, as a production language filter would drop it.
 
-`select` reads the needed columns of `scored` (a DataFrame, or a LazyFrame such
-as `pl.scan_parquet(...)`, so the text column is never loaded) once, then runs
-each strategy as a lazy plan. Memory grows with the rows passed in: call it per
-language partition for large tables (benchmarks/bench_selection.py), with
-`RoutingConfig.single_teacher` set from `best_mean_teacher` over all languages.
+How it runs: the scored table is a DuckDB view (`ScoredTable`) over a DataFrame
+(through Arrow, not copied), a LazyFrame (its needed columns collected) or Parquet
+files (read where they lie, so a whole table of 10M completions selects in one
+call). One aggregate per prompt (`per_prompt`) gives the counts, the best eligible
+row with the top two rewards, and every row of the asked sample packed into one
+integer (row position, teacher, state); each strategy is then a vectorised pick
+over that per-prompt table, and only the picked rows' completion_id and reward
+are fetched. Python runs per row only for BLAKE2b (random_routing's seeded pick,
+factory.ids), which keeps every pick and id as before (docs/bench/selection.md).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.ids import blake2b_digests
 from factory.languages import LANGUAGES, cluster_of
 from factory.schemas import SELECTIONS, conform
 
@@ -44,7 +52,8 @@ if TYPE_CHECKING:
 
 SCORED_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match")
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
-_PICKED = ("prompt_id", "language", "completion_id", "teacher", "reward", "margin")
+_MISSED = ("prompt_id", "language", "teacher", "reason")
+_NO_TEXT = "prompt text not found"
 
 
 def _default_fixed_teachers() -> dict[str, str]:
@@ -62,269 +71,466 @@ class RoutingConfig(BaseModel):
 
 
 Frame = pl.DataFrame | pl.LazyFrame
-# A strategy returns (picked rows [_PICKED], unpicked prompts [prompt_id, language, teacher, reason]).
-Strategy = Callable[[pl.LazyFrame, RoutingConfig, "Router | None", "pl.LazyFrame | None"], tuple[pl.LazyFrame, pl.LazyFrame]]
-
-
-def _lazy(df: Frame) -> pl.LazyFrame:
-    return df.lazy() if isinstance(df, pl.DataFrame) else df
+Source = pl.DataFrame | pl.LazyFrame | str | Path | Sequence[str | Path]  # Parquet: a file, a glob or a list
 
 
 def eligible(cfg: RoutingConfig) -> pl.Expr:
-    """Rows a strategy may select: scored, and in the prompt's language when required."""
+    """Rows a strategy may select: scored, and in the prompt's language when required (as `eligible_sql`)."""
     ok = pl.col("reward").is_not_null() & pl.col("reward").is_finite()
     if cfg.require_language_match:
         ok = ok & pl.col("language_match").fill_null(False)
     return ok
 
 
-def _ineligible_reason(cfg: RoutingConfig) -> pl.Expr:
-    where = pl.format("teacher {}'s sample {}", pl.col("teacher"), pl.lit(cfg.sample_index))
-    return (
-        pl.when(pl.col("teacher").is_null())
-        .then(pl.lit("no teacher assigned to the prompt"))
-        .when(pl.col("completion_id").is_null())
-        .then(pl.format("{} does not exist", where))
-        .when(pl.col("reward").is_null() | ~pl.col("reward").is_finite())
-        .then(pl.format("{} has no reward", where))
-        .otherwise(pl.format("{} is not in the prompt's language", where))
+def eligible_sql(cfg: RoutingConfig) -> str:
+    """`eligible` as a DuckDB predicate over the scored view."""
+    ok = "coalesce(isfinite(reward), false)"
+    return ok + (" AND coalesce(language_match, false)" if cfg.require_language_match else "")
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def parquet_files(source: str | Path | Sequence[str | Path]) -> list[str]:
+    """The Parquet files a path, a glob or a list of them names, sorted within each glob."""
+    items = [source] if isinstance(source, str | Path) else list(source)
+    files: list[str] = []
+    for item in items:
+        text = str(item)
+        matched = sorted(str(p) for p in Path(text).parent.glob(Path(text).name)) if any(c in Path(text).name for c in "*?[") else [text]
+        files += matched
+    if not files:
+        raise ValueError(f"no Parquet files match {source!r}")
+    return files
+
+
+class ScoredTable:
+    """The scored table as the DuckDB view `scored`: the needed columns plus `_row`, each row's
+    position, by which the rows a strategy picks are fetched once the per-prompt work is done.
+
+    A DataFrame is read by DuckDB through Arrow without a copy; a LazyFrame's needed columns are
+    collected first; Parquet files are read where they lie (one row group at a time when fetching),
+    so past the per-prompt table only the picked rows are held."""
+
+    def __init__(self, scored: Source, required: Sequence[str], optional: Sequence[str] = ()):
+        import duckdb
+
+        self.con = duckdb.connect()
+        self.con.execute("SET preserve_insertion_order = false")
+        self.frame: pl.DataFrame | None = None
+        self.files: list[str] = []
+        if isinstance(scored, pl.DataFrame | pl.LazyFrame):
+            names = scored.collect_schema().names()
+        else:
+            self.files = parquet_files(scored)
+            names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(self.files[0])})").fetchall()]
+        missing = [c for c in required if c not in names]
+        if missing:
+            self.close()
+            raise ValueError(f"scored table lacks columns: {', '.join(missing)}")
+        self.columns = [*required, *(c for c in optional if c in names)]
+        cols = ", ".join(f'"{c}"' for c in self.columns)
+        if not self.files:
+            frame = scored.select(self.columns)
+            self.frame = frame.collect(engine="streaming") if isinstance(frame, pl.LazyFrame) else frame
+            self.con.register("scored_arrow", self.frame.with_row_index("_row").to_arrow())
+            view = f"SELECT {cols}, _row::BIGINT AS _row FROM scored_arrow"
+        else:
+            counts = dict(self.con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [self.files]).fetchall())
+            self.offsets = np.cumsum([0, *(counts[f] for f in self.files)])
+            view = " UNION ALL ".join(
+                f"SELECT {cols}, file_row_number + {int(off)} AS _row FROM read_parquet({_sql_str(f)}, file_row_number = true)"
+                for f, off in zip(self.files, self.offsets, strict=False)
+            )
+        self.con.execute(f"CREATE TEMP VIEW scored AS {view}")
+
+    def sql(self, query: str, **frames: pl.DataFrame) -> pl.DataFrame:
+        """Run `query`; `frames` are visible to it by their names."""
+        for name, frame in frames.items():
+            self.con.register(name, frame.to_arrow())
+        return self.con.sql(query).pl()
+
+    def teachers(self) -> list[str]:
+        """The teacher pool: every teacher in the table, sorted."""
+        return sorted(t for (t,) in self.con.execute("SELECT DISTINCT teacher FROM scored WHERE teacher IS NOT NULL").fetchall())
+
+    def fetch(self, rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
+        """`columns` of the rows at positions `rows`, in that order. Parquet is read a slice of whole
+        row groups (about 1M rows) at a time, so a large text column is never held whole."""
+        if self.frame is not None:
+            return self.frame.select(columns).rechunk().gather(rows)  # a gather across chunks is several times slower
+        want = rows.to_numpy()
+        slices = self._slices()
+        which = np.searchsorted(np.asarray([s[0] for s in slices]), want, side="right") - 1
+        order = np.argsort(which.astype(np.int16 if len(slices) < 2**15 else np.int32), kind="stable")  # a radix sort for int16
+        bounds = np.searchsorted(which[order], np.arange(len(slices) + 1))
+        pieces = []
+        for i, (start, file, local, length) in enumerate(slices):
+            idx = order[bounds[i] : bounds[i + 1]]
+            if len(idx):
+                part = pl.scan_parquet(file).slice(local, length).select(columns).collect().rechunk()
+                pieces.append(part[pl.Series(want[idx] - start)])
+        got = pl.concat(pieces).rechunk() if pieces else pl.scan_parquet(self.files[0]).select(columns).head(0).collect()
+        del pieces
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return got[pl.Series(inverse)]
+
+    def _slices(self, rows: int = 1 << 20) -> list[tuple[int, str, int, int]]:
+        """(global start, file, start in the file, length): runs of whole row groups of about `rows` rows."""
+        import pyarrow.parquet as pq
+
+        out = []
+        for file, offset in zip(self.files, self.offsets, strict=False):
+            meta = pq.ParquetFile(file).metadata
+            local = length = 0
+            for g in range(meta.num_row_groups):
+                length += meta.row_group(g).num_rows
+                if length >= rows or g == meta.num_row_groups - 1:
+                    out.append((int(offset) + local, file, local, length))
+                    local, length = local + length, 0
+        return out
+
+    def close(self) -> None:
+        """Close the DuckDB connection, which returns its memory; `fetch` still works."""
+        self.con.close()
+
+    def __enter__(self) -> ScoredTable:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def per_prompt(table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None) -> pl.DataFrame:
+    """One row per prompt, sorted by prompt_id: language, n_eligible, best_row (position of the
+    eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
+    highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
+    completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
+    n_completions, n_scored and n_language_match. With the teacher `pool`: best_tix (the best row's
+    teacher's place in the pool; len(pool): none), and
+    `samples`, every row of sample cfg.sample_index packed into an integer (row position, teacher's
+    place in the pool, state: 3 eligible, 2 not in the prompt's language, 1 no reward)."""
+    ok = eligible_sql(cfg)
+    bits = _teacher_bits(pool)
+    # A row is referred to by its position, with its teacher's place in the pool in the low bits.
+    ref = f"((_row << {bits}) | coalesce(list_position({_sql_list(pool)}, teacher) - 1, {len(pool)}))" if pool is not None else "_row"
+    aggs = ["min(language) AS language", f"count_if({ok})::BIGINT AS n_eligible", f"arg_max({ref}, reward) FILTER ({ok}) AS best", f"max(reward, 2) FILTER ({ok}) AS top"]
+    out = ["prompt_id", "language", "n_eligible", "best", "top[1] AS top1", "top[2] AS top2"]
+    if worst:
+        aggs += [f"arg_min({ref}, reward) FILTER ({ok}) AS worst", f"min(reward, 2) FILTER ({ok}) AS bottom"]
+        out += ["worst", "bottom[1] AS bottom1", "bottom[2] AS bottom2"]
+    if counts:
+        aggs += ["count(*) AS n_completions", "count(reward) AS n_scored", "count_if(coalesce(language_match, false))::BIGINT AS n_language_match"]
+        out += ["n_completions", "n_scored", "n_language_match"]
+    if pool is not None:
+        state = f"CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END"
+        aggs.append(f"list(({ref} << 2) | {state}) FILTER (sample_index = {int(cfg.sample_index)} AND teacher IS NOT NULL) AS samples")
+        out.append("samples")
+    # Aggregate into a table, then sort it there: less memory than a sort in the same query, and
+    # faster than sorting a frame by a string column in polars.
+    table.con.execute(f"CREATE OR REPLACE TEMP TABLE per_prompt AS SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id")
+    per = table.sql(f"SELECT {', '.join(out)} FROM per_prompt ORDER BY prompt_id")
+    table.con.execute("DROP TABLE per_prompt")
+    per = _break_ties(table, per, ok, ref, "best", "top", "arg_min")
+    if worst:
+        per = _break_ties(table, per, ok, ref, "worst", "bottom", "arg_max")
+    refs = ["best", *(["worst"] if worst else [])]
+    decoded = [(pl.col(c) // 2**bits).alias(f"{c}_row") for c in refs]
+    if pool is not None:
+        decoded.append((pl.col("best") % 2**bits).cast(pl.Int32).alias("best_tix"))
+    return per.with_columns(decoded).drop(refs)
+
+
+def _teacher_bits(pool: list[str] | None) -> int:
+    return 0 if pool is None else max(1, len(pool).bit_length())
+
+
+def _sql_list(values: list[str] | None) -> str:
+    return "[" + ", ".join(_sql_str(v) for v in values or []) + "]"
+
+
+def _break_ties(table: ScoredTable, per: pl.DataFrame, ok: str, ref: str, col: str, values: str, pick: str) -> pl.DataFrame:
+    """arg_max/arg_min keep any one of several rows with the same reward; where the two extreme rewards
+    are equal, pick among the tied rows by completion_id (`pick`), as a sort by (reward, completion_id) would."""
+    tied = per.filter(pl.col(f"{values}2") == pl.col(f"{values}1")).select(pl.col("prompt_id").alias("tied_prompt"), pl.col(f"{values}1").alias("tied_reward"))
+    if tied.is_empty():
+        return per
+    fixed = table.sql(
+        f"SELECT prompt_id, {pick}({ref}, completion_id) AS _fixed FROM scored JOIN tied "
+        f"ON prompt_id = tied_prompt AND reward = tied_reward WHERE {ok} GROUP BY prompt_id",
+        tied=tied,
     )
+    joined = per.join(fixed, on="prompt_id", how="left", maintain_order="left")
+    return joined.with_columns(pl.coalesce("_fixed", col).alias(col)).drop("_fixed")
 
 
-def ranked(scored: pl.LazyFrame, cfg: RoutingConfig) -> pl.LazyFrame:
-    """Eligible rows ordered per prompt by reward (high first), ties by completion_id.
+@dataclass
+class Choice:
+    """The teacher a strategy asks per prompt (one name per row of the per-prompt table; null: none,
+    `unassigned` says why), whose sample cfg.sample_index it takes. teacher None: every sample of
+    every teacher competes (reward_routing)."""
 
-    Sorting once on a u64 hash of prompt_id and then taking first/last rows per group
-    is several times faster than a per-group sort_by; the hash only orders the sort,
-    grouping is on prompt_id itself, so a hash collision cannot merge two prompts.
-    """
-    return (
-        scored.filter(eligible(cfg))
-        .with_columns(pl.col("prompt_id").hash().alias("_pk"))
-        .sort(["_pk", "reward", "completion_id"], descending=[False, True, False])
-    )
+    teacher: pl.Series | None
+    unassigned: str = "no teacher assigned to the prompt"
 
 
-def reward_routing(scored: pl.LazyFrame, cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+@dataclass
+class Routing:
+    """What strategies read: the per-prompt table, the teacher pool, and the strategy inputs."""
+
+    per: pl.DataFrame
+    cfg: RoutingConfig
+    pool: list[str]
+    router: Router | pl.DataFrame | None = None
+    prompt_texts: pl.DataFrame | None = None  # [prompt_id, prompt_text], for learned_routing
+    mean_teacher: str | None = None  # the best macro-mean reward teacher, for single_teacher
+
+
+Strategy = Callable[[Routing], Choice]
+
+
+def _reward_routing(r: Routing) -> Choice:
     """Per prompt the highest-reward eligible completion (ties: smallest completion_id);
     margin = best minus runner-up reward over all eligible samples (0 with one)."""
-    best = (
-        ranked(scored, cfg)
-        .group_by("prompt_id", maintain_order=True)
-        .agg(
-            pl.col("language", "completion_id", "teacher", "reward").first(),
-            pl.col("reward").gather(1, null_on_oob=True).first().alias("_runner_up"),
-        )
-        .with_columns((pl.col("reward") - pl.col("_runner_up").fill_null(pl.col("reward"))).alias("margin"))
-        .select(_PICKED)
-    )
-    missed = (
-        _prompts_of(scored)
-        .join(best.select("prompt_id"), on="prompt_id", how="anti")
-        .with_columns(
-            pl.lit(None, pl.String).alias("teacher"),
-            pl.lit("no completion with a reward" + (" in the prompt's language" if cfg.require_language_match else "")).alias("reason"),
-        )
-    )
-    return best, missed
+    return Choice(None)
 
 
-def _prompts_of(scored: pl.LazyFrame) -> pl.LazyFrame:
-    return scored.group_by("prompt_id").agg(pl.col("language").first())
-
-
-def _take_teacher_sample(scored: pl.LazyFrame, choice: pl.LazyFrame, keys: list[str], cfg: RoutingConfig) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Select the chosen teacher's sample `cfg.sample_index` per prompt. `choice` maps `keys`
-    (a subset of prompt_id / language, or none: one teacher for all) to a `teacher`; prompts
-    whose chosen sample is missing or ineligible are returned as unpicked with the reason."""
-    samples = scored.filter(pl.col("sample_index") == cfg.sample_index)
-    # A semi-join against the small choice table filters the big one without building a hash of it.
-    picked = (
-        samples.join(choice, on=[*keys, "teacher"], how="semi")
-        .filter(eligible(cfg))
-        .group_by("prompt_id")
-        .agg(
-            pl.col("language", "teacher").first(),
-            pl.col("completion_id").min(),
-            pl.col("reward").min_by("completion_id"),  # duplicates (e.g. two scorers): smallest id wins
-        )
-        .with_columns(pl.lit(0.0).alias("margin"))
-        .select(_PICKED)
-    )
-    missed = _prompts_of(scored).join(picked.select("prompt_id"), on="prompt_id", how="anti")
-    missed = missed.join(choice, on=keys, how="left") if keys else missed.join(choice, how="cross")
-    detail = samples.join(missed.select("prompt_id"), on="prompt_id", how="semi").select(
-        "prompt_id", "teacher", "completion_id", "reward", "language_match"
-    )
-    missed = (
-        missed.join(detail, on=["prompt_id", "teacher"], how="left")
-        .with_columns(_ineligible_reason(cfg).alias("reason"))
-        .group_by("prompt_id")
-        .agg(pl.col("language", "teacher", "reason").first())
-    )
-    return picked, missed
-
-
-def fixed_routing(scored: pl.LazyFrame, cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def _fixed_routing(r: Routing) -> Choice:
     """The teacher `cfg.fixed_teachers[language]` (default: the language's cluster teacher)."""
-    table = pl.LazyFrame(
-        {"language": list(cfg.fixed_teachers), "teacher": list(cfg.fixed_teachers.values())},
-        schema={"language": pl.String, "teacher": pl.String},
-    )
-    return _take_teacher_sample(scored, table, ["language"], cfg)
+    table = r.cfg.fixed_teachers
+    return Choice(r.per["language"].replace_strict(list(table), list(table.values()), default=None, return_dtype=pl.String))
 
 
 def stable_index(keys: pl.Series, seed: int) -> pl.Series:
     """A 64-bit BLAKE2b hash of (seed, key): stable across processes and polars versions."""
-    salt = f"{seed}:".encode()
-    values = [int.from_bytes(hashlib.blake2b(salt + k.encode(), digest_size=8).digest(), "big") for k in keys]
-    return pl.Series(keys.name, values, dtype=pl.UInt64)
+    digests = blake2b_digests(f"{seed}:" + keys, size=8)
+    return pl.Series(keys.name, np.frombuffer(digests, dtype=">u8").astype(np.uint64), dtype=pl.UInt64)
 
 
-def random_routing(scored: pl.LazyFrame, cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def _random_routing(r: Routing) -> Choice:
     """A seeded random teacher of the pool (all teachers in `scored`, sorted), a function of
     seed + prompt_id only; if that teacher did not answer the prompt, the prompt is quarantined."""
-    pool = sorted(scored.select(pl.col("teacher").unique()).collect()["teacher"].drop_nulls().to_list())
-    ids = scored.select(pl.col("prompt_id").unique()).collect()["prompt_id"]
-    pick = (stable_index(ids, cfg.seed) % len(pool)).cast(pl.Int64) if pool else pl.Series([], dtype=pl.Int64)
-    choice = pl.DataFrame({"prompt_id": ids, "teacher": pl.Series(pool, dtype=pl.String).gather(pick)})
-    return _take_teacher_sample(scored, choice.lazy(), ["prompt_id"], cfg)
+    if not r.pool:
+        return Choice(pl.Series("teacher", [None] * r.per.height, dtype=pl.String))
+    pick = (stable_index(r.per["prompt_id"], r.cfg.seed) % len(r.pool)).cast(pl.Int64)
+    return Choice(pl.Series("teacher", r.pool, dtype=pl.String).gather(pick))
 
 
-def best_mean_teacher(scored: Frame) -> str:
+def best_mean_teacher(scored: Source) -> str:
     """The teacher with the best macro-mean reward: mean over languages of its per-language mean
     (so a large language does not decide the baseline alone); ties: the smallest name."""
-    means = (
-        _lazy(scored)
-        .filter(pl.col("reward").is_not_null() & pl.col("reward").is_finite())
-        .group_by("language", "teacher")
-        .agg(pl.col("reward").mean())
-        .group_by("teacher")
-        .agg(pl.col("reward").mean())
-        .sort(["reward", "teacher"], descending=[True, False])
-        .collect()
-    )
-    if means.is_empty():
+    with ScoredTable(scored, ("language", "teacher", "reward")) as table:
+        return _best_mean_teacher(table)
+
+
+def _best_mean_teacher(table: ScoredTable) -> str:
+    rows = table.sql("SELECT language, teacher, avg(reward) AS m FROM scored WHERE coalesce(isfinite(reward), false) GROUP BY ALL")
+    per_teacher: dict[str, list[tuple[str, float]]] = {}
+    for language, teacher, mean in rows.iter_rows():
+        per_teacher.setdefault(teacher, []).append((language or "", mean))
+    # fsum over the languages in a fixed order: the same ranking whatever order the groups come in
+    means = [(t, math.fsum(m for _, m in sorted(v)) / len(v)) for t, v in per_teacher.items() if t is not None]
+    if not means:
         raise ValueError("single_teacher: no scored completion to rank teachers by")
-    return means["teacher"][0]
+    return min(means, key=lambda tm: (-tm[1], tm[0]))[0]
 
 
-def single_teacher(scored: pl.LazyFrame, cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def _single_teacher(r: Routing) -> Choice:
     """One teacher for every prompt: `cfg.single_teacher`, else the best macro-mean reward teacher."""
-    teacher = cfg.single_teacher or best_mean_teacher(scored)
-    return _take_teacher_sample(scored, pl.LazyFrame({"teacher": [teacher]}, schema={"teacher": pl.String}), [], cfg)
+    teacher = r.cfg.single_teacher or r.mean_teacher
+    return Choice(pl.Series("teacher", [teacher] * r.per.height, dtype=pl.String))
 
 
-def learned_routing(scored: pl.LazyFrame, cfg: RoutingConfig, router: Router | None = None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """The teacher a trained `Router` predicts from the prompt text alone."""
-    if router is None:
-        raise ValueError("learned_routing needs a trained router (factory.router.train_router)")
-    if "prompt_text" in scored.collect_schema().names():
-        texts = scored.group_by("prompt_id").agg(pl.col("language", "prompt_text").first())
-    elif prompts is not None:
-        texts = _prompts_of(scored).join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left")
-    else:
-        raise ValueError("learned_routing needs prompt texts: a prompt_text column in scored or the prompts table")
-    frame = texts.collect()
-    known = frame.filter(pl.col("prompt_text").is_not_null())
-    choice = known.with_columns(pl.Series("teacher", router.predict(known["prompt_text"].to_list()), dtype=pl.String))
-    picked, missed = _take_teacher_sample(scored, choice.lazy().select("prompt_id", "teacher"), ["prompt_id"], cfg)
-    no_text = frame.filter(pl.col("prompt_text").is_null()).select(
-        "prompt_id", "language", pl.lit(None, pl.String).alias("teacher"), pl.lit("prompt text not found").alias("reason")
-    )
-    return picked, pl.concat([missed, no_text.lazy()])
+def _learned_routing(r: Routing) -> Choice:
+    """The teacher a trained `Router` predicts from the prompt text alone (or its predictions as a
+    frame [prompt_id, teacher], joined by prompt_id)."""
+    if isinstance(r.router, pl.DataFrame):
+        routes = r.per.select("prompt_id").join(r.router.select("prompt_id", "teacher"), on="prompt_id", how="left", maintain_order="left")
+        return Choice(routes["teacher"], "the router has no prediction for the prompt")
+    texts = r.per.select("prompt_id").join(r.prompt_texts, on="prompt_id", how="left", maintain_order="left")["prompt_text"]  # type: ignore[arg-type]
+    known = texts.is_not_null()
+    teacher = pl.Series("teacher", [None] * r.per.height, dtype=pl.String)
+    if known.any():
+        predicted = pl.Series(r.router.predict(texts.filter(known).to_list()), dtype=pl.String)  # type: ignore[union-attr]
+        teacher = teacher.scatter(known.arg_true(), predicted)
+    return Choice(teacher, _NO_TEXT)
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "reward_routing": reward_routing,
-    "fixed_routing": fixed_routing,
-    "random_routing": random_routing,
-    "single_teacher": single_teacher,
-    "learned_routing": learned_routing,
+    "reward_routing": _reward_routing,
+    "fixed_routing": _fixed_routing,
+    "random_routing": _random_routing,
+    "single_teacher": _single_teacher,
+    "learned_routing": _learned_routing,
 }
 
 
+def _argmax_picks(r: Routing) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """reward_routing: picked [pidx, _row, tix, margin] and unpicked [pidx, teacher, reason] prompts."""
+    per = r.per.with_row_index("pidx")
+    picked = per.filter(pl.col("best_row").is_not_null()).select(
+        "pidx", pl.col("best_row").alias("_row"), "best_tix", (pl.col("top1") - pl.col("top2").fill_null(pl.col("top1"))).alias("margin")
+    )
+    reason = "no completion with a reward" + (" in the prompt's language" if r.cfg.require_language_match else "")
+    missed = per.filter(pl.col("best_row").is_null()).select("pidx", pl.lit(None, pl.String).alias("teacher"), pl.lit(reason).alias("reason"))
+    return picked, missed
+
+
+def _samples(per: pl.DataFrame, pool: list[str]) -> pl.DataFrame:
+    """`per_prompt`'s samples unpacked: pidx (the prompt's row in per), _row, tix (the teacher's place
+    in the pool), state (3 eligible, 2 not in the prompt's language, 1 no reward)."""
+    bits, v = _teacher_bits(pool), pl.col("samples")
+    return (
+        per.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("pidx"), "samples")
+        .explode("samples")
+        .drop_nulls("samples")
+        .select("pidx", (v // 2 ** (bits + 2)).alias("_row"), ((v // 4) % 2**bits).cast(pl.Int32).alias("tix"), (v % 4).cast(pl.Int8).alias("state"))
+    )
+
+
+def _one_sample_picks(r: Routing, table: ScoredTable, choice: Choice, samples: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The asked teacher's sample per prompt. Several eligible rows of it (e.g. two scorers): the smallest
+    completion_id wins. A prompt without an eligible one is unpicked, with why read from that sample's
+    first row in the table."""
+    teacher = choice.teacher
+    tix = pl.select(pl.when(teacher.is_not_null()).then(teacher.replace_strict(r.pool, range(len(r.pool)), default=-1, return_dtype=pl.Int32))).to_series()  # type: ignore[union-attr]
+    asked = samples.filter(pl.col("tix") == tix.gather(samples["pidx"]))
+    ok = asked.filter(pl.col("state") == 3).select("pidx", "_row")
+    if ok["pidx"].is_duplicated().any():
+        ok = ok.with_columns(table.fetch(ok["_row"], ["completion_id"])).sort("pidx", "completion_id").unique("pidx", keep="first", maintain_order=True)
+    if asked["pidx"].is_duplicated().any():
+        asked = asked.sort("pidx", "_row").unique("pidx", keep="first", maintain_order=True)
+    state = pl.Series([None] * r.per.height, dtype=pl.Int8).scatter(asked["pidx"], asked["state"])
+    missed = pl.DataFrame({"teacher": teacher, "state": state}).with_row_index("pidx").join(ok.select("pidx"), on="pidx", how="anti", maintain_order="left")
+    where = pl.format("teacher {}'s sample {}", pl.col("teacher"), pl.lit(r.cfg.sample_index))
+    reason = (
+        pl.when(pl.col("teacher").is_null()).then(pl.lit(choice.unassigned))
+        .when(pl.col("state").is_null()).then(pl.format("{} does not exist", where))
+        .when(pl.col("state") == 1).then(pl.format("{} has no reward", where))
+        .otherwise(pl.format("{} is not in the prompt's language", where))
+    )
+    picked = ok.select("pidx", "_row", tix.gather(ok["pidx"]).alias("best_tix"), pl.lit(0.0).alias("margin"))
+    return picked, missed.select("pidx", "teacher", reason.alias("reason"))
+
+
 def select(
-    scored: Frame,
+    scored: Source,
     strategies: list[str],
     cfg: RoutingConfig | None = None,
     run_id: str = "",
-    router: Router | None = None,
+    router: Router | pl.DataFrame | None = None,
     prompts: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Run `strategies` over `scored`; returns (selections per SELECTIONS, quarantine [row_key, reason, payload])."""
-    cfg = cfg or RoutingConfig()
+    """Run `strategies` over `scored`; returns (selections per SELECTIONS, quarantine [row_key, reason, payload]).
+    `router`: a trained Router, or its predictions [prompt_id, teacher] for learned_routing."""
+    picked, missed = _route(scored, strategies, cfg or RoutingConfig(), router, prompts)
+    selections = conform(picked.with_columns(pl.lit(run_id).alias("run_id")), SELECTIONS)
+    return selections, _quarantine(missed)
+
+
+def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(picked [prompt_id, language, strategy, completion_id, teacher, reward, margin], unpicked [prompt_id,
+    language, teacher, reason, strategy, n_completions, n_scored, n_language_match]), by strategy and prompt_id."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown routing strategies {unknown}; known: {', '.join(STRATEGIES)}")
-    names = _lazy(scored).collect_schema().names()
-    missing = [c for c in SCORED_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"scored table lacks columns: {', '.join(missing)}")
-    # Read the needed columns once: every strategy scans them, and re-reading Parquet per plan costs more
-    # than holding them (the completion text is never needed here).
-    keep = [*SCORED_COLUMNS, *(["prompt_text"] if "prompt_text" in names else [])]
-    lf = _lazy(scored).select(keep).collect(engine="streaming").lazy()
-    counts = lf.group_by("prompt_id").agg(
-        pl.len().alias("n_completions"),
-        pl.col("reward").is_not_null().sum().alias("n_scored"),
-        pl.col("language_match").fill_null(False).sum().alias("n_language_match"),
-    )
-    picked_frames, missed_frames = [], []
-    prompts_lf = prompts.lazy() if prompts is not None else None
-    for name in strategies:
-        picked, missed = STRATEGIES[name](lf, cfg, router, prompts_lf)
-        picked_frames.append(picked.with_columns(pl.lit(name).alias("strategy"), pl.lit(run_id).alias("run_id")))
-        missed_frames.append(missed.with_columns(pl.lit(name).alias("strategy")))
-    n = len(strategies)
-    frames = pl.collect_all([*picked_frames, *missed_frames, counts], engine="streaming")
-    selections = conform(pl.concat(frames[:n]), SELECTIONS).sort("strategy", "prompt_id")
-    missed = pl.concat([f.select("prompt_id", "language", "teacher", "reason", "strategy") for f in frames[n : 2 * n]])
-    quarantine = _quarantine(missed.join(frames[-1], on="prompt_id", how="left"))
-    return selections, quarantine
+    learned = "learned_routing" in strategies
+    with ScoredTable(scored, SCORED_COLUMNS, ["prompt_text"] if learned else []) as table:
+        if learned and router is None:
+            raise ValueError("learned_routing needs a trained router (factory.router.train_router)")
+        texts = None
+        if learned and not isinstance(router, pl.DataFrame):
+            if "prompt_text" in table.columns:
+                texts = table.sql("SELECT prompt_id, min(prompt_text) AS prompt_text FROM scored GROUP BY prompt_id")
+            elif prompts is not None:
+                texts = prompts.select("prompt_id", pl.col("text").alias("prompt_text"))
+            else:
+                raise ValueError("learned_routing needs prompt texts: a prompt_text column in scored or the prompts table")
+        mean = _best_mean_teacher(table) if "single_teacher" in strategies and not cfg.single_teacher else None
+        pool = table.teachers()
+        per = per_prompt(table, cfg, counts=True, pool=pool)
+        table.close()  # the rest is polars over the per-prompt table, and fetching the picked rows
+        one = [s for s in strategies if s != "reward_routing"]
+        samples = _samples(per, pool) if one else None
+        r = Routing(per.drop("samples"), cfg, pool, router, texts, mean)
+        del per
+        names = sorted(strategies)
+        picked, missed = [], []
+        for i, name in enumerate(names):
+            choice = STRATEGIES[name](r)
+            p, m = _argmax_picks(r) if choice.teacher is None else _one_sample_picks(r, table, choice, samples)  # type: ignore[arg-type]
+            picked.append(p.with_columns(pl.lit(i, pl.UInt8).alias("strategy")))
+            missed.append(m.with_columns(pl.lit(name).alias("strategy")))
+        del samples
+        picks = pl.concat(picked)
+        del picked
+        per = r.per.select("prompt_id", "language", "n_completions", "n_scored", "n_language_match")
+        r.per = per
+        got = table.fetch(picks["_row"], ["completion_id", "reward"])
+    rows = pl.DataFrame({
+        "prompt_id": per["prompt_id"].gather(picks["pidx"]),
+        "language": per["language"].gather(picks["pidx"]),
+        "strategy": pl.Series(names, dtype=pl.String).gather(picks["strategy"]),
+        "completion_id": got["completion_id"],
+        "teacher": pl.Series([*pool, None], dtype=pl.String).gather(picks["best_tix"]),
+        "reward": got["reward"],
+        "margin": picks["margin"],
+    })
+    missed = pl.concat(missed)
+    del picks, got
+    counts = per[missed["pidx"]]
+    missed = pl.concat([counts, missed.drop("pidx")], how="horizontal")
+    return rows, missed.select(*_MISSED, "strategy", "n_completions", "n_scored", "n_language_match")
+
+
+def reward_routing(scored: Source, cfg: RoutingConfig | None = None, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """reward_routing alone: (picked [prompt_id, language, completion_id, teacher, reward, margin],
+    unpicked [prompt_id, language, teacher, reason]) as LazyFrames."""
+    picked, missed = _route(scored, ["reward_routing"], cfg or RoutingConfig())
+    return picked.drop("strategy").lazy(), missed.select(_MISSED).lazy()
 
 
 def _quarantine(missed: pl.DataFrame) -> pl.DataFrame:
     if missed.is_empty():
         return pl.DataFrame(schema=QUARANTINE_COLUMNS)
     payload = ["prompt_id", "language", "strategy", "teacher", "n_completions", "n_scored", "n_language_match"]
-    return missed.sort("strategy", "prompt_id").select(
+    return missed.select(
         pl.col("prompt_id").alias("row_key"),
         pl.format("{}: {}", pl.col("strategy"), pl.col("reason")).alias("reason"),
         pl.struct(payload).struct.json_encode().alias("payload"),
     )
 
 
-def routing_stats(selections: pl.DataFrame, strategy: str = "reward_routing") -> pl.DataFrame:
+def routing_stats(selections: Frame, strategy: str = "reward_routing") -> pl.DataFrame:
     """Per language x teacher: wins (prompts the teacher won under `strategy`) and share of the language's prompts."""
-    rows = selections.filter(pl.col("strategy") == strategy)
     return (
-        rows.group_by("language", "teacher")
+        selections.lazy()
+        .filter(pl.col("strategy") == strategy)
+        .group_by("language", "teacher")
         .agg(pl.len().alias("wins"), pl.col("reward").mean().alias("mean_reward"))
         .with_columns((pl.col("wins") / pl.col("wins").sum().over("language")).alias("share"))
         .sort(["language", "wins", "teacher"], descending=[False, True, False])
+        .collect()
     )
 
 
-def strategy_comparison(selections: pl.DataFrame, by_language: bool = False) -> pl.DataFrame:
+def strategy_comparison(selections: Frame, by_language: bool = False) -> pl.DataFrame:
     """Per strategy (x language): prompts selected, and the mean reward over the prompts that
     *every* strategy selected (n_shared), which is the fair comparison: each strategy's mean over
     its own prompts compares different prompt sets (strategies that take one sample drop the
     prompts whose sample is off-language). On shared prompts reward_routing is at least as high as
     any other strategy, prompt by prompt, since it takes the argmax of all eligible samples."""
     keys = ["strategy", "language"] if by_language else ["strategy"]
-    n_strategies = selections["strategy"].n_unique()
-    shared = (
-        selections.group_by("prompt_id").agg(pl.col("strategy").n_unique().alias("n"))
-        .filter(pl.col("n") == n_strategies).select("prompt_id")
-    )
-    on_shared = (
-        selections.join(shared, on="prompt_id", how="semi")
-        .group_by(keys).agg(pl.len().alias("n_shared"), pl.col("reward").mean().alias("mean_reward"))
-    )
+    lf = selections.lazy()
+    n_strategies = lf.select(pl.col("strategy").n_unique()).collect().item()
+    shared = lf.group_by("prompt_id").agg(pl.col("strategy").n_unique().alias("n")).filter(pl.col("n") == n_strategies).select("prompt_id")
+    on_shared = lf.join(shared, on="prompt_id", how="semi").group_by(keys).agg(pl.len().alias("n_shared"), pl.col("reward").mean().alias("mean_reward"))
     return (
-        selections.group_by(keys).agg(pl.len().alias("n_selected"))
+        lf.group_by(keys).agg(pl.len().alias("n_selected"))
         .join(on_shared, on=keys, how="left")
         .with_columns(pl.col("n_shared").fill_null(0))
         .sort([*keys[1:], "mean_reward", "strategy"], descending=[*([False] * (len(keys) - 1)), True, False], nulls_last=True)
+        .collect()
     )

@@ -88,3 +88,21 @@ def test_pair_counts_warns_below_minimum(scored, prompts):
 def test_lazy_and_eager_agree(scored, prompts, lazy):
     pairs, stats = best_worst(scored.lazy() if lazy else scored, prompts)
     assert stats["n_pairs"] == 2 and pairs.height == 2
+
+
+def test_ties_pick_the_best_first_order(make_scored, prompts):
+    # best-first order is (reward high first, then completion_id): chosen is the smallest id among the
+    # top rewards, rejected the last row, i.e. the largest id among the lowest rewards
+    scored = make_scored([("de", t, k, r, True, t) for t, k, r in [("a", 0, 2.0), ("b", 0, 2.0), ("c", 0, -1.0), ("d", 0, -1.0), ("e", 1, 0.5)]])
+    pairs, _ = best_worst(scored, prompts)
+    tops = scored.filter(pl.col("reward") == 2.0)["completion_id"]
+    bottoms = scored.filter(pl.col("reward") == -1.0)["completion_id"]
+    assert pairs["chosen_completion_id"].to_list() == [tops.min()]
+    assert pairs["rejected_completion_id"].to_list() == [bottoms.max()]
+
+
+def test_parquet_files_give_the_same_pairs(scored, prompts, tmp_path):
+    scored.write_parquet(tmp_path / "scored.parquet", row_group_size=2)
+    from_frame = best_worst(scored, prompts, run_id="r")
+    from_file = best_worst(tmp_path / "scored.parquet", prompts, run_id="r")
+    assert from_file[0].equals(from_frame[0]) and from_file[1] == from_frame[1]

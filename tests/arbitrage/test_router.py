@@ -86,3 +86,18 @@ def test_learned_routing_strategy_uses_router_and_save_load(trained, tmp_path):
     assert all(expected[p] == t for p, t in sel.select("prompt_id", "teacher").iter_rows())
     loaded = Router.load(router.save(tmp_path / "router.npz"))
     assert loaded.predict(prompts["text"].to_list()[:20]) == router.predict(prompts["text"].to_list()[:20])
+
+
+def test_learned_routing_from_a_predictions_frame(trained):
+    """The router's predictions as a column joined by prompt_id select what the router itself does; a prompt
+    without a text (or a prediction) is quarantined once."""
+    texts, scored, cfg, router = trained
+    known = dict(list(texts.items())[:-5])
+    prompts = pl.DataFrame({"prompt_id": list(known), "text": list(known.values())})
+    with_router, q_router = select(scored, ["learned_routing"], RoutingConfig(), router=router, prompts=prompts)
+    routes = prompts.select("prompt_id", pl.Series("teacher", router.predict(prompts["text"].to_list())))
+    with_frame, q_frame = select(scored, ["learned_routing"], RoutingConfig(), router=routes)
+    assert with_frame.equals(with_router)
+    assert q_router["row_key"].is_unique().all() and q_router.height == 5 + (scored["prompt_id"].n_unique() - 5 - with_router.height)
+    assert set(q_router.filter(pl.col("reason").str.ends_with("prompt text not found"))["row_key"]) == set(texts) - set(known)
+    assert set(q_frame.filter(pl.col("reason").str.ends_with("no prediction for the prompt"))["row_key"]) == set(texts) - set(known)

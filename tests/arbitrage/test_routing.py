@@ -146,3 +146,134 @@ def test_unknown_strategy_and_missing_columns(scored):
     with pytest.raises(ValueError, match="router"):
         select(scored, ["learned_routing"])
     assert set(STRATEGIES) == {*NON_LEARNED, "learned_routing"}
+
+
+def test_parquet_files_give_the_same_result_as_the_frame(scored, tmp_path):
+    # two files, several row groups each: row positions run on across files and row groups
+    half = scored.height // 2
+    scored.head(half).write_parquet(tmp_path / "part-0.parquet", row_group_size=2)
+    scored.tail(scored.height - half).write_parquet(tmp_path / "part-1.parquet", row_group_size=3)
+    for cfg in (RoutingConfig(), RoutingConfig(require_language_match=False, seed=3)):
+        from_frame = select(scored, NON_LEARNED, cfg)
+        from_files = select(str(tmp_path / "part-*.parquet"), NON_LEARNED, cfg)
+        assert from_files[0].equals(from_frame[0]) and from_files[1].equals(from_frame[1])
+    assert best_mean_teacher(str(tmp_path / "part-*.parquet")) == best_mean_teacher(scored)
+
+
+def test_duplicate_rows_of_a_sample(make_scored):
+    # two rows of west_european's sample 0 for de (e.g. two scorers): the smallest completion_id wins;
+    # for ja both are ineligible and the reason is read from the first of them in the table
+    rows = make_scored([("de", "west_european", 0, 1.0, True, "a"), ("ja", "west_european", 0, None, True, "b")])
+    dup = pl.concat([
+        rows,
+        rows.with_columns(pl.col("completion_id") + "x", pl.lit(2.0).alias("reward"), pl.lit(False).alias("language_match")),
+        rows.head(1).with_columns(pl.col("completion_id").str.replace("c_", "c_0"), pl.lit(3.0).alias("reward")),
+    ])
+    cfg = RoutingConfig(single_teacher="west_european")
+    sel, q = select(dup, ["single_teacher"], cfg)
+    assert sel["completion_id"].to_list() == [min(dup.filter(pl.col("language") == "de", pl.col("language_match"))["completion_id"])]
+    assert q["reason"].to_list() == ["single_teacher: teacher west_european's sample 0 has no reward"]
+    swapped = pl.concat([dup.slice(3, 1), dup.slice(0, 3), dup.slice(4)])  # ja's off-language row first
+    assert swapped["language"].to_list()[:2] == ["ja", "de"] and swapped["language_match"][0] is False
+    _, q = select(swapped, ["single_teacher"], cfg)
+    assert q["reason"].to_list() == ["single_teacher: teacher west_european's sample 0 is not in the prompt's language"]
+
+
+def test_sql_language_guard_agrees_with_the_polars_one():
+    import duckdb
+
+    from factory.routing import eligible, eligible_sql
+
+    df = pl.DataFrame({
+        "reward": [1.0, None, float("nan"), float("inf"), -float("inf"), 0.0, 2.0, 3.0],
+        "language_match": [True, True, True, True, True, None, False, True],
+    })
+    for cfg in (RoutingConfig(), RoutingConfig(require_language_match=False)):
+        expected = df.select(eligible(cfg))["reward"].to_list()
+        got = [r[0] for r in duckdb.sql(f"SELECT {eligible_sql(cfg)} FROM df").fetchall()]
+        assert got == expected
+
+
+def test_stable_index_is_blake2b_of_seed_and_key():
+    import hashlib
+
+    from factory.routing import stable_index
+
+    keys = pl.Series("prompt_id", ["p_1", "p_ü", 'p_"q"', ""])
+    expected = [int.from_bytes(hashlib.blake2b(f"7:{k}".encode(), digest_size=8).digest(), "big") for k in keys]
+    assert stable_index(keys, 7).to_list() == expected
+
+
+def _reference(df: pl.DataFrame, strategy: str, cfg: RoutingConfig, pool: list[str], single: str) -> tuple[dict, dict]:
+    """A row-by-row reading of the strategies' contract: {prompt_id: (completion_id, teacher, reward, margin)},
+    {prompt_id: reason} (random_routing's pick is the stable BLAKE2b index of the prompt)."""
+    import hashlib
+    import math
+
+    def ok(r):
+        finite = r["reward"] is not None and math.isfinite(r["reward"])
+        return finite and (r["language_match"] is True or not cfg.require_language_match)
+
+    by_prompt = defaultdict(list)
+    for r in df.iter_rows(named=True):
+        by_prompt[r["prompt_id"]].append(r)
+    picked, missed = {}, {}
+    for pid, rows in by_prompt.items():
+        if strategy == "reward_routing":
+            good = sorted((r for r in rows if ok(r)), key=lambda r: (-r["reward"], r["completion_id"]))
+            if good:
+                margin = good[0]["reward"] - (good[1]["reward"] if len(good) > 1 else good[0]["reward"])
+                picked[pid] = (good[0]["completion_id"], good[0]["teacher"], good[0]["reward"], margin)
+            else:
+                missed[pid] = "no completion with a reward" + (" in the prompt's language" if cfg.require_language_match else "")
+            continue
+        if strategy == "fixed_routing":
+            teacher = cfg.fixed_teachers.get(rows[0]["language"])
+        elif strategy == "single_teacher":
+            teacher = single
+        else:
+            h = int.from_bytes(hashlib.blake2b(f"{cfg.seed}:{pid}".encode(), digest_size=8).digest(), "big")
+            teacher = pool[h % len(pool)]
+        sample = [r for r in rows if r["teacher"] == teacher and r["sample_index"] == cfg.sample_index]
+        good = sorted((r for r in sample if ok(r)), key=lambda r: r["completion_id"])
+        if teacher is None:
+            missed[pid] = "no teacher assigned to the prompt"
+        elif good:
+            picked[pid] = (good[0]["completion_id"], teacher, good[0]["reward"], 0.0)
+        else:
+            where = f"teacher {teacher}'s sample {cfg.sample_index}"
+            first = sample[0] if sample else None
+            if first is None:
+                missed[pid] = f"{where} does not exist"
+            elif first["reward"] is None or not math.isfinite(first["reward"]):
+                missed[pid] = f"{where} has no reward"
+            else:
+                missed[pid] = f"{where} is not in the prompt's language"
+    return picked, missed
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_strategies_match_a_row_by_row_reference(seed):
+    rng = random.Random(seed)
+    teachers = ["a", "b", "c"]
+    rewards = [0.0, 1.0, -1.0, None, float("nan"), float("inf")]  # few values: ties are common
+    rows = []
+    for i in range(40):
+        lang = rng.choice(["de", "ja", "xx"])
+        for t in teachers:
+            for k in range(rng.choice([0, 1, 2])):
+                for _ in range(rng.choice([1, 1, 1, 2])):  # sometimes two rows of one sample
+                    rows.append({"prompt_id": f"p{i:02d}", "language": lang, "completion_id": f"c{rng.getrandbits(24):06x}", "teacher": t,
+                                 "sample_index": k, "reward": rng.choice(rewards) if rng.random() < 0.6 else rng.gauss(0, 1),
+                                 "language_match": rng.choice([True, True, False, None])})
+    df = pl.DataFrame(rows, schema_overrides={"sample_index": pl.Int32, "reward": pl.Float64})
+    cfg = RoutingConfig(require_language_match=seed % 2 == 0, seed=seed, fixed_teachers={"de": "a", "ja": "zz"})
+    sel, q = select(df, NON_LEARNED, cfg)
+    single = best_mean_teacher(df)
+    for s in NON_LEARNED:
+        picked, missed = _reference(df, s, cfg, sorted(teachers), single)
+        got = {r[0]: r[1:] for r in sel.filter(pl.col("strategy") == s).select("prompt_id", "completion_id", "teacher", "reward", "margin").iter_rows()}
+        assert got == picked, s
+        reasons = {k: v.split(": ", 1)[1] for k, v in q.filter(pl.col("reason").str.starts_with(s + ":")).select("row_key", "reason").iter_rows()}
+        assert reasons == missed, s
+    assert sel.sort("strategy", "prompt_id").equals(sel)  # by strategy, then prompt_id
