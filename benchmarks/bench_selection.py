@@ -1,14 +1,24 @@
-"""Selection benchmark: factory's polars routing + best_worst pair ids vs a straightforward pandas version.
+"""Selection benchmark: all routing strategies + best_worst pairs against a bare DuckDB argmax group-by.
 
+    .venv/bin/python benchmarks/bench_selection.py --scale 0.1     # 200k prompts x 5 teachers = 1M completions
     .venv/bin/python benchmarks/bench_selection.py                 # 2M prompts x 5 teachers = 10M completions
-    .venv/bin/python benchmarks/bench_selection.py --scale 0.01    # quick run (100k completions)
+    .venv/bin/python benchmarks/bench_selection.py --impl all      # adds the pandas version
 
-A generator subprocess writes a synthetic scored table to Parquet; then each implementation runs in its
-own subprocess (fresh interpreter, so `ru_maxrss` is that implementation's peak alone) and does the same
-work: reward_routing, fixed_routing, random_routing and single_teacher selections, plus best_worst pair
-ids. Time covers reading the Parquet file through the last id. The parent checks that both produced the
-same selections and pairs (digests) and prints wall time, peak RSS and the ratios; --out appends a
-dated section to a Markdown file.
+A generator subprocess writes a synthetic scored table and its prompts to Parquet; then each
+implementation runs in its own subprocess (fresh interpreter, so `ru_maxrss` is its own peak):
+
+- duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
+  reward (`arg_max` group-by over the Parquet file), fetched into polars.
+- engine: this project: `select(path, [reward, fixed, random, single_teacher])` and
+  `best_worst(path, prompts)`, each output written to Parquet and dropped.
+- before: the same two calls on the project as it was at `--before` (a git revision, by default
+  the last one before the engine rewrite), from a copy of its `factory/` package.
+- pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
+
+Time covers reading the Parquet file through the last output. The parent prints each row, the
+ratios to the bare group-by (all from this one run), and whether engine and before produced
+identical outputs: digests of the whole selections, quarantine and pairs tables and the
+best_worst stats (pandas: of the selected completion ids and the pair ids). --out appends it.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
 TEACHERS = ["west_european", "east_european", "middle_eastern", "east_asian", "generalist"]
+BEFORE = "9b6fde9"  # the last commit before selection and pairing ran as engine queries
 
 
-def generate(path: str, n_prompts: int, seed: int = 0) -> None:
+def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
     import numpy as np
     import polars as pl
 
@@ -59,68 +70,95 @@ def generate(path: str, n_prompts: int, seed: int = 0) -> None:
         ("c_" + pl.col("completion_id")).alias("completion_id"),
         pl.col("reward").alias("reward_z"),
     )
-    df.write_parquet(path, row_group_size=1_000_000)
+    df.write_parquet(Path(folder) / "scored.parquet", row_group_size=1_000_000)
+    prompts = df.select("prompt_id").unique(maintain_order=True).with_columns(pl.format("prompt {}", "prompt_id").alias("text"))
+    prompts.write_parquet(Path(folder) / "prompts.parquet")
 
 
 def _digest(values) -> str:
     return hashlib.blake2b("\n".join(sorted(values)).encode(), digest_size=8).hexdigest()
 
 
+def _frame_digest(path: Path) -> str:
+    """A digest of a whole table, row order included (row hashes: comparable within one polars version)."""
+    import polars as pl
+
+    df = pl.read_parquet(path)
+    return hashlib.blake2b(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode(), digest_size=8).hexdigest()
+
+
 def _peak_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run_polars(path: str, partitioned: bool = False) -> dict:
-    """Whole table in one `select` call, or (partitioned) one call per language partition, as the
-    language-partitioned assets run it: each partition's output is written to Parquet and dropped."""
-    import polars as pl
-
-    from factory.pairs import best_worst_candidates, pair_ids
-    from factory.routing import RoutingConfig, best_mean_teacher, select
+def run_duckdb_argmax(folder: str) -> dict:
+    import duckdb
 
     t0 = time.perf_counter()
-    lf = pl.scan_parquet(path)
-    cfg = RoutingConfig()
-    parts = [None]
-    if partitioned:  # the baseline teacher is global: rank teachers once over all languages
-        cfg = RoutingConfig(single_teacher=best_mean_teacher(lf))
-        parts = sorted(lf.select(pl.col("language").unique()).collect()["language"].to_list())
-    out_dir = Path(path).parent / ("out_partitioned" if partitioned else "out_whole")
-    out_dir.mkdir(exist_ok=True)
-    t_select = t_pairs = 0.0
-    for lang in parts:
-        part = lf if lang is None else lf.filter(pl.col("language") == lang)
-        t = time.perf_counter()
-        sel, _ = select(part, STRATEGIES, cfg, run_id="bench")
-        sel.write_parquet(out_dir / f"selections_{lang}.parquet")
-        del sel
-        t_select += time.perf_counter() - t
-        t = time.perf_counter()
-        kept = (
-            best_worst_candidates(part)
-            .filter(pl.col("status") == "kept")
-            .select("prompt_id", "chosen_completion_id", "rejected_completion_id")
-            .collect(engine="streaming")
-        )
-        ids = pair_ids(kept["prompt_id"], "best_worst", 0, kept["chosen_completion_id"], kept["rejected_completion_id"])
-        ids.to_frame().write_parquet(out_dir / f"pairs_{lang}.parquet")
-        del kept, ids
-        t_pairs += time.perf_counter() - t
+    con = duckdb.connect()
+    path = str(Path(folder) / "scored.parquet")
+    best = con.sql(f"SELECT prompt_id, arg_max(completion_id, reward) AS completion_id FROM read_parquet('{path}') GROUP BY prompt_id").pl()
     seconds, peak = time.perf_counter() - t0, _peak_mib()
-    sel = pl.read_parquet(out_dir / "selections_*.parquet")
-    out = {s: sel.filter(pl.col("strategy") == s)["completion_id"].to_list() for s in STRATEGIES}
-    ids = pl.read_parquet(out_dir / "pairs_*.parquet")["pair_id"].to_list()
-    return {"seconds": seconds, "peak_rss_mib": peak, "stages": {"select": t_select, "best_worst": t_pairs}, "selections": out, "pair_ids": ids}
+    return {"seconds": seconds, "peak_rss_mib": peak, "stages": {}, "counts": {"prompts": best.height}}
 
 
-def run_pandas(path: str) -> dict:
+def run_project(folder: str, before: bool = False) -> dict:
+    """select + best_worst as the assets call them; `before` passes a LazyFrame (the old API)."""
+    import polars as pl
+
+    from factory.pairs import best_worst
+    from factory.routing import RoutingConfig, select
+
+    out = Path(folder) / ("out_before" if before else "out_engine")
+    out.mkdir(exist_ok=True)
+    path = Path(folder) / "scored.parquet"
+    prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
+    t0 = time.perf_counter()
+    scored = pl.scan_parquet(path) if before else path
+    sel, quarantine = select(scored, STRATEGIES, RoutingConfig(), run_id="bench")
+    sel.write_parquet(out / "selections.parquet")
+    quarantine.write_parquet(out / "quarantine.parquet")
+    del sel, quarantine
+    t1 = time.perf_counter()
+    pairs, stats = best_worst(pl.scan_parquet(path) if before else path, prompts, run_id="bench")
+    pairs.write_parquet(out / "pairs.parquet")
+    del pairs
+    t2, peak = time.perf_counter(), _peak_mib()
+    result = {"seconds": t2 - t0, "peak_rss_mib": peak, "stages": {"select": t1 - t0, "best_worst": t2 - t1}}
+    if not before:
+        result["stages"]["ids"] = _id_seconds(out)
+    sel = pl.read_parquet(out / "selections.parquet")
+    ids = pl.read_parquet(out / "pairs.parquet")["pair_id"].to_list()
+    result["counts"] = {s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES} | {"pairs": len(ids)}
+    result["digests"] = {s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES} | {"pairs": _digest(ids)}
+    result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in ("selections", "quarantine", "pairs")} | {"stats": json.dumps(stats, sort_keys=True)}
+    return result
+
+
+def _id_seconds(out: Path) -> float:
+    """What the BLAKE2b ids and random_routing's seeded index cost on their own, on this run's outputs
+    (measured after the run, not part of its time): the share no engine query can remove while ids stay."""
+    import polars as pl
+
+    from factory.ids import pair_ids
+    from factory.routing import stable_index
+
+    sel = pl.read_parquet(out / "selections.parquet", columns=["prompt_id"]).unique()
+    pairs = pl.read_parquet(out / "pairs.parquet", columns=["prompt_id", "chosen_completion_id", "rejected_completion_id"])
+    t = time.perf_counter()
+    stable_index(sel["prompt_id"], 0)
+    pair_ids(pairs["prompt_id"], "best_worst", 0, pairs["chosen_completion_id"], pairs["rejected_completion_id"])
+    return time.perf_counter() - t
+
+
+def run_pandas(folder: str) -> dict:
     import pandas as pd
 
     from factory.ids import pair_id
     from factory.languages import LANGUAGES, cluster_of
 
     t0 = time.perf_counter()
-    df = pd.read_parquet(path)
+    df = pd.read_parquet(Path(folder) / "scored.parquet")
     ok = df[df["reward"].notna() & df["language_match"]]
     out = {}
     # reward_routing: sort, first per prompt (runner-up for the margin)
@@ -157,25 +195,23 @@ def run_pandas(path: str) -> dict:
     pairs = pairs[keep]
     ids = [pair_id(p, "best_worst", 0, c, r) for p, c, r in zip(pairs["prompt_id"], pairs["completion_id_c"], pairs["completion_id_r"], strict=True)]
     t2, peak = time.perf_counter(), _peak_mib()
-    return {"seconds": t2 - t0, "peak_rss_mib": peak, "stages": {"select": t1 - t0, "best_worst": t2 - t1}, "selections": out, "pair_ids": ids}
-
-
-def worker(impl: str, path: str) -> None:
-    run = {"polars": run_polars, "polars_partitioned": lambda p: run_polars(p, partitioned=True), "pandas": run_pandas}[impl]
-    result = run(path)
-    summary = {
-        "impl": impl,
-        "seconds": round(result["seconds"], 2),
-        "stages": {k: round(v, 2) for k, v in result["stages"].items()},
-        "peak_rss_mib": result["peak_rss_mib"],  # measured when the work ended, before the digests
-        "counts": {s: len(v) for s, v in result["selections"].items()} | {"pairs": len(result["pair_ids"])},
-        "digests": {s: _digest(v) for s, v in result["selections"].items()} | {"pairs": _digest(result["pair_ids"])},
+    return {
+        "seconds": t2 - t0, "peak_rss_mib": peak, "stages": {"select": t1 - t0, "best_worst": t2 - t1},
+        "counts": {s: len(v) for s, v in out.items()} | {"pairs": len(ids)},
+        "digests": {s: _digest(v) for s, v in out.items()} | {"pairs": _digest(ids)},
     }
-    print("RESULT " + json.dumps(summary))
 
 
-def _spawn(args: list[str], timeout: float) -> dict | None:
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+def worker(impl: str, folder: str) -> None:
+    run = {"duckdb_argmax": run_duckdb_argmax, "engine": run_project, "before": lambda f: run_project(f, before=True), "pandas": run_pandas}[impl]
+    result = run(folder)
+    result["seconds"] = round(result["seconds"], 2)
+    result["stages"] = {k: round(v, 2) for k, v in result["stages"].items()}
+    print("RESULT " + json.dumps({"impl": impl, **result}))
+
+
+def _spawn(args: list[str], timeout: float, pythonpath: str) -> dict:
+    env = os.environ | {"PYTHONPATH": pythonpath}
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
@@ -187,10 +223,23 @@ def _spawn(args: list[str], timeout: float) -> dict | None:
     return {"error": f"exit {proc.returncode}: {proc.stderr[-600:]}"}
 
 
+def _checkout(rev: str, into: Path) -> str | None:
+    """The project's `factory` package at `rev`, unpacked under `into`; None (with why) if git cannot."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "factory"], capture_output=True)
+    if archive.returncode:
+        print(f"before: cannot read {rev}: {archive.stderr.decode()[-200:]}")
+        return None
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return str(into)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 2M prompts (x 5 teachers)")
-    ap.add_argument("--impl", choices=["all", "polars", "polars_partitioned", "pandas"], default="all")
+    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", "engine", "before", "pandas"], default="default",
+                    help="default: duckdb_argmax, engine, before; all: and pandas")
+    ap.add_argument("--before", default=BEFORE, help="git revision of the implementation to compare with")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per implementation, seconds")
     ap.add_argument("--out", type=Path, help="append the figures to this Markdown file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -203,19 +252,25 @@ def main() -> None:
         return worker(a.worker, a.data)
 
     n_prompts = int(2_000_000 * a.scale)
+    impls = {"default": ["duckdb_argmax", "engine", "before"], "all": ["duckdb_argmax", "engine", "before", "pandas"]}.get(a.impl, [a.impl])
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
-        data = str(Path(tmp) / "scored.parquet")
         t = time.perf_counter()
-        gen = subprocess.run([sys.executable, __file__, "--generate", str(n_prompts), "--data", data], env=os.environ | {"PYTHONPATH": str(ROOT)})
+        gen = subprocess.run([sys.executable, __file__, "--generate", str(n_prompts), "--data", tmp], env=os.environ | {"PYTHONPATH": str(ROOT)})
         if gen.returncode:
             sys.exit("data generation failed")
-        print(f"generated {n_prompts * len(TEACHERS):,} scored completions ({n_prompts:,} prompts) in {time.perf_counter() - t:.1f}s, "
-              f"{Path(data).stat().st_size / 2**20:.0f} MiB Parquet")
-        impls = ["polars", "polars_partitioned", "pandas"] if a.impl == "all" else [a.impl]
-        results = {i: _spawn(["--worker", i, "--data", data], a.timeout) for i in impls}
-    for impl, r in results.items():
-        print(impl, json.dumps(r))
-    report = _report(n_prompts, results)
+        size = (Path(tmp) / "scored.parquet").stat().st_size / 2**20
+        print(f"generated {n_prompts * len(TEACHERS):,} scored completions ({n_prompts:,} prompts) in {time.perf_counter() - t:.1f}s, {size:.0f} MiB Parquet")
+        old = _checkout(a.before, Path(tmp) / "before") if "before" in impls else None
+        results = {}
+        for impl in impls:
+            if impl == "before" and old is None:
+                results[impl] = {"error": f"no checkout of {a.before}"}
+                continue
+            path = f"{old}{os.pathsep}{ROOT}" if impl == "before" else str(ROOT)
+            results[impl] = _spawn(["--worker", impl, "--data", tmp], a.timeout, path)
+            print(impl, json.dumps(results[impl]), flush=True)
+    report = _report(n_prompts, results, a.before, load_before, os.getloadavg())
     print(report)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,32 +278,40 @@ def main() -> None:
             f.write(report + "\n")
 
 
-def _report(n_prompts: int, results: dict) -> str:
+def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load_after: tuple) -> str:
+    bare = results.get("duckdb_argmax", {}).get("seconds")
+    load = lambda la: ", ".join(f"{x:.2f}" for x in la)  # noqa: E731
     lines = [
         f"## {dt.date.today().isoformat()}: {n_prompts * len(TEACHERS):,} completions ({n_prompts:,} prompts x {len(TEACHERS)} teachers)",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs visible, Python {platform.python_version()}.",
+        f"Machine: {platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
+        f"load average (1, 5, 15 min) {load(load_before)} before, {load(load_after)} after.",
         "",
-        "| implementation | wall s (in worker) | select s | best_worst s | peak RSS MiB | status |",
-        "|---|---|---|---|---|---|",
+        "| implementation | wall s | select s | best_worst s | x bare group-by | peak RSS MiB | status |",
+        "|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
+        name = f"{impl} ({before})" if impl == "before" else impl
         if "error" in r:
-            lines.append(f"| {impl} | - | - | - | - | {r['error'][:120]} |")
-        else:
-            lines.append(f"| {impl} | {r['seconds']} | {r['stages']['select']} | {r['stages']['best_worst']} | {r['peak_rss_mib']} | ok |")
-    pan = results.get("pandas", {})
-    for name in ("polars", "polars_partitioned"):
-        pol = results.get(name, {})
-        if "seconds" in pol and "seconds" in pan:
-            same = pol["digests"] == pan["digests"]
-            lines += [
-                "",
-                f"pandas / {name}: time x{pan['seconds'] / pol['seconds']:.2f}, peak memory x{pan['peak_rss_mib'] / pol['peak_rss_mib']:.2f}; "
-                f"outputs identical (selection and pair-id digests): {'yes' if same else 'NO: ' + json.dumps([pol['counts'], pan['counts']])}.",
-            ]
-    if any("counts" in r for r in results.values()):
-        lines += ["", f"Counts: {json.dumps(next(r['counts'] for r in results.values() if 'counts' in r))}."]
+            lines.append(f"| {name} | - | - | - | - | - | {r['error'][:120]} |")
+            continue
+        ratio = f"{r['seconds'] / bare:.1f}" if bare else "-"
+        st = r["stages"]
+        lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {r['peak_rss_mib']} | ok |")
+    eng, old, pan = results.get("engine", {}), results.get("before", {}), results.get("pandas", {})
+    if "stages" in eng and "ids" in eng["stages"]:
+        lines += ["", f"Of the engine's time, BLAKE2b alone (random_routing's seeded index over every prompt and the pair ids, "
+                      f"timed separately on the same outputs) takes {eng['stages']['ids']} s"
+                      + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by." if bare else ".")]
+    if "tables" in eng and "tables" in old:
+        same = ", ".join(f"{k} {'yes' if eng['tables'][k] == old['tables'][k] else 'NO'}" for k in eng["tables"])
+        lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}; "
+                      f"outputs identical to before (whole tables, row order included): {same}."]
+    if "digests" in eng and "digests" in pan:
+        same = eng["digests"] == pan["digests"]
+        lines += ["", f"pandas / engine: time x{pan['seconds'] / eng['seconds']:.1f}; selected ids and pair ids identical: {'yes' if same else 'NO'}."]
+    if any("counts" in r for r in (eng, old)):
+        lines += ["", f"Counts: {json.dumps(next(r['counts'] for r in (eng, old) if 'counts' in r))}."]
     return "\n".join(lines) + "\n"
 
 
