@@ -90,7 +90,8 @@ def best_worst(
     )
     counts = dict(cand.group_by("status").len().iter_rows())
     stats = {"n_prompts": cand.height, "n_pairs": counts.get("kept", 0)} | {f"dropped_{r}": counts.get(r, 0) for r in DROP_REASONS}
-    kept = cand.filter(pl.col("status") == "kept").sort("prompt_id")
+    # prompt_id is unique, so the second key changes nothing; polars sorts by several keys several times faster than by one string.
+    kept = cand.filter(pl.col("status") == "kept").sort("prompt_id", "chosen_completion_id")
     kept = kept.with_columns(pair_ids(kept["prompt_id"], method, round, kept["chosen_completion_id"], kept["rejected_completion_id"]))
     pairs = kept.select(
         "pair_id",

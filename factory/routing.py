@@ -203,15 +203,17 @@ class ScoredTable:
         self.close()
 
 
-def per_prompt(table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None) -> pl.DataFrame:
+def per_prompt(
+    table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None, samples: bool = False
+) -> pl.DataFrame:
     """One row per prompt, sorted by prompt_id: language, n_eligible, best_row (position of the
     eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
     highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
     completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
     n_completions, n_scored and n_language_match. With the teacher `pool`: best_tix (the best row's
-    teacher's place in the pool; len(pool): none), and
-    `samples`, every row of sample cfg.sample_index packed into an integer (row position, teacher's
-    place in the pool, state: 3 eligible, 2 not in the prompt's language, 1 no reward)."""
+    teacher's place in the pool; len(pool): none) and, with samples, `samples`: every row of sample
+    cfg.sample_index packed into an integer (row position, teacher's place in the pool, state: 3
+    eligible, 2 not in the prompt's language, 1 no reward)."""
     ok = eligible_sql(cfg)
     bits = _teacher_bits(pool)
     # A row is referred to by its position, with its teacher's place in the pool in the low bits.
@@ -224,7 +226,7 @@ def per_prompt(table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, 
     if counts:
         aggs += ["count(*) AS n_completions", "count(reward) AS n_scored", "count_if(coalesce(language_match, false))::BIGINT AS n_language_match"]
         out += ["n_completions", "n_scored", "n_language_match"]
-    if pool is not None:
+    if pool is not None and samples:
         state = f"CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END"
         aggs.append(f"list(({ref} << 2) | {state}) FILTER (sample_index = {int(cfg.sample_index)} AND teacher IS NOT NULL) AS samples")
         out.append("samples")
@@ -393,21 +395,24 @@ def _samples(per: pl.DataFrame, pool: list[str]) -> pl.DataFrame:
 def _one_sample_picks(r: Routing, table: ScoredTable, choice: Choice, samples: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The asked teacher's sample per prompt. Several eligible rows of it (e.g. two scorers): the smallest
     completion_id wins. A prompt without an eligible one is unpicked, with why read from that sample's
-    first row in the table."""
+    first row in the table. `samples` is in prompt order, so repeats of a prompt are neighbours."""
     teacher = choice.teacher
     tix = pl.select(pl.when(teacher.is_not_null()).then(teacher.replace_strict(r.pool, range(len(r.pool)), default=-1, return_dtype=pl.Int32))).to_series()  # type: ignore[union-attr]
     asked = samples.filter(pl.col("tix") == tix.gather(samples["pidx"]))
     ok = asked.filter(pl.col("state") == 3).select("pidx", "_row")
-    if ok["pidx"].is_duplicated().any():
+    if (ok["pidx"].diff() == 0).any():
         ok = ok.with_columns(table.fetch(ok["_row"], ["completion_id"])).sort("pidx", "completion_id").unique("pidx", keep="first", maintain_order=True)
-    if asked["pidx"].is_duplicated().any():
+    if (asked["pidx"].diff() == 0).any():
         asked = asked.sort("pidx", "_row").unique("pidx", keep="first", maintain_order=True)
-    state = pl.Series([None] * r.per.height, dtype=pl.Int8).scatter(asked["pidx"], asked["state"])
-    missed = pl.DataFrame({"teacher": teacher, "state": state}).with_row_index("pidx").join(ok.select("pidx"), on="pidx", how="anti", maintain_order="left")
+    state = np.zeros(r.per.height, dtype=np.int8)  # 0: the asked sample does not exist
+    state[asked["pidx"].to_numpy()] = asked["state"].to_numpy()
+    state[ok["pidx"].to_numpy()] = 3
+    unpicked = np.flatnonzero(state != 3)
+    missed = pl.DataFrame({"pidx": pl.Series(unpicked, dtype=pl.UInt32), "teacher": teacher.gather(unpicked), "state": state[unpicked]})  # type: ignore[union-attr]
     where = pl.format("teacher {}'s sample {}", pl.col("teacher"), pl.lit(r.cfg.sample_index))
     reason = (
         pl.when(pl.col("teacher").is_null()).then(pl.lit(choice.unassigned))
-        .when(pl.col("state").is_null()).then(pl.format("{} does not exist", where))
+        .when(pl.col("state") == 0).then(pl.format("{} does not exist", where))
         .when(pl.col("state") == 1).then(pl.format("{} has no reward", where))
         .otherwise(pl.format("{} is not in the prompt's language", where))
     )
@@ -450,11 +455,11 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
                 raise ValueError("learned_routing needs prompt texts: a prompt_text column in scored or the prompts table")
         mean = _best_mean_teacher(table) if "single_teacher" in strategies and not cfg.single_teacher else None
         pool = table.teachers()
-        per = per_prompt(table, cfg, counts=True, pool=pool)
+        one = any(s != "reward_routing" for s in strategies)
+        per = per_prompt(table, cfg, counts=True, pool=pool, samples=one)
         table.close()  # the rest is polars over the per-prompt table, and fetching the picked rows
-        one = [s for s in strategies if s != "reward_routing"]
         samples = _samples(per, pool) if one else None
-        r = Routing(per.drop("samples"), cfg, pool, router, texts, mean)
+        r = Routing(per.drop("samples", strict=False), cfg, pool, router, texts, mean)
         del per
         names = sorted(strategies)
         picked, missed = [], []
