@@ -119,7 +119,7 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
-    from assets.resources import FactoryResource
+    from assets.resources import FactoryResource, ModelServers
     from warehouse.io_manager import WarehouseIOManager
 
     wh, prompts = _store_prompts(home, [("nl", "Hallo", "eval"), ("de", "Hallo", "train"),
@@ -146,7 +146,7 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     cfg.write_text("languages: [en, es, de, ja, ru]\npairs: {native_vs_translated: {enabled: false}}\n")
     result = dg.materialize(
         ALL_ASSETS, selection=["preference_pairs"], partition_key="de", raise_on_error=False,
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)),
+        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(),
                    "warehouse": WarehouseIOManager(home=str(home))},
     )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}

@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.resources import FactoryResource
+from assets.resources import FactoryResource, ModelServers
 from warehouse.io_manager import WarehouseIOManager
 from warehouse.store import Warehouse
 
@@ -45,7 +45,7 @@ def _run(home, tmp_path, decontaminate: bool):
     cfg.write_text(f"languages: [en, es, de, ja, ru]\narbitrage: {{decontaminate: {str(decontaminate).lower()}}}\n")
     return dg.materialize(
         ALL_ASSETS, selection=["sft_data"], raise_on_error=False,
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "warehouse": WarehouseIOManager(home=str(home))},
+        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
     )
 
 

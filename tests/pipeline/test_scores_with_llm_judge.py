@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from assets.common import checkpoint_frame
-from assets.resources import FactoryResource
+from assets.resources import FactoryResource, ModelServers
 from training.tiny import train_tokenizer
 from warehouse.io_manager import WarehouseIOManager
 from warehouse.store import Warehouse
@@ -86,7 +86,7 @@ def test_scores_with_llm_judge(home, tmp_path, judge_server, monkeypatch):
     )
     result = dg.materialize(
         ALL_ASSETS, selection=["scores"], partition_key="es",
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "warehouse": WarehouseIOManager(home=str(home))},
+        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
     )
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())
