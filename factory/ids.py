@@ -63,13 +63,15 @@ def pair_id(prompt_id: str, method: str, round: int, chosen_completion_id: str, 
 _PLAIN = r"^[A-Za-z0-9_.+\-]*$"  # strings whose canonical JSON is the string in quotes
 
 
-def blake2b_digests(values: pl.Series, size: int = 8) -> bytes:
+def blake2b_digests(values: pl.Series, size: int = 8, batch: int = 1 << 16) -> bytes:
     """BLAKE2b (digest_size `size`) of every value of a String or Binary Series, concatenated:
-    `size` bytes per value. The hashing is one C call per value; there is no per-row JSON."""
+    `size` bytes per value. The hashing is one C call per value; there is no per-row JSON, and the
+    values become Python bytes `batch` at a time."""
     if values.null_count():
         raise ValueError("blake2b_digests: null values have no hash")
-    blake2b = hashlib.blake2b
-    return b"".join([blake2b(m, digest_size=size).digest() for m in values.cast(pl.Binary).to_list()])
+    blake2b, data = hashlib.blake2b, values.cast(pl.Binary)
+    parts = (data.slice(start, batch).to_list() for start in range(0, len(data), batch))
+    return b"".join(b"".join([blake2b(m, digest_size=size).digest() for m in part]) for part in parts)
 
 
 def hex_digests(digests: bytes, size: int = 8) -> pl.Series:

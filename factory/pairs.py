@@ -84,14 +84,17 @@ def best_worst(
     """Highest- vs lowest-reward completion per prompt. Returns (pairs per PREFERENCE_PAIRS, stats) with
     stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts."""
     cand = best_worst_candidates(scored, require_language_match, min_margin)
-    cand = cand.join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left")
-    cand = cand.with_columns(
-        pl.when((pl.col("status") == "kept") & pl.col("prompt_text").is_null()).then(pl.lit("no_prompt")).otherwise("status").alias("status")
-    )
-    counts = dict(cand.group_by("status").len().iter_rows())
-    stats = {"n_prompts": cand.height, "n_pairs": counts.get("kept", 0)} | {f"dropped_{r}": counts.get(r, 0) for r in DROP_REASONS}
-    # prompt_id is unique, so the second key changes nothing; polars sorts by several keys several times faster than by one string.
-    kept = cand.filter(pl.col("status") == "kept").sort("prompt_id", "chosen_completion_id")
+    counts, n_prompts = dict(cand.group_by("status").len().iter_rows()), cand.height
+    kept = cand.filter(pl.col("status") == "kept").drop("status")
+    del cand  # one copy of the candidates at a time: at 10M completions they are hundreds of MB
+    kept = kept.join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id", how="left", maintain_order="left")
+    lacking = kept["prompt_text"].is_null()
+    if lacking.any():
+        counts["no_prompt"], counts["kept"] = int(lacking.sum()), counts["kept"] - int(lacking.sum())
+        kept = kept.filter(~lacking)
+    stats = {"n_prompts": n_prompts, "n_pairs": counts.get("kept", 0)} | {f"dropped_{r}": counts.get(r, 0) for r in DROP_REASONS}
+    if not kept["prompt_id"].is_sorted():  # candidates come in prompt_id order; sort if that ever changes
+        kept = kept.sort("prompt_id", "chosen_completion_id")  # two keys: polars sorts them faster than one string key
     kept = kept.with_columns(pair_ids(kept["prompt_id"], method, round, kept["chosen_completion_id"], kept["rejected_completion_id"]))
     pairs = kept.select(
         "pair_id",

@@ -241,7 +241,7 @@ def per_prompt(
     refs = ["best", *(["worst"] if worst else [])]
     decoded = [(pl.col(c) // 2**bits).alias(f"{c}_row") for c in refs]
     if pool is not None:
-        decoded.append((pl.col("best") % 2**bits).cast(pl.Int32).alias("best_tix"))
+        decoded.append((pl.col("best") % 2**bits).cast(pl.Int16).alias("best_tix"))
     return per.with_columns(decoded).drop(refs)
 
 
@@ -388,7 +388,7 @@ def _samples(per: pl.DataFrame, pool: list[str]) -> pl.DataFrame:
         per.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("pidx"), "samples")
         .explode("samples")
         .drop_nulls("samples")
-        .select("pidx", (v // 2 ** (bits + 2)).alias("_row"), ((v // 4) % 2**bits).cast(pl.Int32).alias("tix"), (v % 4).cast(pl.Int8).alias("state"))
+        .select("pidx", (v // 2 ** (bits + 2)).alias("_row"), ((v // 4) % 2**bits).cast(pl.Int16).alias("tix"), (v % 4).cast(pl.Int8).alias("state"))
     )
 
 
@@ -397,7 +397,7 @@ def _one_sample_picks(r: Routing, table: ScoredTable, choice: Choice, samples: p
     completion_id wins. A prompt without an eligible one is unpicked, with why read from that sample's
     first row in the table. `samples` is in prompt order, so repeats of a prompt are neighbours."""
     teacher = choice.teacher
-    tix = pl.select(pl.when(teacher.is_not_null()).then(teacher.replace_strict(r.pool, range(len(r.pool)), default=-1, return_dtype=pl.Int32))).to_series()  # type: ignore[union-attr]
+    tix = pl.select(pl.when(teacher.is_not_null()).then(teacher.replace_strict(r.pool, range(len(r.pool)), default=-1, return_dtype=pl.Int16))).to_series()  # type: ignore[union-attr]
     asked = samples.filter(pl.col("tix") == tix.gather(samples["pidx"]))
     ok = asked.filter(pl.col("state") == 3).select("pidx", "_row")
     if (ok["pidx"].diff() == 0).any():
@@ -416,7 +416,7 @@ def _one_sample_picks(r: Routing, table: ScoredTable, choice: Choice, samples: p
         .when(pl.col("state") == 1).then(pl.format("{} has no reward", where))
         .otherwise(pl.format("{} is not in the prompt's language", where))
     )
-    picked = ok.select("pidx", "_row", tix.gather(ok["pidx"]).alias("best_tix"), pl.lit(0.0).alias("margin"))
+    picked = ok.select("pidx", "_row", tix.gather(ok["pidx"]).alias("best_tix"), pl.lit(None, pl.Float64).alias("margin"))  # 0.0, filled at the end
     return picked, missed.select("pidx", "teacher", reason.alias("reason"))
 
 
@@ -471,9 +471,9 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
         del samples
         picks = pl.concat(picked)
         del picked
-        per = r.per.select("prompt_id", "language", "n_completions", "n_scored", "n_language_match")
-        r.per = per
+        per = r.per = r.per.select("prompt_id", "language", "n_completions", "n_scored", "n_language_match")  # all that is still needed
         got = table.fetch(picks["_row"], ["completion_id", "reward"])
+        picks = picks.drop("_row")
     rows = pl.DataFrame({
         "prompt_id": per["prompt_id"].gather(picks["pidx"]),
         "language": per["language"].gather(picks["pidx"]),
@@ -481,7 +481,7 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
         "completion_id": got["completion_id"],
         "teacher": pl.Series([*pool, None], dtype=pl.String).gather(picks["best_tix"]),
         "reward": got["reward"],
-        "margin": picks["margin"],
+        "margin": picks["margin"].fill_null(0.0),
     })
     missed = pl.concat(missed)
     del picks, got
