@@ -10,7 +10,8 @@ implementation runs in its own subprocess (fresh interpreter, so `ru_maxrss` is 
 - duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
   reward (`arg_max` group-by over the Parquet file), fetched into polars.
 - engine: this project: `select(path, [reward, fixed, random, single_teacher])` and
-  `best_worst(path, prompts)`, each output written to Parquet and dropped.
+  `best_worst(path, prompts)`, each in its own process, as Dagster runs the two assets as
+  separate steps; each output is written to Parquet after the clock stops.
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
   the last one before the engine rewrite), from a copy of its `factory/` package.
 - pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
@@ -103,8 +104,10 @@ def run_duckdb_argmax(folder: str) -> dict:
     return {"seconds": seconds, "peak_rss_mib": peak, "stages": {}, "counts": {"prompts": best.height}}
 
 
-def run_project(folder: str, before: bool = False) -> dict:
-    """select + best_worst as the assets call them; `before` passes a LazyFrame (the old API)."""
+def run_project(folder: str, stage: str, before: bool = False) -> dict:
+    """One stage as its asset runs it, in its own process (Dagster runs the selections and the
+    preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`. `before`
+    passes a LazyFrame over the file (the old API); the engine gets the file's path."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)
     import polars as pl
 
@@ -114,27 +117,30 @@ def run_project(folder: str, before: bool = False) -> dict:
     out = Path(folder) / ("out_before" if before else "out_engine")
     out.mkdir(exist_ok=True)
     path = Path(folder) / "scored.parquet"
-    t0 = time.perf_counter()
-    sel, quarantine = select(pl.scan_parquet(path) if before else path, STRATEGIES, RoutingConfig(), run_id="bench")
-    t_select = time.perf_counter() - t0
-    sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
-    quarantine.write_parquet(out / "quarantine.parquet")
-    del sel, quarantine
-    prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
-    t0 = time.perf_counter()
-    pairs, stats = best_worst(pl.scan_parquet(path) if before else path, prompts, run_id="bench")
-    t_pairs = time.perf_counter() - t0
-    pairs.write_parquet(out / "pairs.parquet")
-    del pairs
-    peak = _peak_mib()
-    result = {"seconds": t_select + t_pairs, "peak_rss_mib": peak, "stages": {"select": t_select, "best_worst": t_pairs}}
-    if not before:
-        result["stages"]["ids"] = _id_seconds(out)
-    sel = pl.read_parquet(out / "selections.parquet")
-    ids = pl.read_parquet(out / "pairs.parquet")["pair_id"].to_list()
-    result["counts"] = {s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES} | {"pairs": len(ids)}
-    result["digests"] = {s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES} | {"pairs": _digest(ids)}
-    result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in ("selections", "quarantine", "pairs")} | {"stats": json.dumps(stats, sort_keys=True)}
+    scored = pl.scan_parquet(path) if before else path
+    result: dict = {"stages": {}}
+    if stage == "select":
+        t0 = time.perf_counter()
+        sel, quarantine = select(scored, STRATEGIES, RoutingConfig(), run_id="bench")
+        result["seconds"] = time.perf_counter() - t0
+        result["peak_rss_mib"] = _peak_mib()
+        sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
+        quarantine.write_parquet(out / "quarantine.parquet")
+        result["counts"] = {s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES}
+        result["digests"] = {s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES}
+        result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in ("selections", "quarantine")}
+    else:
+        prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
+        t0 = time.perf_counter()
+        pairs, stats = best_worst(scored, prompts, run_id="bench")
+        result["seconds"] = time.perf_counter() - t0
+        result["peak_rss_mib"] = _peak_mib()
+        pairs.write_parquet(out / "pairs.parquet")
+        result["counts"] = {"pairs": pairs.height}
+        result["digests"] = {"pairs": _digest(pairs["pair_id"].to_list())}
+        result["tables"] = {"pairs": _frame_digest(out / "pairs.parquet"), "stats": json.dumps(stats, sort_keys=True)}
+        if not before:
+            result["stages"]["ids"] = _id_seconds(out)
     return result
 
 
@@ -146,7 +152,7 @@ def _id_seconds(out: Path) -> float:
     from factory.ids import pair_ids
     from factory.routing import stable_index
 
-    sel = pl.read_parquet(out / "selections.parquet", columns=["prompt_id"]).unique()
+    sel = pl.read_parquet(out.parent / "prompts.parquet", columns=["prompt_id"])
     pairs = pl.read_parquet(out / "pairs.parquet", columns=["prompt_id", "chosen_completion_id", "rejected_completion_id"])
     t = time.perf_counter()
     stable_index(sel["prompt_id"], 0)
@@ -206,11 +212,27 @@ def run_pandas(folder: str) -> dict:
 
 
 def worker(impl: str, folder: str) -> None:
-    run = {"duckdb_argmax": run_duckdb_argmax, "engine": run_project, "before": lambda f: run_project(f, before=True), "pandas": run_pandas}[impl]
-    result = run(folder)
+    name, _, stage = impl.partition(":")
+    if name in ("engine", "before"):
+        result = run_project(folder, stage, before=name == "before")
+    else:
+        result = {"duckdb_argmax": run_duckdb_argmax, "pandas": run_pandas}[name](folder)
     result["seconds"] = round(result["seconds"], 2)
     result["stages"] = {k: round(v, 2) for k, v in result["stages"].items()}
     print("RESULT " + json.dumps({"impl": impl, **result}))
+
+
+def _combine(select: dict, pairs: dict) -> dict:
+    """The two stage processes of one implementation as one row: times add up, the peak is the larger."""
+    if "error" in select or "error" in pairs:
+        return {"error": select.get("error") or pairs.get("error")}
+    return {
+        "seconds": round(select["seconds"] + pairs["seconds"], 2),
+        "stages": {"select": select["seconds"], "best_worst": pairs["seconds"], **pairs["stages"]},
+        "peak_rss_mib": max(select["peak_rss_mib"], pairs["peak_rss_mib"]),
+        "stage_peaks": [select["peak_rss_mib"], pairs["peak_rss_mib"]],
+        **{k: select[k] | pairs[k] for k in ("counts", "digests", "tables")},
+    }
 
 
 def _spawn(args: list[str], timeout: float, pythonpath: str) -> dict:
@@ -271,7 +293,11 @@ def main() -> None:
                 results[impl] = {"error": f"no checkout of {a.before}"}
                 continue
             path = f"{old}{os.pathsep}{ROOT}" if impl == "before" else str(ROOT)
-            results[impl] = _spawn(["--worker", impl, "--data", tmp], a.timeout, path)
+            if impl in ("engine", "before"):
+                stages = [_spawn(["--worker", f"{impl}:{stage}", "--data", tmp], a.timeout, path) for stage in ("select", "best_worst")]
+                results[impl] = _combine(*stages)
+            else:
+                results[impl] = _spawn(["--worker", impl, "--data", tmp], a.timeout, path)
             print(impl, json.dumps(results[impl]), flush=True)
     report = _report(n_prompts, results, a.before, load_before, os.getloadavg())
     print(report)
@@ -290,7 +316,7 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         f"Machine: {platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
         f"load average (1, 5, 15 min) {load(load_before)} before, {load(load_after)} after.",
         "",
-        "| implementation | wall s | select s | best_worst s | x bare group-by | peak RSS MiB | status |",
+        "| implementation | wall s | select s | best_worst s | x bare group-by | peak RSS MiB (select / best_worst) | status |",
         "|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
@@ -300,7 +326,8 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
             continue
         ratio = f"{r['seconds'] / bare:.1f}" if bare else "-"
         st = r["stages"]
-        lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {r['peak_rss_mib']} | ok |")
+        peak = " / ".join(str(p) for p in r["stage_peaks"]) if "stage_peaks" in r else r["peak_rss_mib"]
+        lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {peak} | ok |")
     eng, old, pan = results.get("engine", {}), results.get("before", {}), results.get("pandas", {})
     if "stages" in eng and "ids" in eng["stages"]:
         lines += ["", f"Of the engine's time, BLAKE2b alone (random_routing's seeded index over every prompt and the pair ids, "
