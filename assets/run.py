@@ -21,8 +21,10 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -194,6 +196,8 @@ def _cause(error) -> str:
     """The innermost error's own message, on one line."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return "interrupted (Ctrl-C or a stop signal)"
     lines = (error.message or "").strip().splitlines()
     text = lines[-1] if lines else error.cls_name or "unknown error"
     return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", text)  # `pkg.mod.Error: msg` -> `Error: msg`
@@ -270,8 +274,11 @@ def execute_step(config: str | None, home: str | None, jobs: list, step: Step, l
     tags = {**run_tags(), **({"dagster/partition": step.partition} if step.partition else {})}
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     t0 = time.perf_counter()
-    # Not opened as a context manager: that would start the resources again, to load outputs.
-    result = dg.execute_job(job, instance=inst or _WORKER["instance"], run_config=run_config, tags=tags)
+    _WORKER["busy"] = True
+    try:  # not opened as a context manager: that would start the resources again, to load outputs
+        result = dg.execute_job(job, instance=inst or _WORKER["instance"], run_config=run_config, tags=tags)
+    finally:
+        _WORKER["busy"] = False
     events = result.all_events
     outcome = Outcome(result.run_id, time.perf_counter() - t0)
     if not result.success:
@@ -293,11 +300,33 @@ _WORKER: dict = {}
 
 
 def _start_worker(threads: int, dagster_home: str) -> None:
-    """A worker process: quiet libraries, share the cores, open the run's instance."""
+    """A worker process: quiet libraries, share the cores, open the run's instance, and leave
+    once the `factory run` that started it is gone (killed)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     quiet_libraries()
     _WORKER["instance"] = dg.DagsterInstance.from_config(dagster_home)
+    threading.Thread(target=_leave_with_parent, args=(os.getppid(),), daemon=True).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Dagster handles them itself while a run executes
+        signal.signal(sig, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+    """Outside a run (Dagster handles both signals while one executes): Ctrl-C reaches every
+    process of the terminal, and an idle worker leaves it to `factory run`, which stops the pool;
+    a SIGTERM stops an idle worker quietly."""
+    if _WORKER.get("busy"):
+        raise KeyboardInterrupt
+    if signum != signal.SIGINT:
+        os._exit(1)
+
+
+def _leave_with_parent(parent: int) -> None:
+    """A pool worker whose parent was killed would wait for work forever (it holds its queue's
+    write end itself). Its current run finishes first, so the run's record is complete."""
+    while os.getppid() == parent or _WORKER.get("busy"):
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def default_workers() -> int:
@@ -382,10 +411,11 @@ def materialize_selection(
         pool, workers = _InProcess(), 1
     else:
         threads = max(1, default_workers() // workers)
+        others = set(multiprocessing.active_children())
         pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _start_worker,
                                    (threads, inst.root_directory))
     interactive = sys.stdout.isatty()
-    t_all, count, running = time.perf_counter(), [0], []
+    t_all, count, running, dead_workers = time.perf_counter(), [0], [], [False]
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         disable=not interactive,
@@ -403,6 +433,7 @@ def materialize_selection(
             for line in outcome.checks:
                 warn(line)
             if outcome.failure:
+                dead_workers[0] |= not outcome.run_id
                 return
             count[0] += 1
             progress.advance(task)
@@ -416,9 +447,12 @@ def materialize_selection(
             failure = run_steps(steps, submit, workers, started, finished)
         finally:
             if isinstance(pool, ProcessPoolExecutor):
+                if dead_workers[0]:  # a broken pool: its other workers would finish their runs, then wait forever
+                    for worker in set(multiprocessing.active_children()) - others:
+                        worker.kill()
                 pool.shutdown(wait=True, cancel_futures=True)
+    if dead_workers[0]:  # the dead worker and the ones stopped with it left their runs STARTED
+        fail_orphaned_runs(inst)
     if failure:
-        if not failure.run_id:  # a dead worker left its run STARTED: its pid is gone now
-            fail_orphaned_runs(inst)
         raise StepFailed(*failure.failure, failure.run_id)
     return steps
