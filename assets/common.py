@@ -7,7 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from factory import ids, schemas
+from factory import ids
+from warehouse import schemas
 
 
 def checkpoint_frame(records: list[dict], run_id: str) -> pl.DataFrame:

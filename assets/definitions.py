@@ -14,13 +14,13 @@ import dagster as dg
 
 from assets.arbitrage.assets import generations, preference_pairs, router, routing_stats, scores, selections, sft_data
 from assets.evaluation.assets import judgments, published_datasets, win_rates
+from assets.io_manager import WarehouseIOManager
 from assets.models.assets import arbiter, embedded_pool, model_sources
 from assets.partitions import language_partitions, partitions_for
 from assets.prompts.assets import prompts
 from assets.resources import FactoryResource, ModelServers
 from assets.training.assets import TRAINING_ASSETS
 from factory.config import load_config
-from warehouse.io_manager import WarehouseIOManager
 
 # As imported: partitioned by the languages of FACTORY_CONFIG (tests materialize these directly).
 ALL_ASSETS = [

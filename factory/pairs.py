@@ -1,6 +1,6 @@
 """Preference-pair builders and their checks.
 
-Output rows follow factory.schemas.PREFERENCE_PAIRS: TRL's conversational
+Output rows follow warehouse.schemas.PREFERENCE_PAIRS: TRL's conversational
 preference format (prompt = [user turn], chosen / rejected = [assistant turn],
 lists of {role, content}), so `trl.DPOTrainer` trains on a `datasets.Dataset`
 of the table as is; plus pair_id, ids, rewards, margin, method, round, run_id,
@@ -26,9 +26,9 @@ from factory.generation.base import Completion, GenerationBackend, Message, Samp
 from factory.ids import completion_id, normalize_text, pair_id, pair_ids
 from factory.languages import LANGUAGES
 from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
-from factory.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
 from factory.scoring.base import RewardScorer
 from factory.sft_data import message
+from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
 
 DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
 CANDIDATE_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")

@@ -1,7 +1,7 @@
 """Prompt sources and validation: raw rows in, (prompts, quarantine, counts) out.
 
 Reads: `RawPrompt` rows from the configured sources. Writes: the `prompts` table
-columns (factory.schemas.PROMPTS) and quarantine rows (row_key, reason, payload,
+columns (warehouse.schemas.PROMPTS) and quarantine rows (row_key, reason, payload,
 code). Every row read lands in exactly one place, so counts reconcile per
 partition: read = kept + quarantined, where duplicates are quarantined too (code
 `duplicate`), and rows no partition of the run takes are counted once, as
@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from factory import ids, schemas
+from factory import ids
 from factory.config import PromptsConfig, PromptSource
 from factory.languages import LANGUAGES
 from factory.sources.chatterbot import iter_raw
 from factory.sources.files import read_records
 from factory.sources.raw import RawPrompt, utf8_problem, utf8_safe
+from warehouse import schemas
 
 # Accepted spellings of language labels in user data -> Aya code.
 _ALIASES = {c.lower(): c for c in LANGUAGES} | {

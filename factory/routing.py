@@ -9,7 +9,7 @@ Reads (scored): prompt_id str, language str, completion_id str, teacher str,
     learned_routing also needs the prompt text: a `prompt_text` column in
     scored, or the `prompts` table [prompt_id, text] passed to `select`.
 Writes (selections): prompt_id, language, strategy, completion_id, teacher,
-    reward, margin, run_id (factory.schemas.SELECTIONS).
+    reward, margin, run_id (warehouse.schemas.SELECTIONS).
 Writes (quarantine): row_key (prompt_id), reason, payload (JSON) for every
     prompt a strategy could not select, so rows in = selected + quarantined.
 
@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import blake2b_digests
 from factory.languages import LANGUAGES, cluster_of
-from factory.schemas import SELECTIONS, conform
+from warehouse.schemas import SELECTIONS, conform
 
 if TYPE_CHECKING:
     from factory.router import Router

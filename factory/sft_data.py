@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from factory.schemas import SFT_DATA
+from warehouse.schemas import SFT_DATA
 
 # The rows to_sft_rows makes: the sft_data table's columns; the asset adds run_id.
 SFT_ROWS = {c: t for c, t in SFT_DATA.items() if c != "run_id"}

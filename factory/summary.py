@@ -7,8 +7,7 @@ from pathlib import Path
 
 def demo_summary(home: Path) -> str:
     from factory.routing import strategy_comparison
-    from warehouse.io_manager import markdown_table
-    from warehouse.status import table_status
+    from warehouse.status import markdown_table, table_status
     from warehouse.store import Warehouse
 
     wh = Warehouse(home)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from factory.schemas import QUARANTINE, WIN_RATES, conform
+from warehouse.schemas import QUARANTINE, WIN_RATES, conform
 
 SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 GROUP = ("stage", "model", "baseline", "judge")

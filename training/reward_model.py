@@ -20,8 +20,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash, normalize_text
-from factory.schemas import MESSAGES as _MESSAGES
 from factory.sources.chatterbot import Dialog
+from warehouse.schemas import MESSAGES as _MESSAGES
 
 PAIR_KINDS: tuple[str, ...] = ("other_language", "other_prompt", "degenerate")
 

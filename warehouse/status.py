@@ -53,3 +53,12 @@ def table_status(wh: Warehouse | None = None) -> str:
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         text = f"warehouse: {wh.home}\n{shown}"
     return text + "".join(f"\nproblem: {p}" for p in problems)
+
+
+def markdown_table(df: pl.DataFrame) -> str:
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.iter_rows():
+        cells = [(f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

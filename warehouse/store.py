@@ -60,7 +60,7 @@ from typing import Any
 import polars as pl
 from filelock import FileLock
 
-from factory import schemas
+from warehouse import schemas
 from warehouse.home import WarehouseWriteError, partition_dir, resolve_home, writing
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]

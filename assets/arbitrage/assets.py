@@ -6,7 +6,7 @@ import polars as pl
 from assets.common import backend_for, checkpoint_frame, image_markdown, only, serving
 from assets.partitions import language_partitions
 from assets.resources import FactoryResource, ModelServers
-from warehouse.io_manager import markdown_table
+from warehouse.status import markdown_table
 
 
 def teacher_backends(cfg, pool: pl.DataFrame, home, servers: ModelServers | None = None) -> list:

@@ -5,9 +5,10 @@ import dagster as dg
 import polars as pl
 
 from assets.common import backend_for, image_markdown, only, serving
+from assets.io_manager import metadata_table
 from assets.resources import FactoryResource, ModelServers
 from factory.evaluation import BASELINE, STAGES
-from warehouse.io_manager import markdown_table, metadata_table
+from warehouse.status import markdown_table
 
 
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})

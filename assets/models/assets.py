@@ -60,7 +60,7 @@ def embedded_pool(context: dg.AssetExecutionContext, factory: FactoryResource, p
          "reused": (info["base"] if r["name"] == "base" else info["teachers"][r["name"]]).get("reused")}
         for r in records
     ])
-    from warehouse.io_manager import markdown_table
+    from warehouse.status import markdown_table
 
     context.add_output_metadata({"models": dg.MetadataValue.md(markdown_table(table))})
     return checkpoint_frame(records, context.run_id)

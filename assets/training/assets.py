@@ -6,7 +6,7 @@ import polars as pl
 
 from assets.common import checkpoint_frame, find_model, model_folder, only
 from assets.resources import FactoryResource
-from warehouse.io_manager import markdown_table
+from warehouse.status import markdown_table
 
 CHECKPOINTS = {"table": "checkpoints"}
 

@@ -29,7 +29,7 @@ import polars as pl
 from factory.generation.base import Completion, GenerationBackend
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
-from factory.schemas import GENERATIONS, conform, empty
+from warehouse.schemas import GENERATIONS, conform, empty
 
 log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}

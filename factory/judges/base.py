@@ -16,7 +16,7 @@ from typing import Literal, Protocol, TypedDict
 import polars as pl
 
 from factory.ids import judgment_id
-from factory.schemas import JUDGMENTS, QUARANTINE, conform
+from warehouse.schemas import JUDGMENTS, QUARANTINE, conform
 
 Outcome = Literal["a_wins", "tie", "b_wins", "unparsed"]
 SCORE_OF: dict[str, float] = {"a_wins": 1.0, "tie": 0.5, "b_wins": 0.0}

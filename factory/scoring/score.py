@@ -28,9 +28,9 @@ from typing import Any
 import polars as pl
 
 from factory.ids import score_key
-from factory.schemas import SCORES, conform
 from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
+from warehouse.schemas import SCORES, conform
 
 log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}

@@ -107,7 +107,7 @@ def test_eval_prompts_of_every_language_reach_a_partitioned_asset(home):
 
 
 def _rows(table: str, rows: list[dict]) -> pl.DataFrame:
-    from factory import schemas
+    from warehouse import schemas
 
     df = pl.DataFrame(rows)
     return df.with_columns([pl.lit(None, t).alias(c) for c, t in schemas.TABLES[table].items() if c not in df.columns])
@@ -119,8 +119,8 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
+    from assets.io_manager import WarehouseIOManager
     from assets.resources import FactoryResource, ModelServers
-    from warehouse.io_manager import WarehouseIOManager
 
     wh, prompts = _store_prompts(home, [("nl", "Hallo", "eval"), ("de", "Hallo", "train"),
                                         ("de", "Wie ist das Wetter heute in Berlin?", "train")])

@@ -6,7 +6,7 @@ from factory.generation.base import Completion, SamplingConfig
 from factory.ids import completion_id
 from factory.pairs import NativeVsTranslatedConfig, check_pairs, native_vs_translated
 from factory.routing import select
-from factory.schemas import GENERATIONS, PREFERENCE_PAIRS
+from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS
 
 
 class TaggingBackend:

@@ -7,7 +7,7 @@ import pytest
 
 from factory.ids import pair_id
 from factory.pairs import PAIR_BUILDERS, best_worst, check_pairs, pair_counts, pair_ids
-from factory.schemas import PREFERENCE_PAIRS
+from warehouse.schemas import PREFERENCE_PAIRS
 
 
 def test_best_worst_pairs_in_language_best_vs_worst(scored, prompts):

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from factory.routing import STRATEGIES, RoutingConfig, best_mean_teacher, routing_stats, select, strategy_comparison
-from factory.schemas import SELECTIONS
+from warehouse.schemas import SELECTIONS
 
 NON_LEARNED = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
 

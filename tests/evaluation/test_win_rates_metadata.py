@@ -6,8 +6,8 @@ import dagster as dg
 import polars as pl
 
 from assets.evaluation.assets import language_table
+from assets.io_manager import metadata_table
 from factory.winrates import WinRateConfig, win_rates
-from warehouse.io_manager import metadata_table
 
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 

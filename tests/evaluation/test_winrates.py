@@ -4,8 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from factory.schemas import WIN_RATES
 from factory.winrates import WinRateConfig, bradley_terry, validate_judgments, win_rates
+from warehouse.schemas import WIN_RATES
 
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 

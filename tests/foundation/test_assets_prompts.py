@@ -5,7 +5,7 @@ import polars as pl
 import yaml
 from typer.testing import CliRunner
 
-from factory.cli import app
+from assets.cli import app
 
 
 def test_definitions_load():

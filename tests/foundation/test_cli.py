@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from factory.cli import app
+from assets.cli import app
 from warehouse.store import Warehouse
 
 

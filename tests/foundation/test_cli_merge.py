@@ -2,7 +2,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from factory.cli import app
+from assets.cli import app
 from training.tiny import init_causal_lm, save_model, train_tokenizer
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from factory.cli import app
+from assets.cli import app
 from factory.config import ConfigError, load_config
 from factory.languages import CLUSTERS, describe_clusters, own_languages
 

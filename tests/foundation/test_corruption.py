@@ -14,7 +14,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from factory import schemas
+from warehouse import schemas
 from warehouse.lineage import trace
 from warehouse.status import status_frame, table_status
 from warehouse.store import CorruptTable, Warehouse, WarehouseWriteError

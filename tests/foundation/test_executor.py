@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 from typer.testing import CliRunner
 
+from assets.cli import app
 from assets.run import Step, default_workers, run_steps
-from factory.cli import app
 from warehouse.store import Warehouse
 
 KEYS = {"prompts": "prompt_id", "generations": "completion_id", "scores": "completion_id"}

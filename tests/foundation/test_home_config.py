@@ -8,11 +8,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from assets.cli import app
+from assets.io_manager import WarehouseIOManager
 from assets.resources import FORCE_ENV, FactoryResource
-from factory.cli import app
 from factory.config import config_path
 from warehouse.housekeeping import ConfigMismatch, check_home_config, identity_diff, read_config_record
-from warehouse.io_manager import WarehouseIOManager
 
 
 def _variant(tmp_path, name: str, change) -> str:

@@ -11,7 +11,7 @@ import uuid
 import dagster as dg
 from typer.testing import CliRunner
 
-from factory.cli import app
+from assets.cli import app
 from warehouse.housekeeping import clean_leftovers, describe_leftovers, find_leftovers, pid_alive
 
 

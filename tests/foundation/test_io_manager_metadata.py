@@ -7,8 +7,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from factory import schemas
-from warehouse.io_manager import WarehouseIOManager, frame_metadata, metadata_table
+from assets.io_manager import WarehouseIOManager, frame_metadata, metadata_table
+from warehouse import schemas
 
 
 def pairs_frame() -> pl.DataFrame:

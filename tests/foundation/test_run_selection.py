@@ -3,9 +3,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from assets.cli import app
 from assets.definitions import build_definitions
 from assets.run import Step, dagster_selection, plan, run_steps, select
-from factory.cli import app
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def test_sql_allows_reads(filled, query):
 
 
 def _checkpoints(paths: list[str]) -> pl.DataFrame:
-    from factory.schemas import CHECKPOINTS
+    from warehouse.schemas import CHECKPOINTS
 
     n = len(paths)
     return pl.DataFrame({"checkpoint_id": [f"ck_{i}" for i in range(n)], "path": paths}).with_columns(

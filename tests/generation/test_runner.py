@@ -16,7 +16,7 @@ from factory.generation.base import SamplingConfig
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.generation.runner import generate_completions, read_shards
 from factory.ids import completion_id
-from factory.schemas import GENERATIONS
+from warehouse.schemas import GENERATIONS
 
 from .fakes import EchoBackend, make_prompts
 

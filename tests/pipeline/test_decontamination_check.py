@@ -5,8 +5,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from assets.io_manager import WarehouseIOManager
 from assets.resources import FactoryResource, ModelServers
-from warehouse.io_manager import WarehouseIOManager
 from warehouse.store import Warehouse
 
 EVAL_TEXT = "¿Cuál es tu comida favorita en invierno?"

@@ -120,7 +120,7 @@ def test_lineage_and_publishing(pipeline_home):
 def test_cli_lineage_status_and_publish(pipeline_home):
     from typer.testing import CliRunner
 
-    from factory.cli import app
+    from assets.cli import app
 
     runner = CliRunner()
     home = ["--home", str(pipeline_home)]

@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from assets.common import checkpoint_frame
+from assets.io_manager import WarehouseIOManager
 from assets.resources import FactoryResource, ModelServers
 from training.tiny import train_tokenizer
-from warehouse.io_manager import WarehouseIOManager
 from warehouse.store import Warehouse
 
 

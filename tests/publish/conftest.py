@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from factory.ids import pair_id
-from factory.schemas import PREFERENCE_PAIRS, conform
+from warehouse.schemas import PREFERENCE_PAIRS, conform
 
 DIALOGS = {
     "en": [("How are you?", "I am well, thank you.", "Banana."), ("What is your name?", "My name is Aya.", "No.")],

@@ -6,10 +6,10 @@ import math
 import polars as pl
 import pytest
 
-from factory.schemas import SCORES
 from factory.scoring.fidelity import FidelityConfig
 from factory.scoring.score import score_generations, teacher_table
 from factory.scoring.sequence_classifier import SequenceClassifierScorer
+from warehouse.schemas import SCORES
 
 EN = [
     "I would be glad to help you with that question today.",

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from factory import schemas
 from factory.version import code_version
+from warehouse import schemas
+from warehouse.status import markdown_table
 from warehouse.store import Warehouse
 
 # Inputs each step loaded, so its output's lineage row can name their versions.
@@ -93,15 +94,6 @@ def frame_metadata(
         )
         meta["preview"] = dg.MetadataValue.md(markdown_table(preview))
     return meta
-
-
-def markdown_table(df: pl.DataFrame) -> str:
-    cols = df.columns
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.iter_rows():
-        cells = [(f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|").replace("\n", " ") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 class MissingUpstream(RuntimeError):
