@@ -24,6 +24,7 @@ demo: setup
 	$(VENV)/bin/factory demo
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 lint: setup

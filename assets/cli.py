@@ -45,7 +45,7 @@ def _materialize(selection: str | None, partitions: list[str] | None, verbose: b
 def _env(config: str | None, home: str | None) -> None:
     """Options become env vars so Dagster definitions and resources see the same choice."""
     if config:
-        from factory.config import config_path
+        from assets.config import config_path
 
         os.environ["FACTORY_CONFIG"] = str(config_path(config).resolve())
     if home:
@@ -53,7 +53,7 @@ def _env(config: str | None, home: str | None) -> None:
     from factory.quiet import quiet_libraries
 
     quiet_libraries()
-    from factory.config import ConfigError, active_config
+    from assets.config import ConfigError, active_config
     from warehouse.home import WarehouseWriteError, resolve_home
 
     try:
@@ -162,7 +162,7 @@ def config(config: ConfigOpt = None) -> None:
     import yaml
 
     _env(config, None)
-    from factory.config import active_config, config_path
+    from assets.config import active_config, config_path
 
     cfg = active_config()
     shown = cfg.model_dump(mode="json")

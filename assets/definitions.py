@@ -13,6 +13,7 @@ import os
 import dagster as dg
 
 from assets.arbitrage.assets import generations, preference_pairs, router, routing_stats, scores, selections, sft_data
+from assets.config import load_config
 from assets.evaluation.assets import judgments, published_datasets, win_rates
 from assets.io_manager import WarehouseIOManager
 from assets.models.assets import arbiter, embedded_pool, model_sources
@@ -20,7 +21,6 @@ from assets.partitions import language_partitions, partitions_for
 from assets.prompts.assets import prompts
 from assets.resources import FactoryResource, ModelServers
 from assets.training.assets import TRAINING_ASSETS
-from factory.config import load_config
 
 # As imported: partitioned by the languages of FACTORY_CONFIG (tests materialize these directly).
 ALL_ASSETS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from factory.config import FactoryConfig, active_config
+from assets.config import FactoryConfig, active_config
 
 
 def partitions_for(cfg: FactoryConfig) -> dg.StaticPartitionsDefinition:

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
-from factory.config import FactoryConfig, config_path, load_config
+from assets.config import FactoryConfig, config_path, load_config
 from warehouse.home import resolve_home
 from warehouse.housekeeping import check_home_config
 from warehouse.store import Warehouse

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.config import config_path as find_config
 from assets.definitions import build_definitions
 from assets.resources import FactoryResource
-from factory.config import config_path as find_config
 from factory.quiet import quiet_libraries
 from warehouse.home import resolve_home
 from warehouse.housekeeping import clean_leftovers, describe_leftovers, pid_alive

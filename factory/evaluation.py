@@ -8,10 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+from pydantic import Field, model_validator
 
 from factory.generation.base import SamplingConfig
 from factory.generation.registry import TeacherConfig, make_backend
 from factory.generation.runner import generate_completions
+from factory.judges import JudgeConfig
+from factory.settings import Strict
+from factory.winrates import WinRateConfig
 
 # (stage label, model asset) in the order of the step-by-step picture.
 STAGES: list[tuple[str, str]] = [
@@ -52,3 +56,20 @@ def judge_against_baseline(judge, prompts: pl.DataFrame, answers: pl.DataFrame, 
     order = "both" if getattr(judge, "name", "") == "llm" else "ab"
     return judgments_frame(jp, a, b, verdicts, judge=judge.name, model=model_id, baseline=baseline_id,
                            stage=stage, run_id=run_id, order=order)
+
+
+class EvaluationConfig(Strict):
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)  # name: reference (default), reward or llm
+    winrates: WinRateConfig = Field(default_factory=WinRateConfig)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0))
+    batch_size: int = 32
+    judge_model: TeacherConfig | None = None  # the `llm` judge's backend (e.g. an OpenAI-compatible server)
+    reward_model: str | None = None  # the `reward` judge's model: an independent RM, never the Arbiter
+
+    @model_validator(mode="after")
+    def _judge_inputs(self):
+        if self.judge.name == "llm" and self.judge_model is None:
+            raise ValueError("judge `llm` needs evaluation.judge_model (a backend config)")
+        if self.judge.name == "reward" and not self.reward_model:
+            raise ValueError("judge `reward` needs evaluation.reward_model (an independent reward model path)")
+        return self

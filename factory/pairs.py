@@ -23,10 +23,12 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig, generate_per_row
+from factory.generation.registry import TeacherConfig
 from factory.ids import completion_id, normalize_text, pair_id, pair_ids
 from factory.languages import LANGUAGES
 from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
 from factory.scoring.base import RewardScorer
+from factory.settings import Strict
 from factory.sft_data import message
 from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
 
@@ -305,3 +307,15 @@ def pair_counts(pairs: pl.DataFrame, min_per_language: int, languages: Sequence[
         if totals.get(lang, 0) < min_per_language
     ]
     return counts, warnings
+
+
+class NativeVsTranslatedSettings(NativeVsTranslatedConfig):
+    enabled: bool = True
+    weak_teacher: str | None = None  # a teacher name; default: the one with the lowest mean reward
+    translator_model: TeacherConfig | None = None  # any backend; default: the embedded base model
+
+
+class PairsConfig(Strict):
+    best_worst: BestWorstConfig = Field(default_factory=BestWorstConfig)
+    native_vs_translated: NativeVsTranslatedSettings = Field(default_factory=NativeVsTranslatedSettings)
+    min_pairs_per_language: int = 3  # fewer pairs in a language is reported as a warning

@@ -19,11 +19,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
+from pydantic import Field
 
 from factory import ids
-from factory.config import PromptsConfig, PromptSource
 from factory.languages import LANGUAGES
+from factory.settings import Strict
 from factory.sources.chatterbot import iter_raw
+from factory.sources.config import PromptSource
 from factory.sources.files import read_records
 from factory.sources.raw import RawPrompt, utf8_problem, utf8_safe
 from warehouse import schemas
@@ -271,3 +273,20 @@ def load_prompts(cfg: PromptsConfig, language: str, run_id: str, languages: list
             pl.col("source").replace_strict(origins, default="native").alias("origin")
         )
     return batch
+
+
+class LanguageCheck(Strict):
+    """Quarantine prompts whose detected language contradicts their label.
+
+    Very short texts are skipped: language ID is unreliable below a few words."""
+
+    enabled: bool = True
+    min_chars: int = 25
+    margin: float = Field(0.3, ge=0.0, le=1.0)  # how much more confident the detected language must be
+
+
+class PromptsConfig(Strict):
+    sources: list[PromptSource] = Field(default_factory=lambda: [PromptSource(kind="chatterbot")])
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_chars: int = Field(2000, gt=0)
+    language_check: LanguageCheck = Field(default_factory=LanguageCheck)

@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -47,8 +47,11 @@ from factory.ids import blake2b_digests
 from factory.languages import LANGUAGES, cluster_of
 from warehouse.schemas import SELECTIONS, conform
 
-if TYPE_CHECKING:
-    from factory.router import Router
+
+class Router(Protocol):
+    """What learned_routing needs of a router (factory.learned_router.Router): teachers from prompt texts."""
+
+    def predict(self, texts: list[str]) -> list[str]: ...
 
 SCORED_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match")
 QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
@@ -355,7 +358,7 @@ def _learned_routing(r: Routing) -> Choice:
     known = texts.is_not_null()
     teacher = pl.Series("teacher", [None] * r.per.height, dtype=pl.String)
     if known.any():
-        predicted = pl.Series(r.router.predict(texts.filter(known).to_list()), dtype=pl.String)  # type: ignore[union-attr]
+        predicted = pl.Series(r.router.predict(texts.filter(known).to_list()), dtype=pl.String)
         teacher = teacher.scatter(known.arg_true(), predicted)
     return Choice(teacher, _NO_TEXT)
 
@@ -444,7 +447,7 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
     learned = "learned_routing" in strategies
     with ScoredTable(scored, SCORED_COLUMNS, ["prompt_text"] if learned else []) as table:
         if learned and router is None:
-            raise ValueError("learned_routing needs a trained router (factory.router.train_router)")
+            raise ValueError("learned_routing needs a trained router (factory.learned_router.train_router)")
         texts = None
         if learned and not isinstance(router, pl.DataFrame):
             if "prompt_text" in table.columns:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from pydantic import Field
 
 from factory.generation.base import SamplingConfig
 from factory.generation.registry import TeacherConfig, make_backend
@@ -18,6 +19,8 @@ from factory.generation.runner import generate_completions
 from factory.pairs import best_worst
 from factory.scoring.fidelity import FidelityConfig
 from factory.scoring.score import score_generations
+from factory.settings import Strict
+from training.dpo import DPOStageConfig
 
 
 @dataclass
@@ -83,3 +86,13 @@ def online_round(
     eval_scores, q_eval_score = score_generations(eval_gens, prompts, [scorer], fidelity, run_id)
     quarantine = pl.concat([q_gen, q_score, q_eval, q_eval_score], how="diagonal_relaxed")
     return OnlineRound(gens, scores, pairs, quarantine, stats, heldout_metrics(eval_scores, eval_gens))
+
+
+class OnlineConfig(Strict):
+    """Online iterative DPO: 3 rounds, as in Aya Expanse (beyond 3 gave little and risked reward hacking)."""
+
+    k: int = Field(4, ge=2)  # samples per prompt from the current policy
+    betas: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.1], min_length=3, max_length=3)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95))
+    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+    batch_size: int = 32

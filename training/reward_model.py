@@ -20,6 +20,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash, normalize_text
+from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
 from warehouse.schemas import MESSAGES as _MESSAGES
 
@@ -248,3 +249,17 @@ def train_reward_model(
         "seconds": round(seconds, 2),
         "eval_seconds": round(time.perf_counter() - start, 2),
     }
+
+
+class ArbiterConfig(Strict):
+    """The reward model that scores every completion. `embedded` trains the tiny one with
+    TRL's RewardTrainer; anything else is a path or name of a sequence-classification RM."""
+
+    model: str = "embedded"
+    # What the embedded Arbiter is fine-tuned from (a sequence-classification head on it):
+    # embedded:base, or any causal-LM reference (a folder, gguf:PATH, pkg:DIST/PATH).
+    base_model: str = "embedded:base"
+    train: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    batch_size: int = 32
+    max_length: int = 256
+    device: str = "auto"

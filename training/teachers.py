@@ -19,10 +19,11 @@ import os
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash
 from factory.languages import CLUSTERS, LANGUAGES, own_languages
+from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
 
 
@@ -212,3 +213,9 @@ def _build(
             out_dir / "teachers" / cluster, cfg, cfg.teacher_steps, cfg.seed + 1 + i, t_hash, progress,
         )  # fmt: skip
     return {"tokenizer": tok_info, "base": base, "teachers": teachers}
+
+
+class ModelsConfig(Strict):
+    """The embedded tiny models (tokenizer, base, one teacher per cluster), built locally."""
+
+    embedded: EmbeddedPoolConfig = Field(default_factory=EmbeddedPoolConfig)

@@ -136,7 +136,7 @@ def router(
     training prompts to predict the winning teacher from the prompt alone. Its report (measured on
     prompts it was not trained on) is in the metadata: share of reward routing's reward it
     recovers and generations it would save."""
-    from factory.router import evaluate_router, train_router
+    from factory.learned_router import evaluate_router, train_router
     from factory.routing import best_mean_teacher, reward_routing
 
     cfg = factory.settings()
@@ -167,7 +167,7 @@ def selections(
     baseline) and learned_routing (the router's pick from the prompt alone)."""
     import json
 
-    from factory.router import Router
+    from factory.learned_router import Router
     from factory.routing import select, strategy_comparison
 
     cfg = factory.settings()

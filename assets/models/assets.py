@@ -24,7 +24,7 @@ def model_sources(context: dg.AssetExecutionContext, factory: FactoryResource) -
     """Every model the config names as a file (gguf:PATH) or as a file shipped in an installed
     package (pkg:DIST/PATH), converted once into a Hugging Face folder under models/sources/ and
     recorded with its source file and sha256 (so a checkpoint's lineage reaches the file)."""
-    from factory.config import model_source_refs
+    from assets.config import model_source_refs
 
     cfg = factory.settings()
     home = factory.warehouse().home

@@ -25,10 +25,12 @@ import uuid
 from pathlib import Path
 
 import polars as pl
+from pydantic import Field
 
 from factory.generation.base import Completion, GenerationBackend
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
+from factory.settings import Strict
 from warehouse.schemas import GENERATIONS, conform, empty
 
 log = logging.getLogger(__name__)
@@ -187,3 +189,8 @@ def generate_completions(
         bar.close()
     generations = read_shards(shard_dir).filter(pl.col("completion_id").is_in(list(requested)))
     return generations, pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS)
+
+
+class GenerationSettings(Strict):
+    k: int = Field(2, ge=1)  # samples per prompt per teacher
+    retries: int = Field(2, ge=0)  # prompt-by-prompt retries of a failed batch before quarantine

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 import httpx
+from pydantic import Field
+
+from factory.settings import Strict
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,14 @@ class ModelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServedModel(Strict):
+    """A model the run serves itself with `transformers serve` on 127.0.0.1 (a free port), for the
+    teachers whose `api_base` is `serve:<name>`: started on first use in a step, stopped after it."""
+
+    name: str
+    model: str  # a folder, gguf:PATH or pkg:DIST/PATH
+    device: str = "cpu"
+    threads: int | None = None  # OMP threads of the server process
+    startup_timeout_s: float = Field(180.0, gt=0)

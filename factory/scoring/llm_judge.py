@@ -29,7 +29,7 @@ _SCORE = re.compile(r"(?:score|rating)\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\
 _BRACKETS = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
 
 
-class LLMJudgeConfig(BaseModel):
+class LLMScorerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "llm_judge"
@@ -81,7 +81,7 @@ class LLMJudgeScorer:
             raise ValueError(f"scale_min ({scale_min}) must be below scale_max ({scale_max})")
         self.backend = backend
         self.rubric = rubric
-        self.sampling = sampling or LLMJudgeConfig().sampling
+        self.sampling = sampling or LLMScorerConfig().sampling
         self.scale_min, self.scale_max = scale_min, scale_max
         self.retries = retries
         self.name = name

@@ -23,13 +23,17 @@ import math
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
+from pydantic import Field, model_validator
 
+from factory.generation.registry import TeacherConfig
 from factory.ids import score_key
 from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
+from factory.scoring.llm_judge import LLMScorerConfig
+from factory.settings import Strict
 from warehouse.schemas import SCORES, conform
 
 log = logging.getLogger(__name__)
@@ -205,3 +209,21 @@ def teacher_table(scores: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("scorer", "language", "teacher")
     )
+
+
+class ScoringConfig(Strict):
+    """The Arbiter always scores; an LLM judge can score too (its rows are kept alongside, under
+    its own scorer name). Routing and pairs use `primary`: the Arbiter unless set otherwise."""
+
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    llm_judge: LLMScorerConfig | None = None  # an extra absolute-score scorer through any backend
+    llm_judge_model: TeacherConfig | None = None  # its backend (e.g. an OpenAI-compatible server)
+    primary: Literal["arbiter", "llm_judge"] = "arbiter"
+
+    @model_validator(mode="after")
+    def _judge(self):
+        if (self.llm_judge is None) != (self.llm_judge_model is None):
+            raise ValueError("scoring.llm_judge and scoring.llm_judge_model go together")
+        if self.primary == "llm_judge" and self.llm_judge is None:
+            raise ValueError("scoring.primary: llm_judge needs scoring.llm_judge")
+        return self

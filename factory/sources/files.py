@@ -20,7 +20,7 @@ import polars as pl
 from factory.sources.raw import RawPrompt, utf8_safe
 
 if TYPE_CHECKING:
-    from factory.config import PromptSource
+    from factory.sources.config import PromptSource
 
 
 def read_records(src: PromptSource) -> Iterator[RawPrompt]:

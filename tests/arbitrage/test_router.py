@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from factory.ids import prompt_id
-from factory.router import Router, RouterConfig, evaluate_router, router_split, train_router
+from factory.learned_router import Router, RouterConfig, evaluate_router, router_split, train_router
 from factory.routing import RoutingConfig, select
 
 WORDS = {

@@ -44,10 +44,10 @@ def test_materialize_prompts_into_tmp_home(home):
 def test_prompts_counts_reconcile_in_sql(home, tmp_path):
     """read = kept + quarantined per partition, checkable in SQL; rows of a language outside the
     run are quarantined once (by the run's first language), duplicates have quarantine rows."""
+    from assets.config import active_config, config_path
     from assets.definitions import defs
     from assets.prompts.assets import prompts
     from assets.resources import FactoryResource
-    from factory.config import active_config, config_path
     from warehouse.store import Warehouse
 
     extra = tmp_path / "extra.jsonl"

@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from assets.cli import app
-from factory.config import ConfigError, load_config
+from assets.config import ConfigError, load_config
 from factory.languages import CLUSTERS, describe_clusters, own_languages
 
 OK_LANGUAGES = ["en", "es", "de", "ja"]  # two clusters the chatterbot corpus covers

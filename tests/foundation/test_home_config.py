@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from assets.cli import app
+from assets.config import config_path
 from assets.io_manager import WarehouseIOManager
 from assets.resources import FORCE_ENV, FactoryResource
-from factory.config import config_path
 from warehouse.housekeeping import ConfigMismatch, check_home_config, identity_diff, read_config_record
 
 

@@ -5,9 +5,9 @@ import json
 import polars as pl
 import pytest
 
-from factory.config import LanguageCheck, PromptsConfig, PromptSource
 from factory.langid import detect_many
-from factory.prompts import RawPrompt, build_prompts, clean_text, load_prompts
+from factory.prompts import LanguageCheck, PromptsConfig, RawPrompt, build_prompts, clean_text, load_prompts
+from factory.sources.config import PromptSource
 
 RUN = ["en", "es"]
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from factory.config import LanguageCheck, PromptsConfig, PromptSource
-from factory.prompts import load_prompts
+from factory.prompts import LanguageCheck, PromptsConfig, load_prompts
+from factory.sources.config import PromptSource
 from factory.sources.files import csv_records
 
 RUN = ["en", "es"]

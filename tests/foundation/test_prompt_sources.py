@@ -3,8 +3,9 @@ import json
 import polars as pl
 import pytest
 
-from factory.config import ConfigError, PromptsConfig, PromptSource, parse_config
-from factory.prompts import load_prompts
+from assets.config import ConfigError, parse_config
+from factory.prompts import PromptsConfig, load_prompts
+from factory.sources.config import PromptSource
 
 LANGS = ["en", "es", "ja", "ru"]
 

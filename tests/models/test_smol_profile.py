@@ -4,7 +4,7 @@ the training base, the Arbiter's base, a transformers teacher, and behind the ru
 
 from __future__ import annotations
 
-from factory.config import load_config
+from assets.config import load_config
 from factory.model_sources import check_model_ref, parse_model_ref
 
 

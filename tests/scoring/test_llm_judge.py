@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from factory.generation.base import Completion, SamplingConfig
-from factory.scoring.llm_judge import LLMJudgeConfig, LLMJudgeScorer, parse_score
+from factory.scoring.llm_judge import LLMJudgeScorer, LLMScorerConfig, parse_score
 
 
 class ScriptedBackend:
@@ -54,7 +54,7 @@ def test_unparseable_answer_is_retried_once_then_none():
 
 def test_error_completion_counts_as_unparseable_and_score_returns_none():
     backend = ScriptedBackend([["<error>", "Score: 2", "Score: 10"], ["<error>"]])
-    scores = LLMJudgeConfig().build(backend).score(PROMPTS, COMPLETIONS)
+    scores = LLMScorerConfig().build(backend).score(PROMPTS, COMPLETIONS)
     assert scores == [None, 2.0, 10.0]
 
 
