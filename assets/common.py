@@ -5,9 +5,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 
 from factory import ids
+from factory.decontam import contamination_report, eval_prompts
 from warehouse import schemas
 
 
@@ -121,3 +123,49 @@ def write_metrics(out_dir: Path, fingerprint: str, metrics: dict) -> None:
     tmp = f.with_suffix(".tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str, indent=1))
     tmp.replace(f)
+
+
+def teacher_backends(cfg, pool: pl.DataFrame, home, servers=None) -> list:
+    """(TeacherConfig, backend) for every configured teacher, naming the folder actually loaded."""
+    return [backend_for(t, pool, home, serving(cfg, home, servers)) for t in cfg.resolved_teachers()]
+
+
+def configured_scorers(cfg, arbiter: pl.DataFrame, home, servers=None) -> list:
+    """The Arbiter, plus the LLM judge scorer when configured."""
+    scorers = [arbiter_scorer(cfg, arbiter)[0]]
+    if cfg.scoring.llm_judge is not None:
+        judge = backend_for(cfg.scoring.llm_judge_model, None, home, serving(cfg, home, servers))[1]
+        scorers.append(cfg.scoring.llm_judge.build(judge))
+    return scorers
+
+
+def primary_scorer(cfg) -> str:
+    """The scorer whose rewards drive routing and pairs."""
+    return cfg.scoring.llm_judge.name if cfg.scoring.primary == "llm_judge" else "arbiter"
+
+
+def arbiter_scorer(cfg, arbiter: pl.DataFrame):
+    """The Arbiter (the `arbiter` asset's checkpoint) as a scorer, and its checkpoint row."""
+    from factory.scoring.sequence_classifier import SequenceClassifierScorer  # torch
+
+    row = only(arbiter)
+    return SequenceClassifierScorer(
+        row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device,
+        name="arbiter",
+    ), row
+
+
+def contamination_check(name: str, rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg) -> dg.AssetCheckResult:
+    """Re-verify written training rows (texts from `prompts`) against every eval prompt of every
+    language, `evals` from eval_prompts (blocking: downstream training stops)."""
+    report = contamination_report(rows, prompts, evals, cfg.arbitrage.decontam)
+    return dg.AssetCheckResult(
+        check_name=name, passed=report["contaminated_rows"] == 0 and report["eval_prompt_ids"] == 0,
+        metadata={"contaminated_rows": report["contaminated_rows"], "eval_prompt_ids": report["eval_prompt_ids"],
+                  "examples": dg.MetadataValue.json(report["examples"])},
+    )
+
+
+def all_eval_prompts(wh, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Every language's eval prompts: the stored table's and those of this step's `prompts` input."""
+    return eval_prompts(wh.read_table("prompts", columns=["prompt_id", "language", "text", "split"]) if wh.has("prompts") else None, prompts)

@@ -32,11 +32,17 @@ def table_name(asset: str, definition_metadata: dict | None) -> str:
     return str((definition_metadata or {}).get("table", asset))
 
 
-def partition_for(asset: str, table: str, partition_key: str | None) -> dict[str, str]:
-    """Where an asset's output lives in its table: a shared table gets a producer folder."""
+def producer_name(definition_metadata: dict | None) -> str | None:
+    value = (definition_metadata or {}).get("producer")
+    return str(value) if value else None
+
+
+def partition_for(asset: str, table: str, partition_key: str | None, producer: str | None = None) -> dict[str, str]:
+    """Where an asset's output lives in its table: a shared table gets a producer folder (the asset's
+    name, or the `producer` its definition metadata names: a step's side outputs share its folder)."""
     part: dict[str, str] = {}
     if table != asset:
-        part["producer"] = asset
+        part["producer"] = producer or asset
     if partition_key is not None:
         part["language"] = partition_key
     return part
@@ -114,7 +120,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         table = table_name(asset, context.definition_metadata)
         pkey = context.partition_key if context.has_partition_key else None
         wh = Warehouse(self.home)
-        result = wh.write_table(table, obj, partition_for(asset, table, pkey))
+        result = wh.write_table(table, obj, partition_for(asset, table, pkey, producer_name(context.definition_metadata)))
         step = (context.run_id, context.step_key)
         wh.record_lineage(
             asset=asset,
@@ -123,8 +129,9 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             run_id=context.run_id,
             code_version=code_version(),
             result=result,
-            input_versions=_LOADED.pop(step, {}),
-            started_at=_STARTED.pop(step, datetime.now(UTC)),
+            # .get, not .pop: a step with several outputs (a side table) records the same inputs for each
+            input_versions=dict(_LOADED.get(step, {})),
+            started_at=_STARTED.get(step, datetime.now(UTC)),
         )
         # The schema as stored: conformed, with partition columns such as producer.
         with open(result.path, "rb") as f:  # a file object: a home may have glob characters in its path
@@ -138,13 +145,14 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         upstream = context.upstream_output
         asset = context.asset_key.to_python_identifier()
-        table = table_name(asset, upstream.definition_metadata if upstream else None)
+        definition = upstream.definition_metadata if upstream else None
+        table, producer = table_name(asset, definition), producer_name(definition)
         wh = Warehouse(self.home)
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
         frames = []
         sc = context.step_context
         step = (sc.run_id, sc.step.key) if sc else None
-        if not any(wh.has(table, partition_for(asset, table, key)) for key in keys):
+        if not any(wh.has(table, partition_for(asset, table, key, producer)) for key in keys):
             which = asset if keys == [None] else f"{asset}[{keys[0]}]" if len(keys) == 1 else f"{asset} ({len(keys)} partitions)"
             needed_by = sc.step.key if sc else "ASSET"
             raise MissingUpstream(
@@ -152,7 +160,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
                 f"`factory run --select +{needed_by}` builds it and everything it needs"
             )
         for key in keys:
-            part = partition_for(asset, table, key)
+            part = partition_for(asset, table, key, producer)
             frames.append(wh.read_table(table, part))
             if step:
                 _STARTED.setdefault(step, datetime.now(UTC))

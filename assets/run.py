@@ -93,6 +93,8 @@ def select(text: str | None, graph) -> list[dg.AssetKey]:
         raise ValueError(f"invalid selection {text!r}: {str(exc).splitlines()[0]}") from None
     if not keys:
         raise ValueError(f"selection {text!r} matches no asset; known: {', '.join(sorted(known))}")
+    # A step's side outputs (e.g. native_vs_translated beside preference_pairs) are made together with it.
+    keys = {k for key in keys for k in graph.get_execution_set_asset_and_check_keys(key) if isinstance(k, dg.AssetKey)}
     return [k for k in graph.toposorted_asset_keys if k in keys]
 
 

@@ -122,3 +122,40 @@ def decontaminate(
         pl.struct(pl.exclude("_reason")).struct.json_encode().alias("payload"),
     )
     return flagged.filter(pl.col("_reason").is_null()).drop("_reason"), quarantine
+
+
+def eval_prompts(stored: pl.DataFrame | None, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Every eval prompt of every language [prompt_id, language, text]: the stored prompts table's
+    and those in `prompts`. The same text can carry two language labels (zh-Hans and zh-Hant, de and
+    nl), and a partitioned step's `prompts` holds only its own language, so training rows are
+    compared against all of them."""
+    cols = ["prompt_id", "language", "text"]
+    frames = [df.filter(pl.col("split") == "eval").select(cols) for df in (stored, prompts) if df is not None]
+    return pl.concat(frames, how="vertical_relaxed").unique("prompt_id", keep="first", maintain_order=True)
+
+
+def _against(rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg: DecontamConfig):
+    """decontaminate() of training rows [prompt_id, ...] by their prompt's text against `evals`."""
+    with_text = rows.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
+    names = [f"{pid} [{lang}]" for pid, lang in zip(evals["prompt_id"], evals["language"], strict=True)]
+    kept, hits = decontaminate(with_text, evals["text"].to_list(), cfg, eval_names=names)
+    return with_text, kept, hits
+
+
+def decontamination_gate(
+    rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg: DecontamConfig, enabled: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Training rows without the contaminated ones, and the removed rows as quarantine. Disabled, every
+    row is kept (the blocking `decontaminated` checks then stop training downstream)."""
+    with_text, kept, hits = _against(rows, prompts, evals, cfg)
+    if not enabled:
+        kept, hits = with_text, hits.clear()
+    return kept.drop("text"), hits
+
+
+def contamination_report(rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg: DecontamConfig) -> dict:
+    """Re-verify written training rows against every eval prompt: contaminated rows by text, rows
+    whose prompt id is an eval prompt's, and up to five reasons. Clean when both counts are 0."""
+    _, _, hits = _against(rows.select("prompt_id"), prompts.with_columns(pl.col("text").fill_null("")), evals, cfg)
+    in_eval = rows.filter(pl.col("prompt_id").is_in(evals["prompt_id"].to_list())).height
+    return {"contaminated_rows": hits.height, "eval_prompt_ids": in_eval, "examples": hits["reason"].head(5).to_list()}

@@ -319,3 +319,12 @@ class PairsConfig(Strict):
     best_worst: BestWorstConfig = Field(default_factory=BestWorstConfig)
     native_vs_translated: NativeVsTranslatedSettings = Field(default_factory=NativeVsTranslatedSettings)
     min_pairs_per_language: int = 3  # fewer pairs in a language is reported as a warning
+
+
+def weakest_teacher(scored: pl.DataFrame, teachers: Sequence[str], configured: str | None = None) -> str:
+    """native_vs_translated's rejected side comes from this teacher: `configured`, else the one with the
+    lowest mean reward (ties by name)."""
+    weak = configured or scored.group_by("teacher").agg(pl.col("reward").mean()).sort(["reward", "teacher"]).row(0)[0]
+    if weak not in teachers:
+        raise ValueError(f"pairs.native_vs_translated.weak_teacher {weak!r} is not a teacher; have {sorted(teachers)}")
+    return weak

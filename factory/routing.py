@@ -542,3 +542,9 @@ def strategy_comparison(selections: Frame, by_language: bool = False) -> pl.Data
         .sort([*keys[1:], "mean_reward", "strategy"], descending=[*([False] * (len(keys) - 1)), True, False], nulls_last=True)
         .collect()
     )
+
+
+def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame, scorer: str = "arbiter") -> pl.DataFrame:
+    """One scorer's scores joined with what routing and pairing need from generations (sample index, text)."""
+    mine = scores.filter(pl.col("scorer") == scorer)
+    return mine.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")

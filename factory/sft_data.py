@@ -56,3 +56,11 @@ def to_sft_rows(
         *[pl.col(c).cast(t) for c, t in SFT_ROWS.items() if c not in ("prompt", "completion")],
     )
     return rows.sort("prompt_id"), quarantine
+
+
+def sft_rows(
+    selections: pl.DataFrame, prompts: pl.DataFrame, generations: pl.DataFrame, strategies: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """to_sft_rows for each of `strategies` (in order), as one frame and one quarantine frame."""
+    done = [to_sft_rows(selections.filter(pl.col("strategy") == s), prompts, generations) for s in strategies]
+    return pl.concat([rows for rows, _ in done], how="diagonal_relaxed"), pl.concat([q for _, q in done])

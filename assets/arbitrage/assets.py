@@ -1,41 +1,36 @@
 """Data arbitrage: teacher generations, Arbiter scores, routed selections, SFT data, pairs."""
 
+import json
+
 import dagster as dg
 import polars as pl
 
-from assets.common import backend_for, checkpoint_frame, image_markdown, only, serving
+from assets.common import (
+    all_eval_prompts,
+    arbiter_scorer,
+    backend_for,
+    checkpoint_frame,
+    configured_scorers,
+    contamination_check,
+    image_markdown,
+    only,
+    primary_scorer,
+    serving,
+    teacher_backends,
+)
 from assets.partitions import language_partitions
 from assets.resources import FactoryResource, ModelServers
+from factory.charts import routing_chart
+from factory.decontam import decontamination_gate
+from factory.generation.registry import TeacherConfig
+from factory.generation.runner import generate_completions
+from factory.learned_router import Router, evaluate_router, train_router
+from factory.pairs import best_worst, check_pairs, native_vs_translated, pair_counts, weakest_teacher
+from factory.routing import best_mean_teacher, reward_routing, scored_frame, select, strategy_comparison
+from factory.routing import routing_stats as stats
+from factory.scoring.score import score_generations, teacher_table
+from factory.sft_data import sft_rows
 from warehouse.status import markdown_table
-
-
-def teacher_backends(cfg, pool: pl.DataFrame, home, servers: ModelServers | None = None) -> list:
-    """(TeacherConfig, backend) for every configured teacher, naming the folder actually loaded."""
-    return [backend_for(t, pool, home, serving(cfg, home, servers)) for t in cfg.resolved_teachers()]
-
-
-def configured_scorers(cfg, arbiter: pl.DataFrame, home, servers: ModelServers | None = None) -> list:
-    """The Arbiter, plus the LLM judge scorer when configured."""
-    scorers = [arbiter_scorer(cfg, arbiter)[0]]
-    if cfg.scoring.llm_judge is not None:
-        judge = backend_for(cfg.scoring.llm_judge_model, None, home, serving(cfg, home, servers))[1]
-        scorers.append(cfg.scoring.llm_judge.build(judge))
-    return scorers
-
-
-def primary_scorer(cfg) -> str:
-    """The scorer whose rewards drive routing and pairs."""
-    return cfg.scoring.llm_judge.name if cfg.scoring.primary == "llm_judge" else "arbiter"
-
-
-def arbiter_scorer(cfg, arbiter: pl.DataFrame):
-    from factory.scoring.sequence_classifier import SequenceClassifierScorer
-
-    row = only(arbiter)
-    return SequenceClassifierScorer(
-        row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device,
-        name="arbiter",
-    ), row
 
 
 @dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"pytorch"})
@@ -46,7 +41,6 @@ def generations(
     """Every teacher's k completions for each training prompt of the language (the eval split is
     never generated here). Written in shards as it goes: a killed run resumes where it stopped.
     A teacher that keeps failing on a prompt is quarantined; the others' answers are kept."""
-    from factory.generation.runner import generate_completions
 
     cfg = factory.settings()
     wh = factory.warehouse()
@@ -87,7 +81,6 @@ def scores(
     """The Arbiter's reward for every completion, standardised per language (reward_z), with the
     detected language and language_match (wrong-language answers are never selectable). Rewards are
     cached by (completion, text, Arbiter checkpoint hash): a rerun scores only what changed."""
-    from factory.scoring.score import score_generations, teacher_table
 
     cfg = factory.settings()
     wh = factory.warehouse()
@@ -117,12 +110,6 @@ def scores(
     yield dg.AssetCheckResult(check_name="rewards_finite", passed=bool(finite) if scored.height else True)
 
 
-def scored_frame(scores: pl.DataFrame, generations: pl.DataFrame, scorer: str = "arbiter") -> pl.DataFrame:
-    """One scorer's scores joined with what routing and pairing need from generations (sample index, text)."""
-    mine = scores.filter(pl.col("scorer") == scorer)
-    return mine.join(generations.select("completion_id", "sample_index", "text"), on="completion_id", how="inner")
-
-
 ROUTING_COLUMNS = ["prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match"]
 
 
@@ -136,8 +123,6 @@ def router(
     training prompts to predict the winning teacher from the prompt alone. Its report (measured on
     prompts it was not trained on) is in the metadata: share of reward routing's reward it
     recovers and generations it would save."""
-    from factory.learned_router import evaluate_router, train_router
-    from factory.routing import best_mean_teacher, reward_routing
 
     cfg = factory.settings()
     arb = cfg.arbitrage
@@ -165,10 +150,7 @@ def selections(
     """One selected completion per training prompt of the language for every routing strategy:
     reward_routing (the Arbiter's argmax), fixed_routing, random_routing, single_teacher (the
     baseline) and learned_routing (the router's pick from the prompt alone)."""
-    import json
 
-    from factory.learned_router import Router
-    from factory.routing import select, strategy_comparison
 
     cfg = factory.settings()
     arb = cfg.arbitrage
@@ -186,9 +168,6 @@ def selections(
 def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame) -> pl.DataFrame:
     """Per language, how often each teacher wins under reward routing (with a chart), and the
     strategies compared on the prompts every strategy selected (metadata)."""
-    from factory.charts import routing_chart
-    from factory.routing import routing_stats as stats
-    from factory.routing import strategy_comparison
 
     df = stats(selections)
     wh = factory.warehouse()
@@ -202,23 +181,6 @@ def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, s
     return df
 
 
-def eval_prompts(wh, prompts: pl.DataFrame) -> pl.DataFrame:
-    """Every eval prompt of every language [prompt_id, language, text]: the warehouse's and those in
-    `prompts`. The same text can carry two language labels (zh-Hans and zh-Hant, de and nl), and a
-    partitioned asset's `prompts` input holds only its own language, so training rows are compared
-    against all of them."""
-    cols = ["prompt_id", "language", "text"]
-    stored = wh.read_table("prompts", columns=[*cols, "split"]) if wh.has("prompts") else prompts.clear()
-    frames = [df.filter(pl.col("split") == "eval").select(cols) for df in (stored, prompts)]
-    return pl.concat(frames, how="vertical_relaxed").unique("prompt_id", keep="first", maintain_order=True)
-
-
-def eval_texts(evals: pl.DataFrame) -> tuple[list[str], list[str]]:
-    """The texts of `evals` and how decontamination names each one (prompt id and language)."""
-    names = [f"{pid} [{lang}]" for pid, lang in zip(evals["prompt_id"], evals["language"], strict=True)]
-    return evals["text"].to_list(), names
-
-
 @dg.asset(
     io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"},
     check_specs=[dg.AssetCheckSpec("decontaminated", asset="sft_data", blocking=True,
@@ -230,47 +192,17 @@ def sft_data(
 ):
     """SFT targets in TRL's conversational prompt-completion format, for the configured strategy
     (reward_routing by default) and for the single-teacher baseline, decontaminated against the eval split."""
-    from factory.decontam import decontaminate
-    from factory.sft_data import to_sft_rows
-
     cfg = factory.settings()
     wh = factory.warehouse()
-    frames, quarantined = [], []
-    for strategy in dict.fromkeys([cfg.arbitrage.sft_strategy, cfg.arbitrage.baseline_strategy]):
-        rows, q = to_sft_rows(selections.filter(pl.col("strategy") == strategy), prompts, generations)
-        frames.append(rows)
-        quarantined.append(q)
-    df = pl.concat(frames, how="diagonal_relaxed")
-    texts = prompts.select("prompt_id", "text")
-    evals = eval_prompts(wh, prompts)
-    eval_text, eval_names = eval_texts(evals)
-    kept, hits = decontaminate(df.join(texts, on="prompt_id", how="left"), eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
-    if not cfg.arbitrage.decontaminate:
-        kept, hits = df.join(texts, on="prompt_id", how="left"), hits.clear()
-    wh.quarantine("sft_data", None, pl.concat([*quarantined, hits]), context.run_id)
-    kept = kept.drop("text").with_columns(pl.lit(context.run_id).alias("run_id"))
+    strategies = list(dict.fromkeys([cfg.arbitrage.sft_strategy, cfg.arbitrage.baseline_strategy]))
+    rows, quarantined = sft_rows(selections, prompts, generations, strategies)
+    evals = all_eval_prompts(wh, prompts)
+    kept, hits = decontamination_gate(rows, prompts, evals, cfg.arbitrage.decontam, cfg.arbitrage.decontaminate)
+    wh.quarantine("sft_data", None, pl.concat([quarantined, hits]), context.run_id)
+    kept = kept.with_columns(pl.lit(context.run_id).alias("run_id"))
     yield dg.Output(kept, metadata={"contaminated_removed": hits.height, "per_strategy": dg.MetadataValue.md(
         markdown_table(kept.group_by("strategy").len().sort("strategy")))})
     yield contamination_check("decontaminated", kept, prompts, evals, cfg)
-
-
-def contamination_check(
-    name: str, rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg
-) -> dg.AssetCheckResult:
-    """Re-verify written training rows (texts from `prompts`) against every eval prompt of every
-    language, `evals` from eval_prompts (blocking: downstream training stops)."""
-    from factory.decontam import decontaminate
-
-    joined = rows.select("prompt_id").join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
-    joined = joined.with_columns(pl.col("text").fill_null(""))
-    eval_text, eval_names = eval_texts(evals)
-    _, hits = decontaminate(joined, eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
-    in_eval = rows.filter(pl.col("prompt_id").is_in(evals["prompt_id"].to_list())).height
-    return dg.AssetCheckResult(
-        check_name=name, passed=hits.height == 0 and in_eval == 0,
-        metadata={"contaminated_rows": hits.height, "eval_prompt_ids": in_eval,
-                  "examples": dg.MetadataValue.json(hits["reason"].head(5).to_list())},
-    )
 
 
 PAIR_CHECKS = [
@@ -281,52 +213,50 @@ PAIR_CHECKS = [
     dg.AssetCheckSpec("enough_pairs", asset="preference_pairs",
                       description="At least pairs.min_pairs_per_language pairs (a warning otherwise)."),
 ]
+PAIR_OUTS = {
+    "preference_pairs": dg.AssetOut(io_manager_key="warehouse", kinds={"polars"}, description=(
+        "Offline chosen/rejected pairs in TRL's conversational preference format: best_worst (highest vs lowest "
+        "reward, above a margin) and native_vs_translated (best in-language answer vs a weaker teacher's English "
+        "answer translated into the language).")),
+    "native_vs_translated": dg.AssetOut(
+        io_manager_key="warehouse", metadata={"table": "generations"}, is_required=False, kinds={"polars"},
+        description="The translated rejected answers of native_vs_translated pairs (rows of `generations`)."),
+}
 
 
-@dg.asset(
-    partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"},
-    check_specs=PAIR_CHECKS,
+@dg.multi_asset(
+    outs=PAIR_OUTS, partitions_def=language_partitions, group_name="arbitrage", check_specs=PAIR_CHECKS,
 )
 def preference_pairs(
     context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame, selections: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
 ):
-    """Offline chosen/rejected pairs in TRL's conversational preference format: best_worst (highest vs
-    lowest reward, above a margin) and native_vs_translated (best in-language answer vs a weaker
-    teacher's English answer translated into the language)."""
-    from factory.decontam import decontaminate
-    from factory.pairs import best_worst, check_pairs, pair_counts
-
     cfg = factory.settings()
     wh = factory.warehouse()
     lang = context.partition_key
     scored = scored_frame(scores, generations, primary_scorer(cfg))
     bw = cfg.pairs.best_worst
     pairs, stats = best_worst(scored, prompts, bw.min_margin, require_language_match=bw.require_language_match, run_id=context.run_id)
-    frames, quarantined = [pairs], []
     nvt = cfg.pairs.native_vs_translated
+    translated, quarantined = None, []
     if nvt.enabled and lang not in nvt.skip_languages and scored.height:
         best = selections.filter(pl.col("strategy") == "reward_routing")
         nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id, wh.home, servers)
-        frames.append(nvt_pairs)
-        quarantined.append(q)
-        if translated.height:
-            wh.write_table("generations", translated, {"producer": "native_vs_translated", "language": lang})
-    df = pl.concat(frames, how="diagonal_relaxed")
-    with_text = df.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
-    evals = eval_prompts(wh, prompts)  # every language's: the same text can carry another label
-    eval_text, eval_names = eval_texts(evals)
-    kept, hits = decontaminate(with_text, eval_text, cfg.arbitrage.decontam, eval_names=eval_names)
-    if not cfg.arbitrage.decontaminate:
-        kept, hits = with_text, hits.clear()
-    kept = kept.drop("text")
+        pairs, quarantined = pl.concat([pairs, nvt_pairs], how="diagonal_relaxed"), [q]
+    evals = all_eval_prompts(wh, prompts)  # every language's: the same text can carry another label
+    kept, hits = decontamination_gate(pairs, prompts, evals, cfg.arbitrage.decontam, cfg.arbitrage.decontaminate)
     wh.quarantine("preference_pairs", lang, pl.concat([*quarantined, hits], how="diagonal_relaxed"), context.run_id)
     counts, warnings = pair_counts(kept, cfg.pairs.min_pairs_per_language, [lang])
-    yield dg.Output(kept, metadata={
-        "best_worst_stats": dg.MetadataValue.json(stats),
-        "per_method": dg.MetadataValue.md(markdown_table(counts)),
+    yield dg.Output(kept, output_name="preference_pairs", metadata={
+        "best_worst_stats": dg.MetadataValue.json(stats), "per_method": dg.MetadataValue.md(markdown_table(counts)),
         "contaminated_removed": hits.height,
     })
+    if translated is not None and translated.height:
+        yield dg.Output(translated, output_name="native_vs_translated")
+    yield from pair_checks(kept, prompts, evals, cfg, warnings)
+
+
+def pair_checks(kept: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg, warnings: list[str]):
     problems = check_pairs(kept)
     yield dg.AssetCheckResult(check_name="pairs_valid", passed=not problems, metadata={"problems": dg.MetadataValue.json(problems)})
     yield contamination_check("decontaminated", kept, prompts, evals, cfg)
@@ -340,18 +270,11 @@ def native_vs_translated_pairs(cfg, scored: pl.DataFrame, best: pl.DataFrame, pr
                                arbiter: pl.DataFrame, run_id: str, home, servers: ModelServers | None = None):
     """Chosen: the best in-language completion (reward routing's selection). Rejected: the weak
     teacher's English answer to the prompt's English translation, translated back by the translator."""
-    from factory.generation.registry import TeacherConfig
-    from factory.pairs import native_vs_translated
-
     nvt = cfg.pairs.native_vs_translated
-    teachers = {t.name: (t, b) for t, b in teacher_backends(cfg, pool, home, servers)}
-    weak = nvt.weak_teacher or (
-        scored.group_by("teacher").agg(pl.col("reward").mean()).sort(["reward", "teacher"]).row(0)[0]
-    )
-    if weak not in teachers:
-        raise ValueError(f"pairs.native_vs_translated.weak_teacher {weak!r} is not a teacher; have {sorted(teachers)}")
+    teachers = {t.name: b for t, b in teacher_backends(cfg, pool, home, servers)}
+    weak = weakest_teacher(scored, list(teachers), nvt.weak_teacher)
     translator_cfg = nvt.translator_model or TeacherConfig(name="translator", model="embedded:base")
     translator = backend_for(translator_cfg, pool, home, serving(cfg, home, servers))[1]
     best = best.join(scored.select("completion_id", "text"), on="completion_id", how="left")
     scorer, _ = arbiter_scorer(cfg, arbiter)
-    return native_vs_translated(best, prompts, teachers[weak][1], translator, nvt, run_id=run_id, scorer=scorer)
+    return native_vs_translated(best, prompts, teachers[weak], translator, nvt, run_id=run_id, scorer=scorer)

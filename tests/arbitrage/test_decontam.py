@@ -87,15 +87,16 @@ def _store_prompts(home, rows):
 def test_eval_prompts_of_every_language_reach_a_partitioned_asset(home):
     from types import SimpleNamespace
 
-    from assets.arbitrage.assets import contamination_check, eval_prompts, eval_texts
+    from assets.common import all_eval_prompts, contamination_check
 
     wh, _ = _store_prompts(home, CROSS_LABEL)
     cfg = SimpleNamespace(arbitrage=SimpleNamespace(decontam=DecontamConfig()))
     for lang, planted in (("zh-Hant", "你吃醋"), ("nl", "Hallo")):
         partition = wh.read_table("prompts", {"language": lang})  # what the partitioned asset's input holds
-        evals = eval_prompts(wh, partition)
+        evals = all_eval_prompts(wh, partition)
         assert sorted(evals["language"]) == ["de", "zh-Hans"]
-        texts, names = eval_texts(evals)
+        texts = evals["text"].to_list()
+        names = [f"{pid} [{lang}]" for pid, lang in zip(evals["prompt_id"], evals["language"], strict=True)]
         train = partition.filter(pl.col("split") == "train").select("prompt_id", "text")
         kept, q = decontaminate(train, texts, DecontamConfig(), eval_names=names)
         assert planted not in kept["text"].to_list() and kept.height == 1
@@ -145,7 +146,7 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("languages: [en, es, de, ja, ru]\npairs: {native_vs_translated: {enabled: false}}\n")
     result = dg.materialize(
-        ALL_ASSETS, selection=["preference_pairs"], partition_key="de", raise_on_error=False,
+        ALL_ASSETS, selection=["preference_pairs", "native_vs_translated"], partition_key="de", raise_on_error=False,
         resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(),
                    "warehouse": WarehouseIOManager(home=str(home))},
     )
