@@ -10,6 +10,8 @@ import polars as pl
 
 from factory import ids
 from factory.decontam import contamination_report, eval_prompts
+from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
+from factory.generation.serve import SERVE_PREFIX
 from warehouse import schemas
 
 
@@ -48,9 +50,15 @@ def source_record(ref: str, home) -> dict | None:
     return {"stage": "source", "name": ref, "path": folder, "config": read_source_record(folder) or {}}
 
 
-def model_folder(ref: str, home) -> tuple[str, list[str]]:
-    """What to load for a model reference, and its parent checkpoint ids: a converted folder (and the
-    source's checkpoint) for gguf:/pkg:, else the folder or hub name as given (no parent)."""
+def model_folder(ref: str, home, pool: pl.DataFrame | None = None) -> tuple[str, list[str]]:
+    """What to load for a model reference, and its parent checkpoint ids: the embedded pool's model
+    for `embedded:NAME`, a converted folder (and the source's checkpoint) for gguf:/pkg:, else the
+    folder or hub name as given (no parent)."""
+    if ref.startswith(EMBEDDED_PREFIX):
+        if pool is None:
+            raise ValueError(f"{ref}: an embedded model needs the embedded pool")
+        row = find_model(pool, ref.removeprefix(EMBEDDED_PREFIX))
+        return row["path"], [row["checkpoint_id"]]
     record = source_record(ref, home)
     if record is None:
         return ref, []
@@ -70,20 +78,13 @@ def backend_for(t, pool: pl.DataFrame | None, home, serving=None):
     api_base and model name), anything else (a folder, a hub name, a served model) is used as given.
     The returned config is what the completion ids hash: for a `serve:` slot it keeps `serve:NAME`
     and the configured model, so ids do not change with the port the server got."""
-    from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
-    from factory.generation.serve import SERVE_PREFIX
-
-    if t.embedded:
-        if pool is None:
-            raise ValueError(f"{t.name}: an embedded model needs the embedded pool")
-        t = with_model_path(t, find_model(pool, t.model.removeprefix(EMBEDDED_PREFIX))["path"])
-    elif t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
+    if t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
         if serving is None:
             raise ValueError(f"{t.name}: api_base {t.api_base} needs the run's model servers")
         api_base, served = serving(t.api_base.removeprefix(SERVE_PREFIX))
         return t, make_backend(t.model_copy(update={"api_base": api_base, "model": served}))
-    elif t.backend != "openai":
-        t = with_model_path(t, model_folder(t.model, home)[0])
+    if t.embedded or t.backend != "openai":
+        t = with_model_path(t, model_folder(t.model, home, pool)[0])
     return t, make_backend(t)
 
 
@@ -106,23 +107,6 @@ def image_markdown(png: Path, title: str = "") -> str:
     """A PNG embedded in Markdown metadata, so the Dagster UI shows the chart."""
     data = base64.b64encode(Path(png).read_bytes()).decode()
     return f"![{title}](data:image/png;base64,{data})"
-
-
-def cached_metrics(out_dir: Path, fingerprint: str) -> dict | None:
-    """Metrics of a model already built into `out_dir` from the same inputs, else None."""
-    f = Path(out_dir) / "factory_build.json"
-    if f.exists():
-        data = json.loads(f.read_text())
-        if data.get("fingerprint") == fingerprint:
-            return data["metrics"]
-    return None
-
-
-def write_metrics(out_dir: Path, fingerprint: str, metrics: dict) -> None:
-    f = Path(out_dir) / "factory_build.json"
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint, "metrics": metrics}, default=str, indent=1))
-    tmp.replace(f)
 
 
 def teacher_backends(cfg, pool: pl.DataFrame, home, servers=None) -> list:

@@ -66,7 +66,7 @@ def build_definitions(
         assets=build_assets(config_path),
         jobs=jobs or [],
         resources={
-            "factory": FactoryResource(home=root, config_path=config),
+            "env": FactoryResource(home=root, config_path=config),
             "servers": ModelServers(),
             "warehouse": WarehouseIOManager(home=root),
         },

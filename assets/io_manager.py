@@ -28,6 +28,9 @@ _LOADED: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
 _STARTED: dict[tuple[str, str], datetime] = {}
 
 
+SIDE_OUTPUT = "side_output"  # output metadata: a table a step writes beside its main output (not shown in progress)
+
+
 def table_name(asset: str, definition_metadata: dict | None) -> str:
     return str((definition_metadata or {}).get("table", asset))
 

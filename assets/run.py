@@ -37,6 +37,7 @@ import dagster as dg
 
 from assets.config import config_path as find_config
 from assets.definitions import build_definitions
+from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource
 from factory.quiet import quiet_libraries
 from warehouse.home import resolve_home
@@ -58,10 +59,11 @@ class Step:
     assets: list[str]
     partition: str | None
     after: frozenset[int] = field(default_factory=frozenset)
+    side: frozenset[str] = field(default_factory=frozenset)  # side outputs made with the others, not shown
 
     @property
     def label(self) -> str:
-        return ", ".join(self.assets) + (f" [{self.partition}]" if self.partition else "")
+        return ", ".join(a for a in self.assets if a not in self.side) + (f" [{self.partition}]" if self.partition else "")
 
 
 def dagster_selection(text: str | None) -> str:
@@ -122,8 +124,8 @@ def plan(graph, keys: list[dg.AssetKey], partitions: list[str]) -> list[Step]:
     group_of: dict[dg.AssetKey, int] = {}
     for key in keys:
         parents = [p for p in graph.get(key).parent_keys if p in chosen]
-        home = None
-        for g in sorted({group_of[p] for p in parents if _same_partition(graph, key, p)}, reverse=True):
+        home = next((group_of[k] for k in graph.get_execution_set_asset_and_check_keys(key) if k in group_of), None)
+        for g in [] if home is not None else sorted({group_of[p] for p in parents if _same_partition(graph, key, p)}, reverse=True):
             before = frozenset().union(*(above(m) for m in groups[g]))
             if all(group_of[p] == g or p in before for p in parents):
                 home = g
@@ -151,7 +153,8 @@ def plan(graph, keys: list[dg.AssetKey], partitions: list[str]) -> list[Step]:
                     after.add(index[(group_of[p], part)])
                 else:
                     after.update(index[(group_of[p], q)] for q in partitions)
-        steps.append(Step([k.to_user_string() for k in groups[g]], part, frozenset(after)))
+        side = frozenset(k.to_user_string() for k in groups[g] if graph.get(k).metadata.get(SIDE_OUTPUT))
+        steps.append(Step([k.to_user_string() for k in groups[g]], part, frozenset(after), side))
     return steps
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import polars as pl
 
-DEFAULT_STAGES = ("sft_arbitrage", "dpo_offline", "dpo_online_1", "dpo_online_2", "dpo_online_3", "merged")
 TIE_RULE = "ties count half"
 SMALL_N = 10  # below this many judged prompts a language's marker is drawn hollow
 

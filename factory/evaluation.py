@@ -14,6 +14,7 @@ from factory.generation.base import SamplingConfig
 from factory.generation.registry import TeacherConfig, make_backend
 from factory.generation.runner import generate_completions
 from factory.judges import JudgeConfig
+from factory.judges.base import judgments_frame
 from factory.settings import Strict
 from factory.winrates import WinRateConfig
 
@@ -27,6 +28,7 @@ STAGES: list[tuple[str, str]] = [
     ("merged", "merged_model"),
 ]
 BASELINE = "sft_model_single_teacher"
+EVALUATED = [BASELINE, *(name for _, name in STAGES)]  # every model that answers the eval split
 
 
 def answer_eval(checkpoint: dict, prompts: pl.DataFrame, sampling: SamplingConfig, shard_dir: Path, run_id: str,
@@ -38,10 +40,27 @@ def answer_eval(checkpoint: dict, prompts: pl.DataFrame, sampling: SamplingConfi
     return generate_completions(eval_prompts, [(teacher, make_backend(teacher))], 1, shard_dir, run_id, progress=False)
 
 
+def evaluate_models(judge, prompts: pl.DataFrame, models: dict[str, dict], sampling: SamplingConfig, staging: Path,
+                    run_id: str, batch_size: int = 32) -> tuple[dict[str, pl.DataFrame], pl.DataFrame, pl.DataFrame]:
+    """Every model in `models` (name -> checkpoint row; EVALUATED) answers the eval split, and every
+    stage is judged against the baseline: (answers per model, judgments, quarantine)."""
+    answers, quarantined = {}, []
+    for name in EVALUATED:
+        ck = models[name]
+        answers[name], q = answer_eval(ck, prompts, sampling, staging / ck["checkpoint_id"], run_id, batch_size)
+        quarantined.append(q)
+    frames = []
+    for stage, name in STAGES:
+        j, q = judge_against_baseline(judge, prompts, answers[name], answers[BASELINE], models[name]["checkpoint_id"],
+                                      models[BASELINE]["checkpoint_id"], stage, run_id)
+        frames.append(j)
+        quarantined.append(q)
+    return answers, pl.concat(frames, how="diagonal_relaxed"), pl.concat(quarantined, how="diagonal_relaxed")
+
+
 def judge_against_baseline(judge, prompts: pl.DataFrame, answers: pl.DataFrame, baseline_answers: pl.DataFrame,
                            model_id: str, baseline_id: str, stage: str, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Judge model (A) vs baseline (B) on every eval prompt both answered."""
-    from factory.judges.base import judgments_frame
 
     both = (
         prompts.filter(pl.col("split") == "eval")

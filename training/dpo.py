@@ -16,15 +16,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from training.device import describe_device, pick_device, trainer_device_args
-from training.run_dir import (
-    StageRun,
-    TrainLoopConfig,
-    fingerprint,
-    make_log_callback,
-    train_and_publish,
-    trainer_loop_args,
-)
+from training.run_dir import TrainLoopConfig, make_log_callback, stage_args, train_stage
 from training.sft import as_dicts, message_problem, quarantine_frame, row_key
 
 logger = logging.getLogger(__name__)
@@ -89,14 +81,8 @@ def _dpo_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    device, _ = pick_device(cfg.device)
-    args = DPOConfig(
-        **trainer_loop_args(cfg, work_dir, progress),
-        **trainer_device_args(device),
-        max_length=cfg.max_length,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        label_smoothing=cfg.label_smoothing,
+    args, device = stage_args(
+        DPOConfig, cfg, work_dir, progress, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing
     )
     tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
     # Both models load from their folders, so a resumed run keeps the original
@@ -134,19 +120,8 @@ def train_dpo(
     kept, quarantine = split_preference_rows(rows)
     if not kept:
         raise ValueError(f"no valid preference rows ({quarantine.height} quarantined)")
-    run = StageRun(Path(out_dir), fingerprint("dpo", cfg, [policy_dir, ref_dir], kept), cfg.keep_work_dir)
-    if (done := run.finished()) is not None:
-        logger.info("dpo: %s already trained with this config; reusing it", run.out_dir)
-        return done
-    resume_from = run.prepare()
-    trainer, tokenizer, device = _dpo_trainer(policy_dir, kept, run.work_dir, cfg, ref_dir, progress, callbacks)
-    base = {
-        "stage": "dpo",
-        "policy_model": str(policy_dir),
-        "ref_model": str(ref_dir or policy_dir),
-        "n_examples": len(kept),
-        "n_quarantined": quarantine.height,
-        "device": describe_device(device),
-        "reused": False,
-    }
-    return train_and_publish(run, trainer, tokenizer, resume_from, base, REWARD_KEYS)
+    return train_stage(
+        "dpo", out_dir, cfg, [policy_dir, ref_dir], kept, quarantine.height,
+        lambda work_dir: _dpo_trainer(policy_dir, kept, work_dir, cfg, ref_dir, progress, callbacks),
+        {"policy_model": str(policy_dir), "ref_model": str(ref_dir or policy_dir)}, REWARD_KEYS,
+    )

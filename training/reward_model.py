@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from factory.ids import content_hash, normalize_text
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
+from training.run_dir import StageRun, fingerprint, quiet_progress
 from warehouse.schemas import MESSAGES as _MESSAGES
 
 PAIR_KINDS: tuple[str, ...] = ("other_language", "other_prompt", "degenerate")
@@ -179,16 +180,16 @@ def train_reward_model(
     Metrics: n_train (pairs trained on, after the max_steps*batch_size cap and the trainer's max_length
     filter), n_train_split, n_heldout, accuracy and
     accuracy_by_kind on the heldout split, train_loss, seconds (training), eval_seconds.
+    A finished model of the same base, config and pairs is reused (training.run_dir.StageRun).
     """
     import torch
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
-
-    from training.run_dir import quiet_progress
-    from training.tiny import save_model
 
     cfg = cfg or RewardModelConfig()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
+    run = StageRun(out_dir, fingerprint("reward_model", cfg, [base_dir], pairs.select("prompt", "chosen", "rejected").to_dicts()))
+    if (done := run.finished()) is not None:
+        return done
     train = pairs.filter(pl.col("split") == "train")
     n_train_split = train.height
     if train.height == 0:
@@ -200,11 +201,10 @@ def train_reward_model(
     if heldout.height > cfg.max_heldout_pairs:
         heldout = heldout.sample(cfg.max_heldout_pairs, seed=cfg.seed)
 
+    run.prepare()
     model, tokenizer = _load_seqcls(base_dir, cfg.seed)
-    dataset = Dataset.from_list(train.select("prompt", "chosen", "rejected").to_dicts())
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
     args = RewardConfig(
-        output_dir=str(work_dir),
+        output_dir=str(run.work_dir),
         max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
@@ -223,6 +223,9 @@ def train_reward_model(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(train.select("prompt", "chosen", "rejected").to_dicts())
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet_progress(trainer)
     threads = torch.get_num_threads()
@@ -234,21 +237,37 @@ def train_reward_model(
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    save_model(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(work_dir, ignore_errors=True)
-
-    start = time.perf_counter()
-    acc = heldout_accuracy(out_dir, heldout, cfg.max_length)
-    return {
+    metrics = {
         "n_train": len(trainer.train_dataset),
         "n_train_split": n_train_split,  # before the steps cap and the max_length filter
         "n_heldout": heldout.height,
-        **acc,
         "train_loss": float(result.training_loss),
         "steps": int(trainer.state.global_step),
         "seconds": round(seconds, 2),
-        "eval_seconds": round(time.perf_counter() - start, 2),
+        "config_hash": run.fingerprint,
+        "reused": False,
     }
+    start = time.perf_counter()
+    # Measured on the trained weights before they are published, so the published metrics are complete.
+    probe = run.tmp_dir.with_name(run.tmp_dir.name + ".probe")
+    trainer.model.save_pretrained(probe)
+    tokenizer.save_pretrained(probe)
+    try:
+        metrics.update(heldout_accuracy(probe, heldout, cfg.max_length))
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
+    run.publish(trainer.model, tokenizer, metrics)
+    return metrics
+
+
+def measure_reward_model(model: str, pairs: pl.DataFrame, cfg: RewardModelConfig, max_length: int, seed: int) -> dict:
+    """A user's reward model is not trained here, but it is measured on the same held-out pairs."""
+    heldout = pairs.filter(pl.col("split") == "heldout")
+    if heldout.height > cfg.max_heldout_pairs:
+        heldout = heldout.sample(cfg.max_heldout_pairs, seed=seed)
+    metrics = heldout_accuracy(model, heldout, max_length) if heldout.height else {}
+    return {**metrics, "n_heldout": heldout.height}
 
 
 class ArbiterConfig(Strict):

@@ -1,4 +1,4 @@
-"""Crash-safe training runs shared by the SFT and DPO stages.
+"""Crash-safe training runs shared by the SFT, DPO and reward-model stages, and their common skeleton.
 
 Layout next to the final model folder `out/`:
 
@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.device import DevicePref
+from training.device import DevicePref, describe_device, pick_device, trainer_device_args
 
 logger = logging.getLogger(__name__)
 
@@ -332,3 +332,29 @@ def train_and_publish(
     model = trainer.accelerator.unwrap_model(trainer.model)
     run.publish(model, tokenizer, metrics)
     return metrics
+
+
+def stage_args(args_cls: Any, cfg: TrainLoopConfig, work_dir: Path, progress: bool, **extra: Any) -> tuple[Any, str]:
+    """A TRL config (`SFTConfig`, `DPOConfig`, ...) from the shared loop and device settings plus the
+    stage's own fields, and the device it trains on."""
+    device, _ = pick_device(cfg.device)
+    args = args_cls(**trainer_loop_args(cfg, work_dir, progress), **trainer_device_args(device), max_length=cfg.max_length, **extra)
+    return args, device
+
+
+def train_stage(
+    stage: str, out_dir: str | Path, cfg: TrainLoopConfig, model_dirs: list, kept: list[dict], n_quarantined: int,
+    build: Any, info: dict, extra_keys: tuple[str, ...] = (),
+) -> dict:
+    """The skeleton every Trainer stage shares: return a finished run of the same inputs as it is,
+    else resume (or start) in the work dir, train the trainer `build(work_dir)` returns
+    (trainer, tokenizer, device), publish atomically and return the metrics (`info` added)."""
+    run = StageRun(Path(out_dir), fingerprint(stage, cfg, model_dirs, kept), cfg.keep_work_dir)
+    if (done := run.finished()) is not None:
+        logger.info("%s: %s already trained with this config; reusing it", stage, run.out_dir)
+        return done
+    resume_from = run.prepare()
+    trainer, tokenizer, device = build(run.work_dir)
+    base = {"stage": stage, **info, "n_examples": len(kept), "n_quarantined": n_quarantined,
+            "device": describe_device(device), "reused": False}
+    return train_and_publish(run, trainer, tokenizer, resume_from, base, extra_keys)

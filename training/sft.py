@@ -16,15 +16,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from training.device import describe_device, pick_device, trainer_device_args
-from training.run_dir import (
-    StageRun,
-    TrainLoopConfig,
-    fingerprint,
-    make_log_callback,
-    train_and_publish,
-    trainer_loop_args,
-)
+from training.run_dir import TrainLoopConfig, make_log_callback, stage_args, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +102,9 @@ def _sft_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    device, _ = pick_device(cfg.device)
-    args = SFTConfig(
-        **trainer_loop_args(cfg, work_dir, progress),
-        **trainer_device_args(device),
-        max_length=cfg.max_length,
-        completion_only_loss=cfg.completion_only_loss,
-        assistant_only_loss=cfg.assistant_only_loss,
-        packing=False,
+    args, device = stage_args(
+        SFTConfig, cfg, work_dir, progress, completion_only_loss=cfg.completion_only_loss,
+        assistant_only_loss=cfg.assistant_only_loss, packing=False,
     )
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
     # float32 master weights on every device; CUDA adds bf16 autocast (see training.device).
@@ -164,18 +151,8 @@ def train_sft(
     kept, quarantine = split_sft_rows(rows)
     if not kept:
         raise ValueError(f"no valid SFT rows ({quarantine.height} quarantined)")
-    run = StageRun(Path(out_dir), fingerprint("sft", cfg, [base_model_dir], kept), cfg.keep_work_dir)
-    if (done := run.finished()) is not None:
-        logger.info("sft: %s already trained with this config; reusing it", run.out_dir)
-        return done
-    resume_from = run.prepare()
-    trainer, tokenizer, device = _sft_trainer(base_model_dir, kept, run.work_dir, cfg, progress, callbacks)
-    base = {
-        "stage": "sft",
-        "base_model": str(base_model_dir),
-        "n_examples": len(kept),
-        "n_quarantined": quarantine.height,
-        "device": describe_device(device),
-        "reused": False,
-    }
-    return train_and_publish(run, trainer, tokenizer, resume_from, base)
+    return train_stage(
+        "sft", out_dir, cfg, [base_model_dir], kept, quarantine.height,
+        lambda work_dir: _sft_trainer(base_model_dir, kept, work_dir, cfg, progress, callbacks),
+        {"base_model": str(base_model_dir)},
+    )

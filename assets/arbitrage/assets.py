@@ -18,6 +18,7 @@ from assets.common import (
     serving,
     teacher_backends,
 )
+from assets.io_manager import SIDE_OUTPUT
 from assets.partitions import language_partitions
 from assets.resources import FactoryResource, ModelServers
 from factory.charts import routing_chart
@@ -35,15 +36,15 @@ from warehouse.status import markdown_table
 
 @dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"pytorch"})
 def generations(
-    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
     embedded_pool: pl.DataFrame,
 ) -> pl.DataFrame:
     """Every teacher's k completions for each training prompt of the language (the eval split is
     never generated here). Written in shards as it goes: a killed run resumes where it stopped.
     A teacher that keeps failing on a prompt is quarantined; the others' answers are kept."""
 
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     lang = context.partition_key
     train = prompts.filter(pl.col("split") == "train")
     shard_dir = wh.dir("staging", "generations", f"language={lang}")
@@ -75,15 +76,15 @@ SCORE_CHECKS = [
     check_specs=SCORE_CHECKS,
 )
 def scores(
-    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, generations: pl.DataFrame, prompts: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, generations: pl.DataFrame, prompts: pl.DataFrame,
     arbiter: pl.DataFrame,
 ):
     """The Arbiter's reward for every completion, standardised per language (reward_z), with the
     detected language and language_match (wrong-language answers are never selectable). Rewards are
     cached by (completion, text, Arbiter checkpoint hash): a rerun scores only what changed."""
 
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     scorers = configured_scorers(cfg, arbiter, wh.home, servers)
     cache = wh.dir("staging", "scores", f"language={context.partition_key}")
     scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
@@ -115,7 +116,7 @@ ROUTING_COLUMNS = ["prompt_id", "language", "completion_id", "teacher", "sample_
 
 @dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="arbitrage", kinds={"numpy"})
 def router(
-    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame,
 ) -> pl.DataFrame:
     """What routing needs from all languages at once: the single best teacher (macro-mean reward,
@@ -124,7 +125,7 @@ def router(
     prompts it was not trained on) is in the metadata: share of reward routing's reward it
     recovers and generations it would save."""
 
-    cfg = factory.settings()
+    cfg = env.settings()
     arb = cfg.arbitrage
     scored = scored_frame(scores, generations, primary_scorer(cfg)).select(ROUTING_COLUMNS)
     single = arb.routing.single_teacher or best_mean_teacher(scored)
@@ -134,17 +135,17 @@ def router(
         winners, _ = reward_routing(scored.lazy(), arb.routing)
         model = train_router(texts, winners.collect(), arb.router)
         report = evaluate_router(model, texts, scored, arb.router, arb.routing)
-        path = str(model.save(factory.warehouse().dir("models") / "router.npz"))
+        path = str(model.save(env.warehouse().dir("models") / "router.npz"))
     context.add_output_metadata({"single_teacher": single, "learned_router": dg.MetadataValue.json(report)})
     return checkpoint_frame([{
-        "stage": "router", "name": "router", "path": path, "datasets": {"scores": factory.warehouse().version("scores")},
+        "stage": "router", "name": "router", "path": path, "datasets": {"scores": env.warehouse().version("scores")},
         "config": {"single_teacher": single, "router": arb.router.model_dump()}, "metrics": report,
     }], context.run_id)
 
 
 @dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
 def selections(
-    context: dg.AssetExecutionContext, factory: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame, router: pl.DataFrame,
 ) -> pl.DataFrame:
     """One selected completion per training prompt of the language for every routing strategy:
@@ -152,25 +153,25 @@ def selections(
     baseline) and learned_routing (the router's pick from the prompt alone)."""
 
 
-    cfg = factory.settings()
+    cfg = env.settings()
     arb = cfg.arbitrage
     row = only(router)
     routing = arb.routing.model_copy(update={"single_teacher": json.loads(row["config"])["single_teacher"]})
     model = Router.load(row["path"]) if row["path"] else None
     sel, quarantine = select(scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
-    factory.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
+    env.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
     summary = strategy_comparison(sel)  # mean reward on the prompts every strategy selected
     context.add_output_metadata({"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height})
     return sel
 
 
 @dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
-def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame) -> pl.DataFrame:
+def routing_stats(context: dg.AssetExecutionContext, env: FactoryResource, selections: pl.DataFrame) -> pl.DataFrame:
     """Per language, how often each teacher wins under reward routing (with a chart), and the
     strategies compared on the prompts every strategy selected (metadata)."""
 
     df = stats(selections)
-    wh = factory.warehouse()
+    wh = env.warehouse()
     png = wh.dir("reports") / "routing.png"
     routing_chart(df, png)
     context.add_output_metadata({
@@ -187,13 +188,13 @@ def routing_stats(context: dg.AssetExecutionContext, factory: FactoryResource, s
                                    description="No eval prompt (exact or normalised/n-gram match) is in the SFT data.")],
 )
 def sft_data(
-    context: dg.AssetExecutionContext, factory: FactoryResource, selections: pl.DataFrame, prompts: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, selections: pl.DataFrame, prompts: pl.DataFrame,
     generations: pl.DataFrame,
 ):
     """SFT targets in TRL's conversational prompt-completion format, for the configured strategy
     (reward_routing by default) and for the single-teacher baseline, decontaminated against the eval split."""
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     strategies = list(dict.fromkeys([cfg.arbitrage.sft_strategy, cfg.arbitrage.baseline_strategy]))
     rows, quarantined = sft_rows(selections, prompts, generations, strategies)
     evals = all_eval_prompts(wh, prompts)
@@ -219,7 +220,7 @@ PAIR_OUTS = {
         "reward, above a margin) and native_vs_translated (best in-language answer vs a weaker teacher's English "
         "answer translated into the language).")),
     "native_vs_translated": dg.AssetOut(
-        io_manager_key="warehouse", metadata={"table": "generations"}, is_required=False, kinds={"polars"},
+        io_manager_key="warehouse", metadata={SIDE_OUTPUT: True, "table": "generations"}, is_required=False, kinds={"polars"},
         description="The translated rejected answers of native_vs_translated pairs (rows of `generations`)."),
 }
 
@@ -228,11 +229,11 @@ PAIR_OUTS = {
     outs=PAIR_OUTS, partitions_def=language_partitions, group_name="arbitrage", check_specs=PAIR_CHECKS,
 )
 def preference_pairs(
-    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, scores: pl.DataFrame, generations: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame, selections: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
 ):
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     lang = context.partition_key
     scored = scored_frame(scores, generations, primary_scorer(cfg))
     bw = cfg.pairs.best_worst

@@ -5,75 +5,68 @@ import dagster as dg
 import polars as pl
 
 from assets.common import backend_for, image_markdown, only, serving
-from assets.io_manager import metadata_table
+from assets.io_manager import SIDE_OUTPUT, metadata_table
 from assets.resources import FactoryResource, ModelServers
-from factory.evaluation import BASELINE, STAGES
+from factory.charts import language_chart, step_chart
+from factory.evaluation import EVALUATED, STAGES, evaluate_models
+from factory.judges import build_judge
+from factory.version import code_version
+from factory.winrates import bradley_terry, validate_judgments
+from factory.winrates import win_rates as compute
+from warehouse.publish import pair_configs, publish_dataset
 from warehouse.status import markdown_table
 
+JUDGMENT_OUTS = {
+    "judgments": dg.AssetOut(io_manager_key="warehouse", kinds={"pytorch"}, description=(
+        "Every stage's model answers the eval split (never trained on) and is judged against the single-teacher "
+        "SFT baseline. Default judge: chrF against the corpus's reference replies with a language-ID check; never "
+        "the Arbiter, which chose the training data.")),
+    **{f"eval_answers_{name}": dg.AssetOut(io_manager_key="warehouse", metadata={SIDE_OUTPUT: True, "table": "generations"}, kinds={"pytorch"},
+                                           description=f"{name}'s answers to the eval split (rows of `generations`).")
+       for name in EVALUATED},
+}
 
-@dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"pytorch"})
-def judgments(
-    context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
-    sft_model_single_teacher: pl.DataFrame, sft_model: pl.DataFrame, dpo_offline_model: pl.DataFrame,
-    dpo_online_round_1: pl.DataFrame, dpo_online_round_2: pl.DataFrame, dpo_online_round_3: pl.DataFrame,
-    merged_model: pl.DataFrame,
-):
-    """Every stage's model answers the eval split (never trained on) and is judged against the
-    single-teacher SFT baseline. Default judge: chrF against the corpus's reference replies with a
-    language-ID check; never the Arbiter, which chose the training data."""
-    from factory.evaluation import answer_eval, judge_against_baseline
-    from factory.judges import build_judge
 
-    models = {
-        "sft_model_single_teacher": sft_model_single_teacher, "sft_model": sft_model, "dpo_offline_model": dpo_offline_model,
-        "dpo_online_round_1": dpo_online_round_1, "dpo_online_round_2": dpo_online_round_2,
-        "dpo_online_round_3": dpo_online_round_3, "merged_model": merged_model,
-    }
-    cfg = factory.settings()
-    wh = factory.warehouse()
+@dg.multi_asset(outs=JUDGMENT_OUTS, group_name="evaluation", ins={name: dg.AssetIn(name) for name in EVALUATED})
+def judgments(context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
+              **models: pl.DataFrame):
+    cfg = env.settings()
+    wh = env.warehouse()
+    ev = cfg.evaluation
+    judge = configured_judge(cfg, wh.home, servers)
+    checkpoints = {name: only(frame) for name, frame in models.items()}
+    answers, df, quarantine = evaluate_models(
+        judge, prompts, checkpoints, ev.sampling, wh.dir("staging", "eval_answers"), context.run_id, ev.batch_size
+    )
+    wh.quarantine("judgments", None, quarantine, context.run_id)
+    for name, ans in answers.items():
+        yield dg.Output(ans, output_name=f"eval_answers_{name}")
+    verdict = pl.col("verdict")
+    tally = df.group_by("stage").agg(wins=(verdict == "win").sum(), ties=(verdict == "tie").sum(), losses=(verdict == "loss").sum())
+    yield dg.Output(df, output_name="judgments", metadata={
+        "judge": judge.name, "tally": dg.MetadataValue.md(markdown_table(tally.sort("stage")))
+    })
+
+
+def configured_judge(cfg, home, servers):
+    """evaluation.judge built with what it needs: an independent reward model, or an LLM backend."""
     ev = cfg.evaluation
     scorer = backend = None
     if ev.judge.name == "reward":
-        from factory.scoring.sequence_classifier import SequenceClassifierScorer
+        from factory.scoring.sequence_classifier import SequenceClassifierScorer  # torch
 
         scorer = SequenceClassifierScorer(ev.reward_model)
     if ev.judge.name == "llm":
-        backend = backend_for(ev.judge_model, None, wh.home, serving(cfg, wh.home, servers))[1]
-    judge = build_judge(ev.judge, scorer=scorer, backend=backend)
-    staging = wh.dir("staging", "eval_answers")
-    baseline = only(models[BASELINE])
-    answers, quarantined = {}, []
-    for name in [BASELINE, *(n for _, n in STAGES)]:
-        ck = only(models[name])
-        ans, q = answer_eval(ck, prompts, ev.sampling, staging / ck["checkpoint_id"], context.run_id, ev.batch_size)
-        answers[name] = ans
-        quarantined.append(q)
-        wh.write_table("generations", ans, {"producer": f"eval_answers_{name}"})
-    frames = []
-    for stage, name in STAGES:
-        j, q = judge_against_baseline(judge, prompts, answers[name], answers[BASELINE], only(models[name])["checkpoint_id"],
-                                      baseline["checkpoint_id"], stage, context.run_id)
-        frames.append(j)
-        quarantined.append(q)
-    wh.quarantine("judgments", None, pl.concat(quarantined, how="diagonal_relaxed"), context.run_id)
-    df = pl.concat(frames, how="diagonal_relaxed")
-    tally = df.group_by("stage").agg(
-        wins=(pl.col("verdict") == "win").sum(), ties=(pl.col("verdict") == "tie").sum(), losses=(pl.col("verdict") == "loss").sum()
-    )
-    context.add_output_metadata({"judge": judge.name, "tally": dg.MetadataValue.md(markdown_table(tally.sort("stage")))})
-    return df
+        backend = backend_for(ev.judge_model, None, home, serving(cfg, home, servers))[1]
+    return build_judge(ev.judge, scorer=scorer, backend=backend)
 
 
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"polars"})
-def win_rates(context: dg.AssetExecutionContext, factory: FactoryResource, judgments: pl.DataFrame) -> pl.DataFrame:
+def win_rates(context: dg.AssetExecutionContext, env: FactoryResource, judgments: pl.DataFrame) -> pl.DataFrame:
     """Win rate (ties count half) per language and overall (macro average) against the baseline,
     with seeded bootstrap 95% CIs, and the step-by-step chart (also under FACTORY_HOME/reports/)."""
-    from factory.charts import language_chart, step_chart
-    from factory.winrates import bradley_terry, validate_judgments
-    from factory.winrates import win_rates as compute
-
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     valid, quarantine = validate_judgments(judgments)
     wh.quarantine("win_rates", None, quarantine, context.run_id)
     rates = compute(valid, cfg.evaluation.winrates, run_id=context.run_id)
@@ -128,17 +121,14 @@ ONLINE_PAIRS = [f"online_pairs_round_{k}" for k in (1, 2, 3)]
     ins={"preference_pairs": dg.AssetIn(), **{name: dg.AssetIn() for name in ONLINE_PAIRS}},
 )
 def published_datasets(
-    context: dg.AssetExecutionContext, factory: FactoryResource, sft_data: pl.DataFrame, **pair_tables: pl.DataFrame,
+    context: dg.AssetExecutionContext, env: FactoryResource, sft_data: pl.DataFrame, **pair_tables: pl.DataFrame,
 ) -> pl.DataFrame:
     """The SFT data and every preference pair (offline per language, each online round as its own
     config) as Hugging Face dataset folders: Parquet shards per config, an `all` config that is the
     default, a README card with YAML configs, licenses and provenance; loadable with
     datasets.load_dataset(folder) or (folder, name=CONFIG) and trainable by TRL as they are."""
-    from factory.version import code_version
-    from warehouse.publish import pair_configs, publish_dataset
-
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     pub = cfg.publish
     out_root = wh.dir("published")
     pairs = pl.concat([pair_tables["preference_pairs"], *(pair_tables[n] for n in ONLINE_PAIRS)], how="diagonal_relaxed")

@@ -5,9 +5,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from assets.common import cached_metrics, checkpoint_frame, model_folder, source_record, write_metrics
+from assets.common import checkpoint_frame, model_folder, source_record
+from assets.config import model_source_refs
 from assets.resources import FactoryResource
 from factory.sources.chatterbot import Dialog
+from training.reward_model import make_reward_pairs, measure_reward_model, train_reward_model
+from training.teachers import build_embedded_pool
+from warehouse.status import markdown_table
 
 
 def train_dialogs(prompts: pl.DataFrame) -> list[Dialog]:
@@ -20,14 +24,12 @@ def train_dialogs(prompts: pl.DataFrame) -> list[Dialog]:
 
 
 @dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
-def model_sources(context: dg.AssetExecutionContext, factory: FactoryResource) -> pl.DataFrame:
+def model_sources(context: dg.AssetExecutionContext, env: FactoryResource) -> pl.DataFrame:
     """Every model the config names as a file (gguf:PATH) or as a file shipped in an installed
     package (pkg:DIST/PATH), converted once into a Hugging Face folder under models/sources/ and
     recorded with its source file and sha256 (so a checkpoint's lineage reaches the file)."""
-    from assets.config import model_source_refs
-
-    cfg = factory.settings()
-    home = factory.warehouse().home
+    cfg = env.settings()
+    home = env.warehouse().home
     records = [source_record(ref, home) for ref in model_source_refs(cfg)]
     context.add_output_metadata({"sources": dg.MetadataValue.json(
         {r["name"]: {"sha256": r["config"].get("sha256"), "folder": str(Path(r["path"]).relative_to(home))}
@@ -37,14 +39,12 @@ def model_sources(context: dg.AssetExecutionContext, factory: FactoryResource) -
 
 @dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"},
           deps=[model_sources])
-def embedded_pool(context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame) -> pl.DataFrame:
+def embedded_pool(context: dg.AssetExecutionContext, env: FactoryResource, prompts: pl.DataFrame) -> pl.DataFrame:
     """The embedded default's tiny models, built locally from the training prompts: a byte-level
     BPE tokenizer, a weak generalist base model, and one specialised teacher per language
     cluster (its languages plus en/es/fr). Cached: a rerun with the same inputs reuses them."""
-    from training.teachers import build_embedded_pool
-
-    cfg = factory.settings()
-    wh = factory.warehouse()
+    cfg = env.settings()
+    wh = env.warehouse()
     info = build_embedded_pool(train_dialogs(prompts), wh.dir("models", "embedded"), cfg.models.embedded, cfg.languages)
     datasets = {"prompts": wh.version("prompts")}
     base = {"stage": "base", "name": "base", "path": info["base"]["path"], "config": info["base"].get("config", {}),
@@ -60,56 +60,38 @@ def embedded_pool(context: dg.AssetExecutionContext, factory: FactoryResource, p
          "reused": (info["base"] if r["name"] == "base" else info["teachers"][r["name"]]).get("reused")}
         for r in records
     ])
-    from warehouse.status import markdown_table
-
     context.add_output_metadata({"models": dg.MetadataValue.md(markdown_table(table))})
     return checkpoint_frame(records, context.run_id)
 
 
 @dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
 def arbiter(
-    context: dg.AssetExecutionContext, factory: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
+    context: dg.AssetExecutionContext, env: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
 ) -> pl.DataFrame:
     """The Arbiter: the reward model that scores every teacher's completion. The embedded one is
     trained with TRL's RewardTrainer on corpus pairs (in-language reference reply preferred over a
     reply in another language, a reply to another prompt, or a degenerate one); its accuracy on
     held-out pairs is reported here."""
-    from assets.common import find_model
-    from training.reward_model import heldout_accuracy, make_reward_pairs, train_reward_model
-    from training.run_dir import fingerprint
-
-    cfg = factory.settings()
-    wh = factory.warehouse()
-    pairs = make_reward_pairs(train_dialogs(prompts), seed=cfg.seed, heldout_fraction=cfg.arbiter.train.heldout_fraction)
-    if cfg.arbiter.model != "embedded":
-        # A user's reward model is not trained here, but it is measured on the same held-out pairs.
-        heldout = pairs.filter(pl.col("split") == "heldout")
-        if heldout.height > cfg.arbiter.train.max_heldout_pairs:
-            heldout = heldout.sample(cfg.arbiter.train.max_heldout_pairs, seed=cfg.seed)
-        metrics = heldout_accuracy(cfg.arbiter.model, heldout, cfg.arbiter.max_length) if heldout.height else {}
-        metrics["n_heldout"] = heldout.height
+    cfg = env.settings()
+    wh = env.warehouse()
+    arb = cfg.arbiter
+    pairs = make_reward_pairs(train_dialogs(prompts), seed=cfg.seed, heldout_fraction=arb.train.heldout_fraction)
+    datasets = {"prompts": wh.version("prompts")}
+    if arb.model != "embedded":
+        metrics = measure_reward_model(arb.model, pairs, arb.train, arb.max_length, cfg.seed)
         context.add_output_metadata({"heldout_accuracy": dg.MetadataValue.json(metrics)})
-        record = {"stage": "reward_model", "name": "arbiter", "path": cfg.arbiter.model, "config": {"external": True},
-                  "datasets": {"prompts": wh.version("prompts")}, "metrics": metrics}
+        record = {"stage": "reward_model", "name": "arbiter", "path": arb.model, "config": {"external": True},
+                  "datasets": datasets, "metrics": metrics}
         return checkpoint_frame([record], context.run_id)
-    if cfg.arbiter.base_model == "embedded:base":
-        row = find_model(embedded_pool, "base")
-        base_path, parents = row["path"], [row["checkpoint_id"]]
-    else:
-        base_path, parents = model_folder(cfg.arbiter.base_model, wh.home)
+    base_path, parents = model_folder(arb.base_model, wh.home, embedded_pool)
     out = wh.dir("models") / "arbiter"
-    fp = fingerprint("reward_model", cfg.arbiter.train, [base_path], pairs.select("prompt", "chosen", "rejected").to_dicts())
-    metrics = cached_metrics(out, fp)
-    if metrics is None:
-        metrics = train_reward_model(base_path, pairs, out, cfg.arbiter.train)
-        write_metrics(out, fp, metrics)
-    record = {
-        "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents,
-        "datasets": {"prompts": wh.version("prompts")}, "config": cfg.arbiter.train.model_dump(), "metrics": metrics,
-    }
+    metrics = train_reward_model(base_path, pairs, out, arb.train)
     context.add_output_metadata({
         "heldout_accuracy": float(metrics.get("accuracy", float("nan"))),
         "accuracy_by_kind": dg.MetadataValue.json(metrics.get("accuracy_by_kind", {})),
         "n_train_pairs": int(metrics.get("n_train", 0)),
     })
-    return checkpoint_frame([record], context.run_id)
+    return checkpoint_frame([{
+        "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents, "datasets": datasets,
+        "config": arb.train.model_dump(), "metrics": metrics,
+    }], context.run_id)

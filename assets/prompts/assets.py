@@ -22,17 +22,17 @@ PROMPT_CHECKS = [
     kinds={"polars", "parquet"},
     check_specs=PROMPT_CHECKS,
 )
-def prompts(context: dg.AssetExecutionContext, factory: FactoryResource):
+def prompts(context: dg.AssetExecutionContext, env: FactoryResource):
     """Prompts per language from the configured sources (embedded default: chatterbot-corpus),
     validated, deduplicated, with a held-out `eval` split (~10%, by prompt_id) never used for
     training. Rejected rows go to `quarantine` with a reason and a code, duplicates included,
     so read = kept + quarantined for the partition. Rows no partition takes (unknown or
     out-of-run language, unreadable) are quarantined once, by the run's first language,
     under partition `unrouted`."""
-    cfg = factory.settings()
+    cfg = env.settings()
     lang = context.partition_key
     batch = load_prompts(cfg.prompts, lang, context.run_id, cfg.languages)
-    wh = factory.warehouse()
+    wh = env.warehouse()
     wh.quarantine("prompts", lang, batch.quarantine, context.run_id)
     if batch.owns_unrouted:  # written even when empty, so a fixed source clears old rows
         wh.quarantine("prompts", UNROUTED, batch.unrouted, context.run_id)

@@ -147,7 +147,7 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     cfg.write_text("languages: [en, es, de, ja, ru]\npairs: {native_vs_translated: {enabled: false}}\n")
     result = dg.materialize(
         ALL_ASSETS, selection=["preference_pairs", "native_vs_translated"], partition_key="de", raise_on_error=False,
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(),
+        resources={"env": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(),
                    "warehouse": WarehouseIOManager(home=str(home))},
     )
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}

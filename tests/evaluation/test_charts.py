@@ -4,7 +4,10 @@ import polars as pl
 import pytest
 
 import factory.charts as charts
-from factory.charts import DEFAULT_STAGES, language_chart, routing_chart, step_chart
+from factory.charts import language_chart, routing_chart, step_chart
+from factory.evaluation import STAGES
+
+DEFAULT_STAGES = tuple(stage for stage, _ in STAGES)
 
 N = {"all": 31, "en": 20, "fr": 10, "ja": 1}
 

@@ -62,7 +62,7 @@ def test_prompts_counts_reconcile_in_sql(home, tmp_path):
     cfg = yaml.safe_load(config_path().read_text(encoding="utf-8"))
     cfg["prompts"]["sources"].append({"kind": "jsonl", "path": str(extra)})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    resources = {**defs.resources, "factory": FactoryResource(config_path=str(tmp_path / "run.yaml"))}
+    resources = {**defs.resources, "env": FactoryResource(config_path=str(tmp_path / "run.yaml"))}
     first, other = active_config().languages[0], "es"
     assert first != other
     meta = {}

@@ -111,7 +111,7 @@ def test_plain_dagster_materialize_is_refused_until_forced(tmp_path, monkeypatch
     home = tmp_path / "home"
     FactoryResource(home=str(home), config_path="tiny").check_home()
     monkeypatch.delenv("FACTORY_CONFIG", raising=False)  # the default config
-    resources = {"factory": FactoryResource(home=str(home)), "warehouse": WarehouseIOManager(home=str(home))}
+    resources = {"env": FactoryResource(home=str(home)), "warehouse": WarehouseIOManager(home=str(home))}
     result = dg.materialize([prompts], partition_key="es", resources=resources, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_failure)

@@ -48,7 +48,7 @@ def test_plan_runs_language_chains_per_partition_and_waits_for_every_partition(g
     steps = plan(graph, select(None, graph), ["es", "ja"])
     at = {(s.label): i for i, s in enumerate(steps)}
     labels = list(at)
-    assert "selections, native_vs_translated, preference_pairs [es]" in labels  # one run per language for the chain
+    assert "selections, preference_pairs [es]" in labels  # one run per language for the chain
     # scores also needs the arbiter, which generations does not: generations runs beside the arbiter
     assert "generations [es]" in labels and "scores [ja]" in labels
     assert at["arbiter"] not in steps[at["generations [es]"]].after
@@ -104,5 +104,5 @@ def test_definitions_are_built_from_a_config_and_a_home(tmp_path):
     defs = build_definitions(str(other), str(tmp_path / "h"))
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("scores")).partitions_def.get_partition_keys() == ["de", "ja"]
-    assert defs.resources["factory"].home == str(tmp_path / "h")
+    assert defs.resources["env"].home == str(tmp_path / "h")
     assert defs.resources["warehouse"].home == str(tmp_path / "h")

@@ -45,7 +45,7 @@ def _run(home, tmp_path, decontaminate: bool):
     cfg.write_text(f"languages: [en, es, de, ja, ru]\narbitrage: {{decontaminate: {str(decontaminate).lower()}}}\n")
     return dg.materialize(
         ALL_ASSETS, selection=["sft_data"], raise_on_error=False,
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
+        resources={"env": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
     )
 
 

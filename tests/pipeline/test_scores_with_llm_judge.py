@@ -86,7 +86,7 @@ def test_scores_with_llm_judge(home, tmp_path, judge_server, monkeypatch):
     )
     result = dg.materialize(
         ALL_ASSETS, selection=["scores"], partition_key="es",
-        resources={"factory": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
+        resources={"env": FactoryResource(home=str(home), config_path=str(cfg)), "servers": ModelServers(), "warehouse": WarehouseIOManager(home=str(home))},
     )
     assert result.success
     assert all(c.passed for c in result.get_asset_check_evaluations())

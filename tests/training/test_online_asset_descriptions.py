@@ -4,9 +4,9 @@ from assets.training.assets import ONLINE_ASSETS
 
 
 def test_online_round_assets_have_descriptions():
-    described = {a.key.to_user_string(): a.descriptions_by_key.get(a.key) or "" for a in ONLINE_ASSETS}
+    described = {k.to_user_string(): a.descriptions_by_key.get(k) or "" for a in ONLINE_ASSETS for k in a.keys}
     assert sorted(described) == sorted(
-        [f"online_pairs_round_{k}" for k in (1, 2, 3)] + [f"dpo_online_round_{k}" for k in (1, 2, 3)]
+        f"{kind}_round_{k}" for k in (1, 2, 3) for kind in ("online_pairs", "online_generations", "online_scores", "dpo_online")
     )
     for name, text in described.items():
         k = name.rsplit("_", 1)[1]
