@@ -254,7 +254,7 @@ def ui(
     os.environ.setdefault("FACTORY_HOME", str(resolve_home()))
     exe = Path(sys.executable).with_name("dagster")
     typer.echo(f"Dagster UI on http://127.0.0.1:{port} (home {os.environ['FACTORY_HOME']}, runs in {dagster_home})")
-    os.execv(str(exe), [str(exe), "dev", "-m", "assets", "--host", "127.0.0.1", "--port", str(port)])
+    os.execv(str(exe), [str(exe), "dev", "-m", "assets.definitions", "--host", "127.0.0.1", "--port", str(port)])
 
 
 def main() -> None:  # pragma: no cover

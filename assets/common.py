@@ -12,6 +12,9 @@ from factory import ids
 from factory.decontam import contamination_report, eval_prompts
 from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
 from factory.generation.serve import SERVE_PREFIX
+from factory.model_sources import parse_model_ref, read_source_record
+from factory.scoring.sequence_classifier import SequenceClassifierScorer
+from training.convert import resolve_model
 from warehouse import schemas
 
 
@@ -40,11 +43,8 @@ def source_record(ref: str, home) -> dict | None:
     """A `checkpoints` record for a gguf:/pkg: model reference: the converted folder (converted on
     first use, cached in FACTORY_HOME/models/sources/), with the source file and its sha256 as
     config, so lineage reaches the original file. None for folder and hub references."""
-    from factory.model_sources import parse_model_ref, read_source_record
-
     if not parse_model_ref(ref).needs_conversion:
         return None
-    from training.convert import resolve_model
 
     folder = resolve_model(ref, home=home)
     return {"stage": "source", "name": ref, "path": folder, "config": read_source_record(folder) or {}}
@@ -130,8 +130,6 @@ def primary_scorer(cfg) -> str:
 
 def arbiter_scorer(cfg, arbiter: pl.DataFrame):
     """The Arbiter (the `arbiter` asset's checkpoint) as a scorer, and its checkpoint row."""
-    from factory.scoring.sequence_classifier import SequenceClassifierScorer  # torch
-
     row = only(arbiter)
     return SequenceClassifierScorer(
         row["path"], batch_size=cfg.arbiter.batch_size, max_length=cfg.arbiter.max_length, device=cfg.arbiter.device,

@@ -10,6 +10,8 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from assets.config import FactoryConfig, config_path, load_config
+from factory.generation.serve import ModelServer
+from training.convert import resolve_model
 from warehouse.home import resolve_home
 from warehouse.housekeeping import check_home_config
 from warehouse.store import Warehouse
@@ -94,9 +96,6 @@ class ModelServers(dg.ConfigurableResource):
 
     def endpoint(self, cfg: FactoryConfig, name: str, home) -> tuple[str, str]:
         """(api_base, model name to send) of serve entry `name`, starting its server if needed."""
-        from factory.generation.serve import ModelServer
-        from training.convert import resolve_model
-
         if self._stack is None:
             raise RuntimeError("ModelServers is used outside a Dagster step")
         if name not in self._running:

@@ -178,7 +178,7 @@ class StepFailed(RuntimeError):
         where = f"run {run_id[:8]}: " if run_id else ""
         super().__init__(
             f"{label} failed: {cause}\n  ({where}`--verbose` prints the trace; "
-            f"`dagster dev -m assets` shows the run's full log)"
+            f"`factory ui` (dagster dev -m assets.definitions) shows the run's full log)"
         )
 
 

@@ -30,7 +30,7 @@ from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
 from factory.scoring.base import RewardScorer
 from factory.settings import Strict
 from factory.sft_data import message
-from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS, conform
+from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS, conform, rejected, rejected_frame
 
 DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
 CANDIDATE_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")
@@ -250,12 +250,12 @@ def native_vs_translated(
             }
         )
     pairs = pl.DataFrame(pair_rows, schema={**PREFERENCE_PAIRS, "chosen_teacher": pl.String, "rejected_teacher": pl.String})
-    q = pl.DataFrame(quarantine, schema={"row_key": pl.String, "reason": pl.String, "payload": pl.String})
+    q = rejected_frame(quarantine)
     return pairs, gens, q
 
 
 def _q(row: dict, reason: str) -> dict:
-    return {"row_key": row["prompt_id"], "reason": f"native_vs_translated: {reason}", "payload": json.dumps(row, ensure_ascii=False, default=str)}
+    return rejected(row["prompt_id"], f"native_vs_translated: {reason}", row)
 
 
 def _drop_failed(todo: list[dict], stages: list[list[Completion]], reason: str, quarantine: list[dict]):

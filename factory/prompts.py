@@ -22,6 +22,7 @@ import polars as pl
 from pydantic import Field
 
 from factory import ids
+from factory.langid import contradicts
 from factory.languages import LANGUAGES
 from factory.settings import Strict
 from factory.sources.chatterbot import iter_raw
@@ -37,7 +38,6 @@ _ALIASES = {c.lower(): c for c in LANGUAGES} | {
     "pt-br": "pt", "pt_br": "pt", "pt-pt": "pt", "en-us": "en", "en-gb": "en", "es-419": "es",
 }
 UNROUTED = "unrouted"  # quarantine partition for rows no language partition of the run takes
-QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String, "code": pl.String}
 
 __all__ = ["RawPrompt", "PromptBatch", "UNROUTED", "build_prompts", "clean_text", "load_prompts", "read_source"]
 
@@ -69,7 +69,7 @@ def unrouted_owner(languages: list[str]) -> str:
 @dataclass
 class PromptBatch:
     prompts: pl.DataFrame
-    quarantine: pl.DataFrame  # this partition's rejected rows, duplicates included (QUARANTINE_COLUMNS)
+    quarantine: pl.DataFrame  # this partition's rejected rows, duplicates included (schemas.REJECTED and code)
     unrouted: pl.DataFrame  # rows no partition takes; only the owner partition has any
     counts: dict[str, int]
     owns_unrouted: bool = False  # this partition writes the `unrouted` quarantine partition
@@ -209,8 +209,6 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
         candidates.append((row, text))
 
     if cfg.language_check.enabled and candidates:
-        from factory.langid import contradicts
-
         checkable = [i for i, (_, t) in enumerate(candidates) if len(t) >= cfg.language_check.min_chars]
         detected = contradicts([candidates[i][1] for i in checkable], language, languages, cfg.language_check.margin)
         bad = set()
@@ -256,8 +254,8 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
         raise AssertionError(f"prompt counts do not reconcile: {counts}")
     return PromptBatch(
         prompts,
-        pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS),
-        pl.DataFrame(unrouted, schema=QUARANTINE_COLUMNS),
+        schemas.rejected_frame(quarantine, with_code=True),
+        schemas.rejected_frame(unrouted, with_code=True),
         counts,
         owns_unrouted=language == unrouted_owner(languages),
     )

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import blake2b_digests
 from factory.languages import LANGUAGES, cluster_of
-from warehouse.schemas import SELECTIONS, conform
+from warehouse.schemas import SELECTIONS, conform, rejected_frame
 
 
 class Router(Protocol):
@@ -54,7 +54,6 @@ class Router(Protocol):
     def predict(self, texts: list[str]) -> list[str]: ...
 
 SCORED_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "sample_index", "reward", "language_match")
-QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
 _MISSED = ("prompt_id", "language", "teacher", "reason")
 _NO_TEXT = "prompt text not found"
 
@@ -502,7 +501,7 @@ def reward_routing(scored: Source, cfg: RoutingConfig | None = None, router=None
 
 def _quarantine(missed: pl.DataFrame) -> pl.DataFrame:
     if missed.is_empty():
-        return pl.DataFrame(schema=QUARANTINE_COLUMNS)
+        return rejected_frame()
     payload = ["prompt_id", "language", "strategy", "teacher", "n_completions", "n_scored", "n_language_match"]
     return missed.select(
         pl.col("prompt_id").alias("row_key"),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from factory.routing import strategy_comparison
+from warehouse.status import markdown_table, table_status
+from warehouse.store import Warehouse
+
 
 def demo_summary(home: Path) -> str:
-    from factory.routing import strategy_comparison
-    from warehouse.status import markdown_table, table_status
-    from warehouse.store import Warehouse
-
     wh = Warehouse(home)
     lines = [table_status(wh), ""]
     if wh.has("selections"):

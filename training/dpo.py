@@ -101,14 +101,8 @@ def _dpo_trainer(
 
 
 def train_dpo(
-    policy_dir: str | Path,
-    rows: pl.DataFrame | list[dict],
-    out_dir: str | Path,
-    cfg: DPOStageConfig | None = None,
-    ref_dir: str | Path | None = None,
-    progress: bool = True,
-    *,
-    callbacks: list | None = None,
+    policy_dir: str | Path, rows: pl.DataFrame | list[dict], out_dir: str | Path, cfg: DPOStageConfig | None = None,
+    ref_dir: str | Path | None = None, progress: bool = True, *, callbacks: list | None = None,
 ) -> dict:
     """DPO-train `policy_dir` on preference `rows` against a frozen reference; save to `out_dir`; return metrics.
 

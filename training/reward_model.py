@@ -20,9 +20,11 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash, normalize_text
+from factory.scoring.sequence_classifier import SequenceClassifierScorer
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
 from training.run_dir import StageRun, fingerprint, quiet_progress
+from training.tiny import tiny_llama_config
 from warehouse.schemas import MESSAGES as _MESSAGES
 
 PAIR_KINDS: tuple[str, ...] = ("other_language", "other_prompt", "degenerate")
@@ -138,8 +140,6 @@ def _load_seqcls(base_dir: Path, seed: int):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
 
-    from training.tiny import tiny_llama_config
-
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -156,8 +156,6 @@ def _load_seqcls(base_dir: Path, seed: int):
 
 def heldout_accuracy(model_dir: Path, pairs: pl.DataFrame, max_length: int, batch_size: int = 64) -> dict[str, Any]:
     """Share of pairs whose chosen reply outscores the rejected one, overall and per kind."""
-    from factory.scoring.sequence_classifier import SequenceClassifierScorer
-
     if pairs.height == 0:
         return {"accuracy": None, "accuracy_by_kind": {}}
     scorer = SequenceClassifierScorer(model_dir, batch_size=batch_size, max_length=max_length)

@@ -8,7 +8,6 @@ completion tokens only: prompt tokens are -100 in the labels.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,12 @@ import polars as pl
 from pydantic import Field
 
 from training.run_dir import TrainLoopConfig, make_log_callback, stage_args, train_stage
+from warehouse.schemas import rejected as rejected_row
+from warehouse.schemas import rejected_frame
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
-QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
 ID_COLUMNS = ("pair_id", "completion_id", "prompt_id")
 
 
@@ -65,14 +65,7 @@ def as_dicts(rows: pl.DataFrame | list[dict]) -> list[dict]:
 
 def quarantine_frame(rejected: list[tuple[str, str, dict]]) -> pl.DataFrame:
     """Rows of (row_key, reason, row) as the quarantine columns (payload = row as JSON)."""
-    return pl.DataFrame(
-        {
-            "row_key": [k for k, _, _ in rejected],
-            "reason": [r for _, r, _ in rejected],
-            "payload": [json.dumps(row, ensure_ascii=False, default=str) for _, _, row in rejected],
-        },
-        schema=QUARANTINE_COLUMNS,
-    )
+    return rejected_frame([rejected_row(key, reason, row) for key, reason, row in rejected])
 
 
 def split_sft_rows(rows: pl.DataFrame | list[dict]) -> tuple[list[dict], pl.DataFrame]:
@@ -120,11 +113,8 @@ def _sft_trainer(
 
 
 def build_sft_trainer(
-    base_model_dir: str | Path,
-    rows: pl.DataFrame | list[dict],
-    work_dir: str | Path,
-    cfg: SFTStageConfig | None = None,
-    progress: bool = False,
+    base_model_dir: str | Path, rows: pl.DataFrame | list[dict],
+    work_dir: str | Path, cfg: SFTStageConfig | None = None, progress: bool = False,
 ) -> Any:
     """An SFTTrainer over the valid rows, without training (for inspection: datasets, collated batches)."""
     kept, _ = split_sft_rows(rows)
@@ -132,13 +122,8 @@ def build_sft_trainer(
 
 
 def train_sft(
-    base_model_dir: str | Path,
-    rows: pl.DataFrame | list[dict],
-    out_dir: str | Path,
-    cfg: SFTStageConfig | None = None,
-    progress: bool = True,
-    *,
-    callbacks: list | None = None,
+    base_model_dir: str | Path, rows: pl.DataFrame | list[dict], out_dir: str | Path,
+    cfg: SFTStageConfig | None = None, progress: bool = True, *, callbacks: list | None = None,
 ) -> dict:
     """Fine-tune `base_model_dir` on prompt-completion `rows`; save the model to `out_dir`; return metrics.
 

@@ -19,17 +19,17 @@ import os
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from factory.ids import content_hash
 from factory.languages import CLUSTERS, LANGUAGES, own_languages
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
+from training.pretrain import train_causal_lm
+from training.tiny import init_causal_lm, save_model, train_tokenizer
 
 
-class EmbeddedPoolConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbeddedPoolConfig(Strict):
     vocab_size: int = 4096
     hidden_size: int = 128
     layers: int = 2
@@ -93,8 +93,6 @@ def _write_build(folder: Path, info: dict) -> None:
 def _build_tokenizer(dialogs: list[Dialog], folder: Path, cfg: EmbeddedPoolConfig, build_hash: str):
     from transformers import AutoTokenizer
 
-    from training.tiny import train_tokenizer
-
     info = _read_build(folder, build_hash)
     if info is not None:
         return AutoTokenizer.from_pretrained(folder), {**info, "reused": True}
@@ -124,9 +122,6 @@ def _train_model(
     build_hash: str,
     progress: bool,
 ) -> dict:
-    from training.pretrain import train_causal_lm
-    from training.tiny import init_causal_lm, save_model
-
     info = _read_build(folder, build_hash)
     if info is not None:
         return {**info, "reused": True}

@@ -108,14 +108,11 @@ def checkpoint_node(wh: Warehouse, ck: str, depth: int = 0) -> Node:
 
 
 def judgment_node(wh: Warehouse, jid: str) -> Node:
-    row = _one(wh, "judgments", "judgment_id", jid)
-    if row is None:
+    if (row := _one(wh, "judgments", "judgment_id", jid)) is None:
         return Node(f"judgment {jid} (not found)")
-    return Node(
-        f"judgment {jid} [{row['language']}, judge {row['judge']}]: {row['verdict']} for {row['stage']}",
-        [Node("model", [checkpoint_node(wh, row["model"])]), Node("baseline", [checkpoint_node(wh, row["baseline"])]),
-         prompt_node(wh, row["prompt_id"])],
-    )
+    title = f"judgment {jid} [{row['language']}, judge {row['judge']}]: {row['verdict']} for {row['stage']}"
+    models = [Node(side, [checkpoint_node(wh, row[side])]) for side in ("model", "baseline")]
+    return Node(title, [*models, prompt_node(wh, row["prompt_id"])])
 
 
 PREFIXES = {"pr_": pair_node, "c_": completion_node, "p_": prompt_node, "ck_": checkpoint_node, "j_": judgment_node}

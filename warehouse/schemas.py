@@ -7,6 +7,9 @@ what users need; a producer may add columns, never drop these.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import polars as pl
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
@@ -52,13 +55,18 @@ SCORES = {
     "run_id": pl.String,
 }
 
-SELECTIONS = {
+# One routed pick: the completion a strategy selected for a prompt.
+_PICK = {
     "prompt_id": pl.String,
     "language": pl.String,
     "strategy": pl.String,
     "completion_id": pl.String,
     "teacher": pl.String,
     "reward": pl.Float64,
+}
+
+SELECTIONS = {
+    **_PICK,
     "margin": pl.Float64,  # reward minus the runner-up's (reward_routing); 0 elsewhere
     "run_id": pl.String,
 }
@@ -83,12 +91,7 @@ PREFERENCE_PAIRS = {
 SFT_DATA = {  # TRL's conversational prompt-completion format, plus ids
     "prompt": MESSAGES,
     "completion": MESSAGES,
-    "prompt_id": pl.String,
-    "language": pl.String,
-    "strategy": pl.String,
-    "completion_id": pl.String,
-    "teacher": pl.String,
-    "reward": pl.Float64,
+    **_PICK,
     "run_id": pl.String,
 }
 
@@ -172,6 +175,21 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "quarantine": QUARANTINE,
     "lineage": LINEAGE,
 }
+
+
+# What a step hands to Warehouse.quarantine: the rejected row's key, why, and the row itself as JSON.
+REJECTED = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
+
+
+def rejected(row_key: str, reason: str, row: Any) -> dict[str, str]:
+    """One rejected row: `row` (a dict or any value) is kept whole as JSON in `payload`."""
+    return {"row_key": str(row_key), "reason": reason, "payload": json.dumps(row, ensure_ascii=False, default=str)}
+
+
+def rejected_frame(rows: list[dict] | None = None, with_code: bool = False) -> pl.DataFrame:
+    """Rejected rows (from `rejected`) as a frame with the REJECTED columns (and `code`, a short
+    machine-readable cause, when the rows carry one), empty by default."""
+    return pl.DataFrame(rows or [], schema={**REJECTED, "code": pl.String} if with_code else REJECTED)
 
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:

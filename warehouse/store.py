@@ -61,7 +61,8 @@ import polars as pl
 from filelock import FileLock
 
 from warehouse import schemas
-from warehouse.home import WarehouseWriteError, partition_dir, resolve_home, writing
+from warehouse.home import WarehouseWriteError, os_errno, partition_dir, resolve_home, writing
+from warehouse.sql import ensure_read_only
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
 
@@ -190,7 +191,7 @@ class Warehouse:
         replaces that partition's previous quarantine so reruns do not double count. Without a
         `code` column, the code is the reason's lead (its text before the first ':'), slugged."""
         part = partition or "all"
-        rows = rows if rows.height else schemas.empty({"row_key": pl.String, "reason": pl.String, "payload": pl.String})
+        rows = rows if rows.height else schemas.rejected_frame()
         code = pl.col("code").cast(pl.String) if "code" in rows.columns else reason_code(pl.col("reason"))
         df = rows.select(
             pl.lit(asset).alias("asset"),
@@ -501,8 +502,6 @@ class Warehouse:
         runs again; an unreadable file of another table it names raises CorruptTable."""
         import duckdb
 
-        from warehouse.sql import ensure_read_only
-
         for attempt in (0, 1):
             con = self.connect()
             try:
@@ -548,8 +547,6 @@ _UNREADABLE = (pl.exceptions.ComputeError, pl.exceptions.PanicException, OSError
 def _is_corruption(exc: BaseException) -> bool:
     """A read error caused by the file's content (or a failing disk), not by a missing column or permissions."""
     if isinstance(exc, OSError):
-        from warehouse.home import os_errno
-
         return os_errno(exc) == errno.EIO
     return True
 

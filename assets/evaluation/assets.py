@@ -10,6 +10,7 @@ from assets.resources import FactoryResource, ModelServers
 from factory.charts import language_chart, step_chart
 from factory.evaluation import EVALUATED, STAGES, evaluate_models
 from factory.judges import build_judge
+from factory.scoring.sequence_classifier import SequenceClassifierScorer
 from factory.version import code_version
 from factory.winrates import bradley_terry, validate_judgments
 from factory.winrates import win_rates as compute
@@ -53,8 +54,6 @@ def configured_judge(cfg, home, servers):
     ev = cfg.evaluation
     scorer = backend = None
     if ev.judge.name == "reward":
-        from factory.scoring.sequence_classifier import SequenceClassifierScorer  # torch
-
         scorer = SequenceClassifierScorer(ev.reward_model)
     if ev.judge.name == "llm":
         backend = backend_for(ev.judge_model, None, home, serving(cfg, home, servers))[1]

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from factory.settings import Strict
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": str}
 
 
-class SamplingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SamplingConfig(Strict):
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 48

@@ -31,10 +31,9 @@ from factory.generation.base import Completion, GenerationBackend
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
 from factory.settings import Strict
-from warehouse.schemas import GENERATIONS, conform, empty
+from warehouse.schemas import GENERATIONS, conform, empty, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
-QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
 GENERATION_EXTRA = {"model": pl.String}  # JSON of registry.model_identity; null in shards of older runs
 
 
@@ -121,13 +120,8 @@ def _batch_with_retries(
             except Exception as exc:
                 error = exc
         else:
-            failed.append(
-                {
-                    "row_key": prompt["prompt_id"],
-                    "reason": f"teacher {cfg.name} failed after {retries} retries: {type(error).__name__}: {error}",
-                    "payload": json.dumps({**prompt, "teacher": cfg.name, "k": k}, ensure_ascii=False, default=str),
-                }
-            )
+            reason = f"teacher {cfg.name} failed after {retries} retries: {type(error).__name__}: {error}"
+            failed.append(rejected(prompt["prompt_id"], reason, {**prompt, "teacher": cfg.name, "k": k}))
     return answered, failed
 
 
@@ -188,7 +182,7 @@ def generate_completions(
             bar.update(len(chunk))
         bar.close()
     generations = read_shards(shard_dir).filter(pl.col("completion_id").is_in(list(requested)))
-    return generations, pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS)
+    return generations, rejected_frame(quarantine)
 
 
 class GenerationSettings(Strict):

@@ -9,14 +9,13 @@ caller quarantines the row.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
 import polars as pl
 
 from factory.ids import judgment_id
-from warehouse.schemas import JUDGMENTS, QUARANTINE, conform
+from warehouse.schemas import JUDGMENTS, conform, rejected, rejected_frame
 
 Outcome = Literal["a_wins", "tie", "b_wins", "unparsed"]
 SCORE_OF: dict[str, float] = {"a_wins": 1.0, "tie": 0.5, "b_wins": 0.0}
@@ -120,14 +119,8 @@ def judgments_frame(
         if v.is_valid:
             kept.append(row)
         else:
-            bad.append(
-                {
-                    "row_key": row["judgment_id"],
-                    "reason": f"judge {judge} gave no verdict: {v.explanation}",
-                    "payload": json.dumps(row, ensure_ascii=False, default=str),
-                }
-            )
+            bad.append(rejected(row["judgment_id"], f"judge {judge} gave no verdict: {v.explanation}", row))
     schema = {**JUDGMENTS, "explanation": pl.String, "strength": pl.Float64}
     judgments = conform(pl.DataFrame(kept, schema=schema), schema)
-    quarantine = pl.DataFrame(bad, schema={k: QUARANTINE[k] for k in ("row_key", "reason", "payload")})
+    quarantine = rejected_frame(bad)
     return judgments, quarantine

@@ -34,10 +34,9 @@ from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
 from factory.scoring.llm_judge import LLMScorerConfig
 from factory.settings import Strict
-from warehouse.schemas import SCORES, conform
+from warehouse.schemas import SCORES, conform, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
-QUARANTINE_COLUMNS = {"row_key": pl.String, "reason": pl.String, "payload": pl.String}
 # scorer_model: JSON of the scorer's identity (what produced the reward); null for scorers without one
 SCORE_EXTRA = {"fidelity_penalty": pl.Float64, "selectable": pl.Boolean, "scorer_model": pl.String}
 CACHE_COLUMNS = {"score_key": pl.String, "reward": pl.Float64, "truncated": pl.Boolean}
@@ -46,8 +45,7 @@ Z_EPS = 1e-12  # a spread below this counts as zero variance
 
 
 def _quarantine_row(row: dict[str, Any], scorer: str, reason: str, **extra: Any) -> dict[str, str]:
-    payload = json.dumps({**row, "scorer": scorer, **extra}, ensure_ascii=False, default=str)
-    return {"row_key": f"{row.get('completion_id')}|{scorer}", "reason": reason, "payload": payload}
+    return rejected(f"{row.get('completion_id')}|{scorer}", reason, {**row, "scorer": scorer, **extra})
 
 
 def _reject_inputs(generations: pl.DataFrame, prompts: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[dict, str]]]:
@@ -194,7 +192,7 @@ def score_generations(
         scores = pl.DataFrame(schema={**SCORES, **SCORE_EXTRA})
     else:
         scores = conform(add_reward_z(apply_fidelity(scored, fidelity)), SCORES).select(*SCORES, *SCORE_EXTRA)
-    return scores, pl.DataFrame(quarantine, schema=QUARANTINE_COLUMNS)
+    return scores, rejected_frame(quarantine)
 
 
 def teacher_table(scores: pl.DataFrame) -> pl.DataFrame:

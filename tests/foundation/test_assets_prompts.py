@@ -9,7 +9,7 @@ from assets.cli import app
 
 
 def test_definitions_load():
-    from assets import defs
+    from assets.definitions import defs
 
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "prompts" in keys
