@@ -246,7 +246,7 @@ def train_reward_model(
         "reused": False,
     }
     start = time.perf_counter()
-    # Measured on the trained weights before they are published, so the published metrics are complete.
+    # Measured on the trained weights before they are committed, so the committed metrics are complete.
     probe = run.tmp_dir.with_name(run.tmp_dir.name + ".probe")
     trainer.model.save_pretrained(probe)
     tokenizer.save_pretrained(probe)
@@ -255,7 +255,7 @@ def train_reward_model(
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
-    run.publish(trainer.model, tokenizer, metrics)
+    run.commit(trainer.model, tokenizer, metrics)
     return metrics
 
 

@@ -10,7 +10,7 @@ Layout next to the final model folder `out/`:
   leaves a half-written model. Its `metrics.json` carries the fingerprint, so a
   rerun after success returns at once.
 
-A finished run is reused only if its files are still what was published:
+A finished run is reused only if its files are still what was committed:
 `outputs.json`, written last into `out.tmp/`, records every output file's size
 and a cheap hash (blake2b of the size and the first and last MiB, so checking a
 multi-GB checkpoint reads 2 MiB). Before reuse the sizes and hashes are checked
@@ -167,7 +167,7 @@ def safetensors_damage(path: Path) -> str | None:
 
 
 def output_damage(folder: Path) -> str | None:
-    """Why `folder` no longer holds the outputs that were published into it, or None when it does."""
+    """Why `folder` no longer holds the outputs that were committed into it, or None when it does."""
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         return "no *.safetensors in it"
@@ -177,7 +177,7 @@ def output_damage(folder: Path) -> str | None:
     try:
         recorded = json.loads((folder / OUTPUTS_FILE).read_text())
     except FileNotFoundError:
-        return None  # published before outputs.json existed: the structural check above is all there is
+        return None  # committed before outputs.json existed: the structural check above is all there is
     except (OSError, ValueError) as exc:
         return f"{OUTPUTS_FILE} is unreadable ({exc})"
     for name, want in recorded.items():
@@ -245,7 +245,7 @@ class StageRun:
             shutil.rmtree(path, ignore_errors=True)
         return None
 
-    def publish(self, model: Any, tokenizer: Any, metrics: dict) -> Path:
+    def commit(self, model: Any, tokenizer: Any, metrics: dict) -> Path:
         """Write model, tokenizer and metrics to the temp folder, then rename it to `out_dir`."""
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         model.save_pretrained(self.tmp_dir)
@@ -299,10 +299,10 @@ def _bar_only_progress():
     return BarOnly()
 
 
-def train_and_publish(
+def train_and_commit(
     run: StageRun, trainer: Any, tokenizer: Any, resume_from: str | None, base: dict, extra_keys: tuple[str, ...] = ()
 ) -> dict:
-    """Run `trainer` (resuming if asked), publish the model atomically and return its metrics.
+    """Run `trainer` (resuming if asked), commit the model atomically (rename into place) and return its metrics.
 
     `extra_keys` are log keys (e.g. "rewards/accuracies") reported from the last log entry that has them.
     """
@@ -330,7 +330,7 @@ def train_and_publish(
         last = next((h[key] for h in reversed(history) if key in h), None)
         metrics[key] = None if last is None else float(last)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    run.publish(model, tokenizer, metrics)
+    run.commit(model, tokenizer, metrics)
     return metrics
 
 
@@ -348,7 +348,7 @@ def train_stage(
 ) -> dict:
     """The skeleton every Trainer stage shares: return a finished run of the same inputs as it is,
     else resume (or start) in the work dir, train the trainer `build(work_dir)` returns
-    (trainer, tokenizer, device), publish atomically and return the metrics (`info` added)."""
+    (trainer, tokenizer, device), commit atomically and return the metrics (`info` added)."""
     run = StageRun(Path(out_dir), fingerprint(stage, cfg, model_dirs, kept), cfg.keep_work_dir)
     if (done := run.finished()) is not None:
         logger.info("%s: %s already trained with this config; reusing it", stage, run.out_dir)
@@ -357,4 +357,4 @@ def train_stage(
     trainer, tokenizer, device = build(run.work_dir)
     base = {"stage": stage, **info, "n_examples": len(kept), "n_quarantined": n_quarantined,
             "device": describe_device(device), "reused": False}
-    return train_and_publish(run, trainer, tokenizer, resume_from, base, extra_keys)
+    return train_and_commit(run, trainer, tokenizer, resume_from, base, extra_keys)

@@ -32,7 +32,7 @@ class FakeTokenizer:
 def finished(tmp_path) -> StageRun:
     run = StageRun(tmp_path / "sft_model", "fp1")
     run.prepare()
-    run.publish(FakeModel(), FakeTokenizer(), {"config_hash": "fp1", "train_loss": 1.5})
+    run.commit(FakeModel(), FakeTokenizer(), {"config_hash": "fp1", "train_loss": 1.5})
     return run
 
 
