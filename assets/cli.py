@@ -89,15 +89,19 @@ def demo(
     import time
 
     _env(config, home)
+    from datetime import UTC, datetime
+
     from warehouse.home import resolve_home
 
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     _materialize(None, None, verbose, force, workers)
     home_dir = resolve_home()
-    typer.echo(f"\nDemo finished in {time.perf_counter() - t0:.0f}s. Warehouse: {home_dir}")
+    wall = time.perf_counter() - t0
+    typer.echo(f"\nDemo finished in {wall:.0f}s. Warehouse: {home_dir}")
     from factory.summary import demo_summary
 
-    typer.echo(demo_summary(home_dir))
+    typer.echo(demo_summary(home_dir, since=started, wall_s=wall))
 
 
 @app.command()

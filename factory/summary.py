@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
+import polars as pl
+
+from factory.machine import describe_machine
 from factory.routing import strategy_comparison
 from warehouse.status import markdown_table, table_status
 from warehouse.store import Warehouse
 
 
-def demo_summary(home: Path) -> str:
+def step_timings(wh: Warehouse, since: datetime | None = None) -> pl.DataFrame:
+    """Per asset, from the lineage table: how many partitions were written (since `since`), their
+    total and longest seconds (from the step's first input read to its output written), the share
+    of the total, slowest first. Excludes Dagster's and the process's own start-up."""
+    if not wh.has("lineage"):
+        return pl.DataFrame()
+    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null())
+    if since is not None:
+        rows = rows.filter(pl.col("finished_at") >= since)
+    seconds = (pl.col("finished_at") - pl.col("started_at")).dt.total_milliseconds() / 1000
+    per = rows.with_columns(seconds=seconds).group_by("asset").agg(
+        partitions=pl.len(), seconds=pl.col("seconds").sum(), slowest=pl.col("seconds").max(),
+    )
+    total = per["seconds"].sum() or 1.0
+    return per.with_columns(
+        share=(pl.col("seconds") / total).round(3), seconds=pl.col("seconds").round(1), slowest=pl.col("slowest").round(1),
+    ).sort("seconds", descending=True)
+
+
+def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None = None) -> str:
     wh = Warehouse(home)
     lines = [table_status(wh), ""]
     if wh.has("selections"):
@@ -19,6 +42,13 @@ def demo_summary(home: Path) -> str:
     if step.exists():
         lines += ["Win rate against the single-teacher SFT baseline after each stage (macro over languages, 95% CI):",
                   step.read_text(), ""]
+    timings = step_timings(wh, since)
+    if timings.height:
+        inside = float(timings["seconds"].sum())
+        wall = (f"; the run took {wall_s:.0f}s wall: the difference is process and Dagster start-up, scheduling and "
+                "waits, less the overlap of parallel workers") if wall_s else ""
+        lines += [f"Where the time went, per asset (from the lineage table; {inside:.0f}s inside steps{wall}):",
+                  markdown_table(timings), "", "This machine:", describe_machine(), ""]
     lines += [
         "Where things are:",
         f"  tables      {home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",
