@@ -1,0 +1,37 @@
+"""The end of `factory demo`: where the time went (from lineage) and the machine's facts."""
+
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+
+from factory.machine import describe_machine, machine_facts
+from factory.summary import step_timings
+from warehouse.store import Warehouse
+
+
+def _lineage(asset: str, partition: str | None, start: datetime, seconds: float) -> dict:
+    return {"asset": asset, "table": asset, "partition": partition, "run_id": "r", "code_version": "c",
+            "data_version": "d", "input_versions": "{}", "row_count": 1, "path": "p",
+            "started_at": start, "finished_at": start + timedelta(seconds=seconds)}
+
+
+def test_step_timings_sum_partitions_per_asset_since_a_time(tmp_path):
+    wh = Warehouse(tmp_path / "home")
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [_lineage("generations", "es", t, 3.0), _lineage("generations", "ja", t, 5.0),
+            _lineage("sft_model", None, t, 10.0), _lineage("sft_model", None, t - timedelta(days=1), 99.0)]
+    wh.append("lineage", pl.DataFrame(rows), "x")
+    timings = step_timings(wh, since=t)
+    by = {r["asset"]: r for r in timings.iter_rows(named=True)}
+    assert by["generations"]["partitions"] == 2 and by["generations"]["seconds"] == 8.0 and by["generations"]["slowest"] == 5.0
+    assert by["sft_model"]["partitions"] == 1 and by["sft_model"]["seconds"] == 10.0  # the older run is not counted
+    assert timings["asset"].to_list()[0] == "sft_model"  # slowest first
+    assert abs(timings["share"].sum() - 1.0) < 1e-6
+    assert step_timings(Warehouse(tmp_path / "empty")).height == 0
+
+
+def test_machine_facts_name_the_cpu_and_cores():
+    facts = machine_facts()
+    assert facts["cpu"] and facts["cores"].split()[0].isdigit()
+    assert all(isinstance(v, str) for v in facts.values())
+    assert "cores" in describe_machine()
