@@ -84,6 +84,10 @@ def step_chart(
     ax.bar(x, y, color="#4C72B0", alpha=0.85)
     ax.errorbar(x, y, yerr=[lo, hi], fmt="o", color="black", capsize=5, label="95% bootstrap CI")
     ax.axhline(50, color="#C44E52", linestyle="--", linewidth=1, label="50% (parity)")
+    if "mdd" in rows.columns and rows["mdd"].drop_nulls().len():
+        mdd = 100 * float(rows["mdd"].drop_nulls().max())
+        ax.axhspan(50 - mdd, 50 + mdd, color="#C44E52", alpha=0.08,
+                   label=f"parity +/- {mdd:.1f} (minimum detectable difference)")
     for xi, s in zip(x, stages, strict=True):
         r = by_stage[s]
         text = f"{100 * r['win_rate']:.1f}\n[{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"

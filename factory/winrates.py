@@ -91,6 +91,9 @@ def _row(key: dict, language: str, verdicts: list[str], rate: float, boots: np.n
         "win_rate": float(rate),
         "ci_low": float(min(lo, rate)),
         "ci_high": float(max(hi, rate)),
+        # Minimum detectable difference: the bootstrap interval's half-width. A win rate within mdd of
+        # 0.5 cannot be told from parity at this eval size; two stages about sqrt(2)*mdd apart, barely.
+        "mdd": float((hi - lo) / 2),
         "n": len(verdicts),
     }
 
@@ -123,7 +126,7 @@ def win_rates(judgments: pl.DataFrame, config: WinRateConfig | None = None, run_
             all_verdicts += verdicts
         macro_boots = np.mean(per_lang_boots, axis=0)
         rows.append(_row(key, "all", all_verdicts, float(np.mean(per_lang_rates)), macro_boots, alpha))
-    schema = {**WIN_RATES, "judge": pl.String, "n": pl.Int64}
+    schema = {**WIN_RATES, "judge": pl.String, "n": pl.Int64, "mdd": pl.Float64}
     out = pl.DataFrame([{**r, "run_id": run_id} for r in rows], schema=schema)
     return conform(out, schema)
 

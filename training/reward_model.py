@@ -163,11 +163,24 @@ def heldout_accuracy(model_dir: Path, pairs: pl.DataFrame, max_length: int, batc
     chosen = scorer.score(prompts, [m[0]["content"] for m in pairs["chosen"].to_list()])
     rejected = scorer.score(prompts, [m[0]["content"] for m in pairs["rejected"].to_list()])
     wins = pairs.select("kind").with_columns(win=pl.Series([c > r for c, r in zip(chosen, rejected, strict=True)]))
-    by_kind = wins.group_by("kind").agg(pl.col("win").mean()).sort("kind")
+    by_kind = wins.group_by("kind").agg(pl.col("win").mean(), n=pl.len()).sort("kind")
     return {
         "accuracy": float(wins["win"].mean()),
-        "accuracy_by_kind": {k: float(v) for k, v in by_kind.iter_rows()},
+        "accuracy_by_kind": {k: float(v) for k, v, _ in by_kind.iter_rows()},
+        "n_by_kind": {k: int(n) for k, _, n in by_kind.iter_rows()},
     }
+
+
+def kinds_at_chance(metrics: dict, z: float = 1.96) -> dict[str, str]:
+    """Pair kinds on which the held-out accuracy cannot be told from a coin flip: the lower end of
+    its normal-approximation interval (z=1.96: 95%) is at or below 0.5. kind -> why."""
+    out = {}
+    for kind, acc in (metrics.get("accuracy_by_kind") or {}).items():
+        n = (metrics.get("n_by_kind") or {}).get(kind, 0)
+        low = acc - z * (acc * (1 - acc) / n) ** 0.5 if n else 0.0
+        if low <= 0.5:
+            out[kind] = f"accuracy {acc:.3f} on {n} held-out pairs (95% lower bound {low:.3f} <= 0.5)"
+    return out
 
 
 def train_reward_model(
@@ -277,6 +290,9 @@ class ArbiterConfig(Strict):
     # embedded:base, or any causal-LM reference (a folder, gguf:PATH, pkg:DIST/PATH).
     base_model: str = "embedded:base"
     train: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    # The `arbiter_beats_chance` check fails when the Arbiter is at chance on a pair kind: a warning
+    # by default; with stop_at_chance an error that stops everything downstream (it is blocking).
+    stop_at_chance: bool = False
     batch_size: int = 32
     max_length: int = 256
     device: str = "auto"

@@ -96,7 +96,7 @@ def step_table(rates: pl.DataFrame) -> pl.DataFrame:
     order = {s: i for i, (s, _) in enumerate(STAGES)}
     return (
         rates.filter(pl.col("language") == "all")
-        .select("stage", "wins", "ties", "losses", pl.col("win_rate").round(3), pl.col("ci_low").round(3), pl.col("ci_high").round(3))
+        .select("stage", "wins", "ties", "losses", *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
         .sort(pl.col("stage").replace_strict(order, default=99))
     )
 
@@ -107,7 +107,7 @@ def language_table(rates: pl.DataFrame) -> pl.DataFrame:
     return (
         rates.filter(pl.col("language") != "all")
         .select("language", "stage", "n", "wins", "ties", "losses",
-                *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high")))
+                *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
         .sort("language", pl.col("stage").replace_strict(order, default=99))
     )
 

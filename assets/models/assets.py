@@ -9,7 +9,7 @@ from assets.common import checkpoint_frame, model_folder, source_record
 from assets.config import model_source_refs
 from assets.resources import FactoryResource
 from factory.sources.chatterbot import Dialog
-from training.reward_model import make_reward_pairs, measure_reward_model, train_reward_model
+from training.reward_model import kinds_at_chance, make_reward_pairs, measure_reward_model, train_reward_model
 from training.teachers import build_embedded_pool
 from warehouse.status import markdown_table
 
@@ -64,10 +64,18 @@ def embedded_pool(context: dg.AssetExecutionContext, env: FactoryResource, promp
     return checkpoint_frame(records, context.run_id)
 
 
-@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"})
+ARBITER_CHECK = dg.AssetCheckSpec(
+    "arbiter_beats_chance", asset="arbiter", blocking=True,
+    description="The Arbiter's held-out accuracy is above chance on every pair kind (a warning, or with "
+                "arbiter.stop_at_chance an error that stops everything downstream).",
+)
+
+
+@dg.asset(io_manager_key="warehouse", metadata={"table": "checkpoints"}, group_name="models", kinds={"pytorch"},
+          check_specs=[ARBITER_CHECK])
 def arbiter(
     context: dg.AssetExecutionContext, env: FactoryResource, prompts: pl.DataFrame, embedded_pool: pl.DataFrame
-) -> pl.DataFrame:
+):
     """The Arbiter: the reward model that scores every teacher's completion. The embedded one is
     trained with TRL's RewardTrainer on corpus pairs (in-language reference reply preferred over a
     reply in another language, a reply to another prompt, or a degenerate one); its accuracy on
@@ -79,19 +87,30 @@ def arbiter(
     datasets = {"prompts": wh.version("prompts")}
     if arb.model != "embedded":
         metrics = measure_reward_model(arb.model, pairs, arb.train, arb.max_length, cfg.seed)
-        context.add_output_metadata({"heldout_accuracy": dg.MetadataValue.json(metrics)})
         record = {"stage": "reward_model", "name": "arbiter", "path": arb.model, "config": {"external": True},
                   "datasets": datasets, "metrics": metrics}
-        return checkpoint_frame([record], context.run_id)
+        yield dg.Output(checkpoint_frame([record], context.run_id), metadata={"heldout_accuracy": dg.MetadataValue.json(metrics)})
+        yield chance_check(metrics, arb.stop_at_chance)
+        return
     base_path, parents = model_folder(arb.base_model, wh.home, embedded_pool)
     out = wh.dir("models") / "arbiter"
     metrics = train_reward_model(base_path, pairs, out, arb.train)
-    context.add_output_metadata({
+    frame = checkpoint_frame([{
+        "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents, "datasets": datasets,
+        "config": arb.train.model_dump(), "metrics": metrics,
+    }], context.run_id)
+    yield dg.Output(frame, metadata={
         "heldout_accuracy": float(metrics.get("accuracy", float("nan"))),
         "accuracy_by_kind": dg.MetadataValue.json(metrics.get("accuracy_by_kind", {})),
         "n_train_pairs": int(metrics.get("n_train", 0)),
     })
-    return checkpoint_frame([{
-        "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents, "datasets": datasets,
-        "config": arb.train.model_dump(), "metrics": metrics,
-    }], context.run_id)
+    yield chance_check(metrics, arb.stop_at_chance)
+
+
+def chance_check(metrics: dict, stop: bool) -> dg.AssetCheckResult:
+    at_chance = kinds_at_chance(metrics)
+    return dg.AssetCheckResult(
+        check_name="arbiter_beats_chance", passed=not at_chance,
+        severity=dg.AssetCheckSeverity.ERROR if stop else dg.AssetCheckSeverity.WARN,
+        metadata={"at_chance": dg.MetadataValue.json(at_chance), "accuracy_by_kind": dg.MetadataValue.json(metrics.get("accuracy_by_kind", {}))},
+    )

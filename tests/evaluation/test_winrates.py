@@ -120,3 +120,12 @@ def test_bradley_terry_orders_models():
         two.filter(pl.col("model") == "strong")["strength"][0] / two.filter(pl.col("model") == "base")["strength"][0]
     )
     assert ratio == pytest.approx(8 / 2, rel=1e-4)
+
+
+def test_minimum_detectable_difference_is_the_interval_half_width_and_shrinks_with_n():
+    small = row(win_rates(judgments({"de": ["win", "loss", "tie"] * 10})), "all")
+    large = row(win_rates(judgments({"de": ["win", "loss", "tie"] * 160})), "all")
+    for r in (small, large):
+        assert r["mdd"] == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, abs=1e-9)
+    assert 0 < large["mdd"] < small["mdd"] / 2  # 16x the judgments: about a quarter of the width
+    assert row(win_rates(judgments({"de": ["win"] * 20})), "all")["mdd"] == 0.0  # no spread, nothing to detect

@@ -112,3 +112,19 @@ def test_train_reward_model_saves_a_scorable_model_and_reports_heldout_accuracy(
     chosen = rm.score(train["prompt"].to_list(), [m[0]["content"] for m in train["chosen"].to_list()])
     rejected = rm.score(train["prompt"].to_list(), [m[0]["content"] for m in train["rejected"].to_list()])
     assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) / train.height > 0.7
+    assert sum(metrics["n_by_kind"].values()) == metrics["n_heldout"]
+
+    # the same base, config and pairs: the finished model is reused, its metrics as they were
+    again = train_reward_model(base_dir, pairs, out, cfg)
+    assert again["reused"] and again["accuracy"] == metrics["accuracy"] and again["config_hash"] == metrics["config_hash"]
+
+
+def test_kinds_at_chance_flags_a_coin_flip_not_a_learned_kind():
+    from training.reward_model import kinds_at_chance
+
+    metrics = {"accuracy_by_kind": {"other_language": 0.77, "other_prompt": 0.51, "degenerate": 0.62},
+               "n_by_kind": {"other_language": 131, "other_prompt": 131, "degenerate": 10}}
+    flagged = kinds_at_chance(metrics)
+    assert set(flagged) == {"other_prompt", "degenerate"}  # 0.62 on 10 pairs is not distinguishable from 0.5
+    assert "131 held-out pairs" in flagged["other_prompt"]
+    assert kinds_at_chance({"accuracy_by_kind": {"x": 0.9}, "n_by_kind": {"x": 200}}) == {}
