@@ -44,7 +44,7 @@ def table_status(wh: Warehouse | None = None) -> str:
         return f"warehouse {wh.home} is empty: run `factory demo` or `factory run`."
     problems = [*df["problem"].drop_nulls().to_list(), *wh.problems]
     for f in wh.set_aside_files():
-        rel = f.relative_to(wh.home).as_posix()
+        rel = wh.rel(f)
         if not any(rel in p for p in problems):
             problems.append(f"{rel} was set aside as unreadable; delete it once inspected")
     shown = df.with_columns(pl.when(pl.col("problem").is_not_null()).then(pl.lit("unreadable, see below")).alias("problem"))
