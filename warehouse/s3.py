@@ -59,6 +59,9 @@ MANIFEST = "_manifest.json"
 DATA_DIR = "_data"
 GRACE_S = 900.0  # superseded data files outlive their manifest this long (readers in flight)
 MANIFEST_FORMAT = 1
+# botocore's errors that s3fs lets through unchanged (no credentials, no server)
+_BOTOCORE_ACCESS_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "EndpointConnectionError",
+                           "ConnectTimeoutError", "ReadTimeoutError"}
 
 
 class ObjectStoreError(RuntimeError):
@@ -113,6 +116,10 @@ class S3Warehouse(Warehouse):
             text = str(exc)
             if any(s in text for s in ("NoSuchBucket", "specified bucket does not exist", "Could not connect",
                                        "Cannot connect", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+                raise ObjectStoreError(f"cannot {action} {self._url(key)}: {_first_line(exc)}; {_advice()}") from exc
+            raise
+        except Exception as exc:
+            if type(exc).__name__ in _BOTOCORE_ACCESS_ERRORS:
                 raise ObjectStoreError(f"cannot {action} {self._url(key)}: {_first_line(exc)}; {_advice()}") from exc
             raise
 

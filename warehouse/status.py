@@ -41,7 +41,7 @@ def table_status(wh: Warehouse | None = None) -> str:
     wh = wh or Warehouse()
     df = status_frame(wh)
     if df.height == 0:
-        return f"warehouse {wh.home} is empty: run `factory demo` or `factory run`."
+        return f"warehouse {wh.url} is empty: run `factory demo` or `factory run`."
     problems = [*df["problem"].drop_nulls().to_list(), *wh.problems]
     for f in wh.set_aside_files():
         rel = wh.rel(f)
@@ -51,7 +51,7 @@ def table_status(wh: Warehouse | None = None) -> str:
     if not problems:
         shown = shown.drop("problem")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        text = f"warehouse: {wh.home}\n{shown}"
+        text = f"warehouse: {wh.url}\n{shown}"
     return text + "".join(f"\nproblem: {p}" for p in problems)
 
 
