@@ -49,7 +49,9 @@ def _env(config: str | None, home: str | None) -> None:
 
         os.environ["FACTORY_CONFIG"] = str(config_path(config).resolve())
     if home:
-        os.environ["FACTORY_HOME"] = str(Path(home).resolve())
+        from warehouse.home import home_url
+
+        os.environ["FACTORY_HOME"] = home_url(home)  # a folder made absolute, or an s3:// URL as it is
     from factory.quiet import quiet_libraries
 
     quiet_libraries()

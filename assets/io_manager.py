@@ -136,13 +136,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             input_versions=dict(_LOADED.get(step, {})),
             started_at=_STARTED.get(step, datetime.now(UTC)),
         )
-        # The schema as stored: conformed, with partition columns such as producer.
-        with open(result.path, "rb") as f:  # a file object: a home may have glob characters in its path
-            schema = pl.read_parquet_schema(f)
-        meta = frame_metadata(obj, table=table, schema=schema)
+        # The schema as stored (conformed, with partition columns such as producer), known from the write.
+        meta = frame_metadata(obj, table=table, schema=result.schema)
         # Relative to the home, so the metadata stays true when FACTORY_HOME is moved or copied.
-        path = result.path.relative_to(wh.home).as_posix()
-        meta.update({"table": table, "path": path, "data_version": result.data_version})
+        meta.update({"table": table, "path": result.relpath, "data_version": result.data_version})
         context.add_output_metadata(meta)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:

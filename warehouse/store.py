@@ -61,7 +61,8 @@ import polars as pl
 from filelock import FileLock
 
 from warehouse import schemas
-from warehouse.home import WarehouseWriteError, os_errno, partition_dir, resolve_home, writing
+from warehouse.fs import HashingWriter, is_s3
+from warehouse.home import WarehouseWriteError, home_url, os_errno, partition_dir, resolve_home, writing
 from warehouse.sql import ensure_read_only
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "data.parquet"
 CATALOG_FILE = "warehouse.duckdb"
 CATALOG_HOME_MARKER = ".views/.home"  # the home the catalog's views were built for
+VERSIONS_DIR = ".versions"  # data versions recorded at write time: <home>/.versions/<file>.json
 PATH_COLUMNS = {"checkpoints": "path"}  # tables whose paths under the home are stored relative to it
 APPEND_ONLY = {"lineage"}  # one file per write: an unreadable one is set aside, not fatal
 CORRUPT_DIR = ".corrupt"  # under tables/: unreadable append-only files, kept for inspection
@@ -88,9 +90,11 @@ class CorruptTable(ValueError):
 @dataclass(frozen=True)
 class WriteResult:
     table: str
-    path: Path
+    path: Path | str  # the written file: a local path, or an s3:// URL
     rows: int
     data_version: str
+    relpath: str = ""  # the file relative to the home (posix), as lineage stores it
+    schema: pl.Schema | None = None  # the columns as stored (conformed, with partition columns)
 
 
 def _now() -> datetime:
@@ -106,19 +110,23 @@ def file_version(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_parquet(df: pl.DataFrame, path: Path, home: Path | None = None) -> None:
+def atomic_write_parquet(df: pl.DataFrame, path: Path, home: Path | None = None) -> str:
     """Write `df` to `path` through a temp file and a rename; a failure of the disk or its
-    permissions is one WarehouseWriteError naming `home` (default: the file's folder)."""
+    permissions is one WarehouseWriteError naming `home` (default: the file's folder).
+    Returns the file's data version (file_version's hash), computed from the bytes as written."""
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     with writing(home or path.parent, path):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            df.write_parquet(tmp, compression="zstd", statistics=True)
-            with open(tmp, "rb") as f:
+            with open(tmp, "wb") as f:
+                out = HashingWriter(f)
+                df.write_parquet(out, compression="zstd", statistics=True)
+                f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+    return out.version
 
 
 def glob_escape(path: str) -> str:
@@ -137,10 +145,21 @@ def _sql_str(text: str) -> str:
 
 
 class Warehouse:
-    """Read and write the factory's tables. Cheap to construct; holds no open connection."""
+    """Read and write the factory's tables. Cheap to construct; holds no open connection.
+
+    `Warehouse(home)` with an S3 URL (or FACTORY_HOME=s3://...) is a warehouse.s3.S3Warehouse:
+    the same methods over manifests on object storage, with `home` its local folder."""
+
+    def __new__(cls, home: str | os.PathLike | None = None):
+        if cls is Warehouse and is_s3(home_url(home)):
+            from warehouse.s3 import S3Warehouse  # here, not at the top: warehouse.s3 builds on this module
+
+            return super().__new__(S3Warehouse)
+        return super().__new__(cls)
 
     def __init__(self, home: str | os.PathLike | None = None):
-        self.home = resolve_home(home)
+        self.url = home_url(home)  # where the tables live: the local folder, or s3://bucket/prefix
+        self.home = resolve_home(home)  # the local folder (models, staging, catalog, locks)
         self.tables_dir = self.home / "tables"
         self.catalog_path = self.home / CATALOG_FILE
         self._lock = FileLock(str(self.home / ".catalog.lock"), timeout=120)
@@ -171,20 +190,60 @@ class Warehouse:
             df = schemas.conform(df, schemas.TABLES[table])
         if table in PATH_COLUMNS:
             df = df.with_columns(pl.col(PATH_COLUMNS[table]).map_elements(self.relative, return_dtype=pl.String))
-        path = self.table_path(table, partition)
-        atomic_write_parquet(df, path, self.home)
+        path, version = self._commit(table, partition, df)
         self.ensure_view(table)
-        return WriteResult(table, path, df.height, file_version(path))
+        return WriteResult(table, path, df.height, version, self.rel(path), df.schema)
 
-    def append(self, table: str, df: pl.DataFrame, name: str) -> Path:
+    def _commit(self, table: str, partition: dict[str, str] | None, df: pl.DataFrame) -> tuple[Path, str]:
+        """Replace the partition's file atomically (temp file, rename); its version is recorded beside
+        the home's other derived state, keyed by the file's size and mtime, so reads need not hash it."""
+        path = self.table_path(table, partition)
+        version = atomic_write_parquet(df, path, self.home)
+        self._record_version(path, version)
+        return path, version
+
+    def _version_record(self, path: Path) -> Path:
+        return self.home / VERSIONS_DIR / f"{path.relative_to(self.home).as_posix()}.json"
+
+    def _record_version(self, path: Path, version: str) -> None:
+        record = self._version_record(path)
+        try:
+            st = path.stat()
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f"{record.name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp.write_text(json.dumps({"version": version, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+            os.replace(tmp, record)
+        except OSError:  # only a shortcut: version() hashes the file when the record is missing
+            pass
+
+    def _file_version(self, path: Path) -> str:
+        """The recorded version of a table file when the file is the one recorded, else its hash."""
+        try:
+            record = json.loads(self._version_record(path).read_text())
+            st = path.stat()
+            if record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns:
+                return str(record["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return file_version(path)
+
+    def append(self, table: str, df: pl.DataFrame, name: str) -> Path | str:
         """Add a new file to an append-only table (lineage); `name` must be unique."""
         if table in schemas.TABLES:
             df = schemas.conform(df, schemas.TABLES[table])
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        path = self.tables_dir / table / f"{safe}.parquet"
-        atomic_write_parquet(df, path, self.home)
+        path = self._put(table, f"{safe}.parquet", df)
         self.ensure_view(table)
         return path
+
+    def _put(self, table: str, name: str, df: pl.DataFrame) -> Path | str:
+        path = self.tables_dir / table / name
+        atomic_write_parquet(df, path, self.home)
+        return path
+
+    def rel(self, path: Path | str) -> str:
+        """A table file's path relative to the home (posix), as lineage and messages name it."""
+        return Path(path).relative_to(self.home).as_posix()
 
     def quarantine(self, asset: str, partition: str | None, rows: pl.DataFrame, run_id: str) -> int:
         """Store rejected rows (row_key, reason, payload, and optionally code) for one asset partition;
@@ -228,7 +287,7 @@ class Warehouse:
                 "data_version": [result.data_version],
                 "input_versions": [json.dumps(input_versions, sort_keys=True)],
                 "row_count": [result.rows],
-                "path": [str(result.path.relative_to(self.home))],
+                "path": [result.relpath or self.rel(result.path)],
                 "started_at": [started_at],
                 "finished_at": [_now()],
             }
@@ -254,7 +313,7 @@ class Warehouse:
         frames = []
         for f in self.files(table, partition):
             try:
-                frames.append(_read_parquet(f, columns))
+                frames.append(self._read(f, columns))
             except _UNREADABLE as exc:
                 if not _is_corruption(exc):
                     raise
@@ -264,7 +323,7 @@ class Warehouse:
         if not frames:
             if table in schemas.TABLES:
                 return schemas.empty(schemas.TABLES[table])
-            raise FileNotFoundError(f"table {table!r} has no data under {self.tables_dir / table}")
+            raise FileNotFoundError(f"table {table!r} has no data under {self.tables_dir}/{table}")
         df = pl.concat(frames, how="diagonal_relaxed")
         col = PATH_COLUMNS.get(table)
         if col in df.columns:
@@ -272,19 +331,25 @@ class Warehouse:
         return df
 
     # -- damage ------------------------------------------------------------------
-    def corrupt(self, table: str, path: Path, cause: BaseException) -> CorruptTable:
+    def _read(self, path: Path | str, columns: list[str] | None = None) -> pl.DataFrame:
+        return _read_parquet(path, columns)
+
+    def _read_error(self, path: Path | str, whole: bool) -> BaseException | None:
+        return _read_error(path, whole)
+
+    def corrupt(self, table: str, path: Path | str, cause: BaseException) -> CorruptTable:
         """The CorruptTable error for an unreadable file of `table`: the file, why, and what to rerun."""
-        rel = path.relative_to(self.home).as_posix()
+        rel = self.rel(path)
         asset, part = self._writer(table, path)
         rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "")
         return CorruptTable(f"{rel} of table {table} cannot be read ({_first_line(cause)}): rerun `{rerun}`")
 
-    def _writer(self, table: str, path: Path) -> tuple[str, str | None]:
+    def _writer(self, table: str, path: Path | str) -> tuple[str, str | None]:
         """The asset (and language partition) that rewrites `path`: its lineage row when there is one,
         else the quarantine's asset folder, the producer folder, or the table's own name."""
-        segments = dict(p.split("=", 1) for p in path.relative_to(self.tables_dir / table).parent.parts if "=" in p)
+        rel = self.rel(path)
+        segments = dict(p.split("=", 1) for p in rel.split("/")[2:-1] if "=" in p)  # tables/<table>/.../<file>
         if table not in APPEND_ONLY and self.has("lineage"):
-            rel = path.relative_to(self.home).as_posix()
             try:
                 rows = self.read_table("lineage", columns=["asset", "partition", "path", "finished_at"])
                 rows = rows.filter(pl.col("path") == rel).sort("finished_at")
@@ -318,7 +383,7 @@ class Warehouse:
 
     def set_aside_unreadable(self, table: str) -> int:
         """Set aside every unreadable file of an append-only `table`; returns how many."""
-        bad = [(f, exc) for f in self.files(table) if (exc := _read_error(f, whole=True)) is not None]
+        bad = [(f, exc) for f in self.files(table) if (exc := self._read_error(f, whole=True)) is not None]
         for f, exc in bad:
             self._set_aside(f, exc)
         return len(bad)
@@ -331,7 +396,7 @@ class Warehouse:
     def diagnose(self, table: str) -> CorruptTable | None:
         """The first file of `table` whose Parquet footer cannot be read, as a CorruptTable; None if all read."""
         for f in self.files(table):
-            if (exc := _read_error(f, whole=table in APPEND_ONLY)) is not None:
+            if (exc := self._read_error(f, whole=table in APPEND_ONLY)) is not None:
                 return self.corrupt(table, f, exc)
         return None
 
@@ -358,13 +423,7 @@ class Warehouse:
 
     def version(self, table: str, partition: dict[str, str] | None = None) -> str:
         """Data version of a table partition (hash of its files), '' when absent."""
-        files = self.files(table, partition)
-        if len(files) == 1:
-            return file_version(files[0])
-        h = hashlib.blake2b(digest_size=8)
-        for f in files:
-            h.update(file_version(f).encode())
-        return h.hexdigest() if files else ""
+        return _combine_versions([self._file_version(f) for f in self.files(table, partition)])
 
     # -- catalog -----------------------------------------------------------------
     def _view_sql(self, table: str) -> str:
@@ -373,6 +432,18 @@ class Warehouse:
             f'CREATE OR REPLACE VIEW "{table}" AS SELECT * FROM '
             f"read_parquet({_sql_str(glob)}, union_by_name = true, hive_partitioning = false)"
         )
+
+    def _prepare(self, con) -> None:
+        """Make the home's files readable by a DuckDB connection (nothing to do on a local disk)."""
+
+    def _allowed_directories(self) -> list[str]:
+        # The views name the folder with glob characters escaped; DuckDB checks that spelling too.
+        return sorted({str(self.tables_dir) + "/", glob_escape(str(self.tables_dir)) + "/"})
+
+    def _signatures(self, tables: list[str]) -> dict[str, str]:
+        """What each table's view was built from, kept in its marker: nothing on a local disk, where
+        views read globs and see new files at once."""
+        return dict.fromkeys(tables, "")
 
     def _create_view(self, con, table: str) -> bool:
         """Create `table`'s view; if its files cannot be read, set aside unreadable append-only files and
@@ -409,7 +480,7 @@ class Warehouse:
     def _catalog_current(self) -> bool:
         """The catalog exists and was built for this home (not for the folder it was copied from)."""
         marker = self.home / CATALOG_HOME_MARKER
-        return self.catalog_path.exists() and marker.exists() and marker.read_text() == str(self.home)
+        return self.catalog_path.exists() and marker.exists() and marker.read_text() == self.url
 
     def refresh_catalog(self, tables: list[str] | None = None) -> list[str]:
         """(Re)create views for `tables` (default: every table with data, from scratch). A catalog
@@ -417,6 +488,7 @@ class Warehouse:
         import duckdb
 
         names = [t for t in (tables or self.tables()) if self.files(t)]
+        signatures = self._signatures(names)  # before the views: a change meanwhile shows at the next check
         with writing(self.home, self.catalog_path, "update the catalog"), self._lock:
             if tables is None:
                 self.catalog_path.unlink(missing_ok=True)  # rebuilt whole: no view may point elsewhere
@@ -430,6 +502,7 @@ class Warehouse:
                     con = None
                 if con is not None:
                     try:
+                        self._prepare(con)
                         built = {t: self._create_view(con, t) for t in names}
                     finally:
                         con.close()
@@ -440,11 +513,11 @@ class Warehouse:
             views.mkdir(exist_ok=True)
             for t, ok in built.items():  # a table without its real view is rebuilt by its next write
                 if ok:
-                    (views / t).touch()
+                    (views / t).write_text(signatures.get(t, ""))
                 else:
                     (views / t).unlink(missing_ok=True)
             if tables is None:
-                (self.home / CATALOG_HOME_MARKER).write_text(str(self.home))
+                (self.home / CATALOG_HOME_MARKER).write_text(self.url)
         return names
 
     @contextmanager
@@ -475,7 +548,7 @@ class Warehouse:
         if not self._catalog_current():
             self.refresh_catalog()
             if not self.catalog_path.exists():
-                raise FileNotFoundError(f"no warehouse yet at {self.home}: materialize something first")
+                raise FileNotFoundError(f"no warehouse yet at {self.url}: materialize something first")
         def open_read_only():
             return _retry(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config={
                 "autoinstall_known_extensions": False, "autoload_known_extensions": False,
@@ -488,8 +561,8 @@ class Warehouse:
                 raise
             self.refresh_catalog()  # not a DuckDB file any more (zeroed, garbled): views are derived state
             con = open_read_only()
-        # The views name the folder with glob characters escaped; DuckDB checks that spelling too.
-        allowed = sorted({str(self.tables_dir) + "/", glob_escape(str(self.tables_dir)) + "/"})
+        self._prepare(con)
+        allowed = self._allowed_directories()
         con.execute(f"SET allowed_directories = [{', '.join(map(_sql_str, allowed))}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -567,6 +640,16 @@ def _read_error(path: Path, whole: bool) -> BaseException | None:
     except _UNREADABLE as exc:
         return exc if _is_corruption(exc) else None
     return None
+
+
+def _combine_versions(versions: list[str]) -> str:
+    """One file's version, or a hash of several files' versions in order; '' for none."""
+    if len(versions) == 1:
+        return versions[0]
+    h = hashlib.blake2b(digest_size=8)
+    for v in versions:
+        h.update(v.encode())
+    return h.hexdigest() if versions else ""
 
 
 def _retry(fn, attempts: int = 40, delay: float = 0.25) -> Any:

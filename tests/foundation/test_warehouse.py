@@ -1,3 +1,7 @@
+"""The warehouse's contract, on both backends (`any_home`: a local folder, then a prefix on a real
+S3 server): atomic writes, interrupted writes, concurrent writers, quarantine replaced on rerun,
+read-only SQL. Tests that are about a local folder itself (copying it, its catalog file) use `home`."""
+
 import duckdb
 import polars as pl
 import pytest
@@ -10,24 +14,51 @@ def _frame(n: int, lang: str = "es") -> pl.DataFrame:
     return pl.DataFrame({"prompt_id": [f"p_{i}" for i in range(n)], "language": [lang] * n, "x": list(range(n))})
 
 
-def test_write_read_and_catalog_view(home):
-    wh = Warehouse(home)
+def test_write_read_and_catalog_view(any_home):
+    wh = Warehouse(any_home)
     wh.write_table("things", _frame(3, "es"), {"language": "es"})
     wh.write_table("things", _frame(2, "ja"), {"language": "ja"})
-    assert (home / "tables/things/language=es/data.parquet").exists()
+    rels = [wh.rel(f) for f in wh.files("things")]
+    assert [r.startswith(f"tables/things/language={lang}/") for r, lang in zip(rels, ["es", "ja"], strict=True)] == [True] * 2
     assert wh.read_table("things").height == 5
     assert wh.read_table("things", {"language": "ja"}).height == 2
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    con = wh.connect()
     assert con.execute("select language, count(*) from things group by 1 order by 1").fetchall() == [("es", 3), ("ja", 2)]
 
 
-def test_interrupted_write_leaves_previous_table_intact(home, monkeypatch):
+def test_a_local_catalog_file_serves_any_duckdb_client(home):
     wh = Warehouse(home)
-    wh.write_table("things", _frame(3), {"language": "es"})
+    wh.write_table("things", _frame(3, "es"), {"language": "es"})
+    assert (home / "tables/things/language=es/data.parquet").exists()
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    assert con.execute("select count(*) from things").fetchone() == (3,)
 
-    def crash(self, path, **kw):
-        with open(path, "wb") as f:
-            f.write(b"PAR1 half a file")
+
+def test_rerun_replaces_a_partition_and_versions_are_recorded_at_write(any_home):
+    from warehouse.fs import new_digest
+
+    wh = Warehouse(any_home)
+    first = wh.write_table("things", _frame(3), {"language": "es"})
+    again = wh.write_table("things", _frame(4), {"language": "es"})  # a rerun: replaces, never doubles
+    assert wh.read_table("things").height == 4 and wh.sql("select count(*) from things").item() == 4
+    assert len(wh.files("things")) == 1
+    assert wh.version("things", {"language": "es"}) == again.data_version != first.data_version
+    digest = new_digest()  # the recorded version is the digest of the bytes that are there
+    digest.update(_raw(wh, wh.files("things")[0]))
+    assert digest.hexdigest() == again.data_version
+
+
+def _raw(wh: Warehouse, f) -> bytes:
+    return wh.fs.cat_file(str(f)) if wh.url.startswith("s3://") else f.read_bytes()
+
+
+def test_interrupted_write_leaves_previous_table_intact(any_home, monkeypatch):
+    wh = Warehouse(any_home)
+    wh.write_table("things", _frame(3), {"language": "es"})
+    before = (wh.files("things"), wh.version("things"))
+
+    def crash(self, target, **kw):
+        target.write(b"PAR1 half a file")
         raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", crash)
@@ -35,7 +66,11 @@ def test_interrupted_write_leaves_previous_table_intact(home, monkeypatch):
         wh.write_table("things", _frame(10), {"language": "es"})
     monkeypatch.undo()
     assert wh.read_table("things").height == 3
-    assert [p.name for p in (home / "tables/things/language=es").iterdir()] == ["data.parquet"]
+    assert (wh.files("things"), wh.version("things")) == before
+    if not wh.url.startswith("s3://"):  # no temp file left beside the table
+        assert [p.name for p in wh.files("things")[0].parent.iterdir()] == ["data.parquet"]
+    else:  # nothing of the killed write was uploaded
+        assert len(wh.fs.find(wh.url + "/tables/things/language=es/_data/")) == 1
 
 
 WRITER = """
@@ -50,30 +85,74 @@ for i in range(5):
 """
 
 
-def test_concurrent_writers_leave_a_readable_catalog(home):
+def test_concurrent_writers_leave_a_readable_catalog(any_home):
     import subprocess
     import sys
 
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(home), f"t{k}"]) for k in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, any_home, f"t{k}"]) for k in range(2)]
     assert [p.wait(120) for p in procs] == [0, 0]
-    con = Warehouse(home).connect()
+    con = Warehouse(any_home).connect()
     assert con.execute("select count(*) from t0").fetchone() == (5,)
     assert con.execute("select count(*) from t1").fetchone() == (5,)
 
 
-def test_quarantine_replaces_per_partition_and_lineage_appends(home):
-    wh = Warehouse(home)
+SAME_PARTITION = """
+import sys, polars as pl
+from warehouse.store import Warehouse
+home, n = sys.argv[1], int(sys.argv[2])
+wh = Warehouse(home)
+for i in range(4):
+    wh.write_table("shared", pl.DataFrame({"language": ["es"] * n, "writer": [n] * n}), {"language": "es"})
+"""
+
+
+def test_two_writers_of_one_partition_leave_one_whole_write(any_home):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", SAME_PARTITION, any_home, str(n)]) for n in (3, 5)]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    wh = Warehouse(any_home)
+    df = wh.read_table("shared")
+    assert df["writer"].n_unique() == 1 and df.height == df["writer"][0]  # one writer's rows, all of them
+    assert wh.sql("select count(*) from shared").item() == df.height
+
+
+def test_quarantine_replaces_per_partition_and_lineage_appends(any_home):
+    wh = Warehouse(any_home)
     rows = pl.DataFrame({"row_key": ["a", "b"], "reason": ["empty", "too long"], "payload": ["{}", "{}"]})
     wh.quarantine("prompts", "es", rows, "run1")
     wh.quarantine("prompts", "es", rows.head(1), "run2")  # a rerun replaces, never double counts
     wh.quarantine("prompts", "ja", rows, "run2")
     q = wh.sql("select partition, count(*) n from quarantine group by 1 order by 1")
     assert q.rows() == [("es", 1), ("ja", 2)]
+    assert wh.read_table("quarantine", {"asset": "prompts", "partition": "es"})["run_id"].to_list() == ["run2"]
+
+
+def test_lineage_appends_and_traces_a_row(any_home):
+    from datetime import UTC, datetime
+
+    from warehouse.lineage import trace
+
+    wh = Warehouse(any_home)
+    prompts = pl.DataFrame({"prompt_id": ["p_1"], "language": ["es"], "text": ["hola"], "split": ["train"],
+                            "source": ["test"], "origin": ["native"], "references": [["¡hola!"]],
+                            "run_id": ["run-1"]})
+    for run in ("run-1", "run-2"):  # a rerun adds a lineage row; the table is replaced
+        result = wh.write_table("prompts", prompts.with_columns(pl.lit(run).alias("run_id")), {"language": "es"})
+        wh.record_lineage(asset="prompts", table="prompts", partition="es", run_id=run, code_version="v1",
+                          result=result, input_versions={}, started_at=datetime.now(UTC))
+    lineage = wh.sql("select run_id, path, data_version, row_count from lineage order by finished_at")
+    assert lineage["run_id"].to_list() == ["run-1", "run-2"] and lineage["row_count"].to_list() == [1, 1]
+    assert lineage["path"][-1] == wh.rel(wh.files("prompts")[0])
+    assert lineage["data_version"][-1] == wh.version("prompts")
+    tree = trace("p_1", wh)
+    assert "prompt p_1 [es, train] 'hola'" in tree and "run run-2" in tree
 
 
 @pytest.fixture
-def filled(home):
-    wh = Warehouse(home)
+def filled(any_home):
+    wh = Warehouse(any_home)
     wh.write_table("things", _frame(3, "en"), {"language": "en"})
     return wh
 
@@ -92,14 +171,14 @@ def test_sql_refuses_writes(filled, query):
 def test_sql_cannot_write_files_even_through_string_tricks(filled, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     target = filled.table_path("things", {"language": "en"})
-    before = target.read_bytes()
+    before = _raw(filled, target)
     for query in ["select '--'; COPY (select 42 as x) TO 'out.csv'",
                   f"select '--'; COPY (select 42 as x) TO '{target}' (FORMAT parquet)",
                   "select ';' as a; copy (select 1) to 'out2.csv'"]:
         with pytest.raises(WriteRefused):
             filled.sql(query)
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "out2.csv").exists()
-    assert target.read_bytes() == before
+    assert _raw(filled, target) == before
     assert filled.sql("select count(*) n from things").item() == 3
 
 
@@ -126,9 +205,11 @@ def _checkpoints(paths: list[str]) -> pl.DataFrame:
     )
 
 
-def test_a_copied_home_reads_its_own_files_after_the_original_is_gone(filled, tmp_path):
+def test_a_copied_home_reads_its_own_files_after_the_original_is_gone(home, tmp_path):
     import shutil
 
+    filled = Warehouse(home)
+    filled.write_table("things", _frame(3, "en"), {"language": "en"})
     filled.write_table("checkpoints", _checkpoints([str(filled.dir("models", "m"))]))
     filled.connect().close()  # the original's catalog exists, with views over the original's files
     copy = tmp_path / "copy"
@@ -155,8 +236,8 @@ def test_checkpoint_paths_outside_the_home_and_model_names_are_kept(filled, tmp_
     assert filled.read_table("checkpoints")["path"].to_list() == [str(tmp_path / "elsewhere"), "org/reward-model"]
 
 
-def test_quarantine_codes_given_or_derived(home):
-    wh = Warehouse(home)
+def test_quarantine_codes_given_or_derived(any_home):
+    wh = Warehouse(any_home)
     wh.quarantine("a", None, pl.DataFrame({"row_key": ["1"], "reason": ["Too long (3000 chars)"], "payload": ["{}"]}), "r")
     wh.quarantine("b", None, pl.DataFrame({"row_key": ["1"], "code": ["duplicate"], "reason": ["same as p_1"],
                                            "payload": ["{}"]}), "r")
