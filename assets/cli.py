@@ -102,8 +102,10 @@ def demo(
     wall = time.perf_counter() - t0
     typer.echo(f"\nDemo finished in {wall:.0f}s. Warehouse: {home_dir}")
     from factory.summary import demo_summary
+    from warehouse.home import home_url
 
-    typer.echo(demo_summary(home_dir, since=started, wall_s=wall))
+    url = home_url()
+    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None))
 
 
 @app.command()

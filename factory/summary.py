@@ -32,8 +32,10 @@ def step_timings(wh: Warehouse, since: datetime | None = None) -> pl.DataFrame:
     ).sort("seconds", descending=True)
 
 
-def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None = None) -> str:
-    wh = Warehouse(home)
+def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None = None, tables: str | None = None) -> str:
+    """`home` is the local folder (models, reports, published datasets); `tables` where the tables
+    are when that is elsewhere (an s3:// home)."""
+    wh = Warehouse(tables or home)
     lines = [table_status(wh), ""]
     if wh.has("selections"):
         lines += ["Routing strategies: mean Arbiter reward on the prompts every strategy selected (n_shared):",
@@ -51,7 +53,7 @@ def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None
                   markdown_table(timings), "", "This machine:", describe_machine(), ""]
     lines += [
         "Where things are:",
-        f"  tables      {home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",
+        f"  tables      {tables or home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",
         f"  charts      {home / 'reports'}/step_by_step.png, win_rates_by_language.png, routing.png",
         f"  datasets    {home / 'published'}/preference_pairs, sft_data  (datasets.load_dataset(folder): every row; name=CONFIG: one language or online round)",
         f"  models      {home / 'models'}",
