@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tests.merge.reference import ref_combine, ref_combine_loop, ref_dare, ref_linear, ref_slerp, ref_ties, ref_trim
-from training.merge import get_method, method_names
-from training.merge.dare import dare_linear, dare_ties
+from training.merge import METHODS, get_method, method_names
 from training.merge.linear import linear
 from training.merge.slerp import slerp, slerp_pair
 from training.merge.sparsify import dare_drop, magnitude_prune, topk_magnitude_mask
-from training.merge.ties import ties
+
+# The registry's task-arithmetic methods, called with their defaults (as the merge runner does).
+ties, dare_ties, dare_linear = METHODS["ties"], METHODS["dare_ties"], METHODS["dare_linear"]
 
 
 def _randn(*shape, seed):
@@ -22,7 +23,8 @@ def _randn(*shape, seed):
 
 def test_registry_has_every_method_and_rejects_unknown():
     assert method_names() == ["dare_linear", "dare_ties", "linear", "slerp", "ties"]
-    assert get_method("ties").requires_base and not get_method("linear").requires_base
+    assert get_method("ties").needs_base and not get_method("linear").needs_base
+    assert [m for m in method_names() if get_method(m).needs_base] == ["dare_linear", "dare_ties", "ties"]
     with pytest.raises(ValueError, match="unknown merge_method 'tiez'.*linear"):
         get_method("tiez")
 
