@@ -214,6 +214,10 @@ def merge(
         typer.secho(f"warning: {w.message}", fg="yellow", err=True)
     typer.echo(f"merged {len(info.get('inputs', []))} models with {info.get('method')} into {info.get('output', output_dir)} "
                f"({info.get('n_tensors')} tensors, {info.get('seconds', 0):.1f}s)")
+    if Path(sys.argv[0]).name == "factory":  # the console script: the model is written and closed, so skip
+        sys.stdout.flush()                     # interpreter teardown (1-2 s with torch, dagster and polars loaded)
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @app.command()
