@@ -82,8 +82,13 @@ def task_arithmetic(
         return out.view(base.shape)
     xs = [float32_array(x) for x in tensors]
     b = float32_array(base)  # with inplace, the same memory as out: combine reads each chunk before writing it
-    trims = magnitude_trims(xs, b, densities) if sparsification == "magnitude" else [_KEEP] * len(xs)
-    combine_task_vectors(out, weights, consensus, normalize, lambda_, inputs=(xs, b, trims))
+    if sparsification == "magnitude":
+        # With inplace the threshold pass leaves x_i - base in x_i's memory, sparing the combining pass a subtraction.
+        trims = magnitude_trims(xs, b, densities, store_deltas=inplace)
+        deltas_stored = inplace
+    else:
+        trims, deltas_stored = [_KEEP] * len(xs), False
+    combine_task_vectors(out, weights, consensus, normalize, lambda_, inputs=(xs, None if deltas_stored else b, trims))
     return out.view(base.shape)
 
 
@@ -100,25 +105,33 @@ class Trim:
 _KEEP = Trim()
 
 
-def magnitude_trims(xs: list[np.ndarray], base: np.ndarray, densities: Sequence[float]) -> list[Trim]:
-    """Each task vector's TIES trim: keep its int(density * n) largest |x_i - base| entries."""
+def magnitude_trims(
+    xs: list[np.ndarray], base: np.ndarray, densities: Sequence[float], store_deltas: bool = False
+) -> list[Trim]:
+    """Each task vector's TIES trim: keep its int(density * n) largest |x_i - base| entries.
+
+    With `store_deltas`, every x_i is overwritten with x_i - base on the way."""
+    import numpy as np
+
     n = base.size
     trims: list[Trim] = [_KEEP] * len(xs)
     todo = []
     for i, density in enumerate(densities):
         k = int(density * n)
-        if density >= 1.0:
-            continue
-        if k <= 0:
+        if density < 1.0 and k <= 0:
             trims[i] = Trim(zero=True)
-        else:
+        elif density < 1.0:
             todo.append((i, k))
-    found = kth_largest_magnitudes([xs[i] for i, _ in todo], [k for _, k in todo], base)
+        if store_deltas and (i, k) not in todo:  # no threshold pass over this one: subtract here
+            np.subtract(xs[i], base, out=xs[i])
+    found = kth_largest_magnitudes([xs[i] for i, _ in todo], [k for _, k in todo], base, store_deltas)
     for (i, k), (threshold, n_ge) in zip(todo, found, strict=True):
         if threshold <= 0:  # fewer than k nonzero entries: every nonzero one is kept
             continue
         surplus = n_ge - k  # entries equal to the threshold beyond k: the last ones by position go
-        drop = tied_positions_to_drop(xs[i], base, threshold, surplus) if surplus > 0 else None
+        drop = None
+        if surplus > 0:
+            drop = tied_positions_to_drop(xs[i], None if store_deltas else base, threshold, surplus)
         trims[i] = Trim(threshold, drop)
     return trims
 
@@ -207,17 +220,20 @@ def combine_task_vectors(
 
 
 def _trimmed_chunk(inputs, s: int, e: int, scratch: list[np.ndarray], tmp: np.ndarray, keep: np.ndarray):
-    """trim(x_i - base) for positions s:e of each input, written into `scratch`."""
+    """trim(x_i - base) for positions s:e of each input, written into `scratch` (or in place)."""
     import numpy as np
 
-    xs, base, trims = inputs
-    b = base[s:e]
+    xs, base, trims = inputs  # base None: the xs already hold the task vectors (ours to overwrite)
+    b = None if base is None else base[s:e]
     parts = []
     for x, trim, part in zip(xs, trims, scratch, strict=True):
+        if b is None:
+            part = x[s:e]
         if trim.zero:
             part.fill(0.0)
         else:
-            np.subtract(x[s:e], b, out=part)
+            if b is not None:
+                np.subtract(x[s:e], b, out=part)
             if trim.threshold is not None:
                 # d * (|d| >= threshold): a dropped entry becomes a zero of d's sign, as a masked product does
                 np.abs(part, out=tmp)
