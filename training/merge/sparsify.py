@@ -64,12 +64,11 @@ def kth_largest_magnitudes(
     for k in ks:
         if not 1 <= k <= n:
             raise ValueError(f"k must be in [1, {n}], got {k}")
-    if store_deltas and base is not None:
-        for a in arrays if n <= _SMALL else []:
-            np.subtract(a, base, out=a)
-        if n <= _SMALL:
-            return [_exact_kth(np.abs(a), k) for a, k in zip(arrays, ks, strict=True)]
-    if n <= _SMALL:
+    if n <= _SMALL:  # exact partitions of the whole (small) task vectors
+        if store_deltas and base is not None:
+            for a in arrays:
+                np.subtract(a, base, out=a)
+            base = None
         return [_exact_kth(_magnitudes(a, base), k) for a, k in zip(arrays, ks, strict=True)]
     at = _sample_positions(n)
     brackets = []

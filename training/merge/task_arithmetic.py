@@ -13,13 +13,14 @@ must agree.
 
 The registry (training/merge/registry.py) names the combinations and their defaults.
 
-Speed: a merge is memory-bound, so the magnitude path never stores a task vector. One pass over
-the inputs finds each model's threshold (see `sparsify.kth_largest_magnitudes`); a second
-recomputes x_i - base chunk by chunk, trims it and combines it while the chunk is in cache.
-Sign election works on the float bit patterns (xor with the elected sign bit, integer max
-with 0): numpy's float `maximum` against a scalar and `copysign` cost 6-8x an add on one
-thread, integer max against an array of zeros costs one add. Every step computes the same
-float32 values, in the same order, as the direct definition (tests/merge/reference.py).
+Speed: on one thread the cost is the number of numpy calls over each chunk, so the magnitude
+path makes two chunked passes (64Ki entries, cache-sized) and never a whole-tensor temporary.
+The first finds every model's threshold (`sparsify.kth_largest_magnitudes`; with `inplace` it
+leaves x_i - base in x_i's buffer); the second trims and combines each chunk while it is in
+cache. Sign election works on the float bit patterns (xor with the elected sign bit, int32 max
+against zeros): numpy's float `maximum(x, 0.0)` and `copysign` cost 6-8x an add on one thread.
+Every step computes the same float32 values, in the same order, as the direct definition
+(tests/merge/reference.py), so outputs are bit-identical to the straightforward version.
 """
 
 from __future__ import annotations
