@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from tests.merge.reference import ref_combine, ref_combine_loop, ref_dare, ref_linear, ref_slerp, ref_ties, ref_trim
-from training.merge import get_method, method_names
-from training.merge.dare import dare_linear, dare_ties
+from training.merge import METHODS, get_method, method_names
 from training.merge.linear import linear
 from training.merge.slerp import slerp, slerp_pair
 from training.merge.sparsify import dare_drop, magnitude_prune, topk_magnitude_mask
-from training.merge.ties import ties
+
+# The registry's task-arithmetic methods, called with their defaults (as the merge runner does).
+ties, dare_ties, dare_linear = METHODS["ties"], METHODS["dare_ties"], METHODS["dare_linear"]
 
 
 def _randn(*shape, seed):
@@ -22,7 +23,8 @@ def _randn(*shape, seed):
 
 def test_registry_has_every_method_and_rejects_unknown():
     assert method_names() == ["dare_linear", "dare_ties", "linear", "slerp", "ties"]
-    assert get_method("ties").requires_base and not get_method("linear").requires_base
+    assert get_method("ties").needs_base and not get_method("linear").needs_base
+    assert [m for m in method_names() if get_method(m).needs_base] == ["dare_linear", "dare_ties", "ties"]
     with pytest.raises(ValueError, match="unknown merge_method 'tiez'.*linear"):
         get_method("tiez")
 
@@ -163,3 +165,87 @@ def test_methods_leave_their_inputs_alone_unless_inplace():
     pure = ties(xs, base, densities=[0.5, 0.5])
     reused = ties([x.clone() for x in xs], base.clone(), densities=[0.5, 0.5], inplace=True)
     torch.testing.assert_close(reused, pure)
+
+
+def test_registry_is_static_and_the_method_modules_do_not_import_it():
+    import ast
+    from pathlib import Path
+
+    import training.merge
+
+    folder = Path(training.merge.__file__).parent
+    for module in ("linear", "slerp", "task_arithmetic", "sparsify"):
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "training.merge.registry" not in imported, module  # no circle: only the registry imports methods
+    assert set(METHODS) == set(method_names())
+
+
+def test_importing_the_merge_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, training.merge; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_merge_settings_method_literal_is_the_registry():
+    from typing import get_args
+
+    from pydantic import ValidationError
+
+    from training.merge import METHOD_NAMES, MergeSettings
+
+    assert get_args(MergeSettings.model_fields["method"].annotation) == METHOD_NAMES
+    assert MergeSettings().method == "linear"
+    with pytest.raises(ValidationError, match="ties"):
+        MergeSettings(method="tiez")
+    assert [m for m in METHOD_NAMES if get_method(m).uses_densities] == ["dare_linear", "dare_ties", "ties"]
+
+
+def test_task_arithmetic_is_one_function_parameterised_by_sparsification_and_consensus():
+    from training.merge.task_arithmetic import task_arithmetic
+
+    base = _randn(5, 6, seed=0)
+    xs = [base + 0.1 * _randn(5, 6, seed=s) for s in (1, 2)]
+    w = [0.7, 0.3]
+    plain = task_arithmetic(xs, base, w)  # no sparsification, no consensus: base + sum_i w_i (x_i - base)
+    torch.testing.assert_close(plain, ref_combine([x - base for x in xs], base, w, False, False))
+    assert torch.equal(
+        task_arithmetic(xs, base, w, [0.5, 0.7], sparsification="magnitude", consensus=True, normalize=True),
+        ties(xs, base, w, [0.5, 0.7]),
+    )
+    with pytest.raises(ValueError, match="unknown sparsification 'top'"):
+        task_arithmetic(xs, base, sparsification="top")
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]])
+def test_ties_on_large_tensors_with_ties_at_the_threshold_keeps_the_first_by_position(weights):
+    # Large enough for the sampled threshold and several chunks; a third of each task vector is
+    # tied at |0.05|, so the top-k threshold falls among tied entries and only the first ones fit.
+    n = 300_000
+    base = _randn(n, seed=0)
+    xs = []
+    for s in (1, 2, 3):
+        delta = 0.03 * _randn(n, seed=s)
+        delta[s::3] = torch.where(torch.arange(len(delta[s::3])) % 2 == 0, 0.05, -0.05)
+        xs.append(base + delta)
+    dens = [0.4, 0.5, 0.3]
+    copies = [x.clone() for x in xs]
+    got = ties(xs, base, weights, dens)
+    assert all(torch.equal(x, c) for x, c in zip(xs, copies, strict=True))
+    deltas = [magnitude_prune(x - base, d) for x, d in zip(xs, dens, strict=True)]  # tested: first by position
+    assert [int((d != 0).sum()) for d in deltas] == [int(d * n) for d in dens]
+    torch.testing.assert_close(got, ref_combine(deltas, base, weights, True, True), rtol=1e-6, atol=1e-7)
+    inplace = ties([x.clone() for x in xs], base.clone(), weights, dens, inplace=True)
+    assert torch.equal(inplace, got)
+
+
+def test_kth_largest_magnitudes_of_task_vectors_match_the_direct_computation():
+    from training.merge.sparsify import kth_largest_magnitude, kth_largest_magnitudes
+
+    base = _randn(200_000, seed=0)
+    xs = [base + 0.01 * _randn(200_000, seed=s) for s in (1, 2)]
+    ks = [1, 150_000]
+    got = kth_largest_magnitudes([x.numpy() for x in xs], ks, base.numpy())
+    assert got == [kth_largest_magnitude(x - base, k) for x, k in zip(xs, ks, strict=True)]

@@ -214,3 +214,28 @@ def test_integer_and_scalar_tensors_are_copied_from_the_first_model(tmp_path):
     assert torch.equal(out["w"], torch.full((4, 3), 2.0))
     assert out["step"].shape == () and int(out["step"]) == 7
     assert torch.equal(out["ids"], torch.arange(5, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "dare_linear"])
+def test_merge_with_settings_is_merge_models_with_the_run_config_section(tiny_models, tmp_path, method):
+    from training.merge import MergeSettings, get_method, merge_with_settings
+
+    m = tiny_models
+    settings = MergeSettings(method=method, weights={"a": 2.0}, density=0.6, seed=3)
+    info = merge_with_settings(settings, {"a": m["ft_a"], "c": m["ft_c"]}, tmp_path / "s", base=m["base"])
+    needs = get_method(method).needs_base
+    direct = merge_models(
+        [m["ft_a"], m["ft_c"]],
+        method,
+        tmp_path / "d",
+        weights=[2.0, 1.0],
+        base=m["base"] if needs else None,
+        densities=[0.6, 0.6] if needs else None,
+        seed=3,
+    )
+    assert info["base"] == direct["base"] and (info["base"] is None) == (not needs)
+    got, want = _state(info["output"]), _state(direct["output"])
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    if needs:
+        with pytest.raises(ValueError, match="needs a base model"):
+            merge_with_settings(settings, {"a": m["ft_a"]}, tmp_path / "x")

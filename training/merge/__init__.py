@@ -1,33 +1,40 @@
 """Model merging, mergekit-style, streamed tensor by tensor over safetensors checkpoints.
 
-Methods (registered by name): linear, slerp, ties, dare_ties, dare_linear.
-Entry points: `merge_models` (for the merged_model asset) and `merge_from_yaml` (mergekit-style YAML).
+Methods (training/merge/registry.py): linear, slerp, and the generalized task-arithmetic
+family ties, dare_ties, dare_linear (training/merge/task_arithmetic.py).
+Entry points: `merge_with_settings` (the merged_model asset), `merge_models` and
+`merge_from_yaml` (a mergekit-style YAML; `factory merge`).
+
+Importing this package does not import torch: the methods import it when they run.
 """
 
-from training.merge import dare, linear, slerp, ties  # noqa: F401  (registers the methods)
 from training.merge.config import (
     MergeConfig,
     MergeParameters,
     MergeSettings,
+    MethodName,
     ModelEntry,
     ModelParameters,
     load_merge_config,
 )
-from training.merge.registry import METHODS, MergeMethod, get_method, method_names
-from training.merge.run import merge_from_yaml, merge_models, run_merge
+from training.merge.registry import METHOD_NAMES, METHODS, MergeMethod, get_method, method_names
+from training.merge.run import merge_from_yaml, merge_models, merge_with_settings, run_merge
 
 __all__ = [
     "METHODS",
+    "METHOD_NAMES",
     "MergeConfig",
     "MergeMethod",
     "MergeParameters",
     "MergeSettings",
+    "MethodName",
     "ModelEntry",
     "ModelParameters",
     "get_method",
     "load_merge_config",
     "merge_from_yaml",
     "merge_models",
+    "merge_with_settings",
     "method_names",
     "run_merge",
 ]

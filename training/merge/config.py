@@ -1,4 +1,5 @@
-"""Pydantic models for merges: a mergekit-style YAML (`MergeConfig`) and the asset settings (`MergeSettings`)."""
+"""Pydantic models for merges: a mergekit-style YAML (`MergeConfig`) and the run config's `merge`
+section (`MergeSettings`, how merged_model merges the cluster models)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training.merge.registry import METHOD_NAMES, get_method
+
 OutputDtype = Literal["float32", "bfloat16", "float16"]
+MethodName = Literal[METHOD_NAMES]  # the registry's names, never listed by hand
 
 
 class ModelParameters(BaseModel):
@@ -62,9 +66,7 @@ class MergeConfig(BaseModel):
     @field_validator("merge_method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from training.merge.registry import get_method
-
-        get_method(value)
+        get_method(value)  # a clear error naming the known methods
         return value
 
     @field_validator("tokenizer_source")
@@ -76,10 +78,8 @@ class MergeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_requirements(self) -> MergeConfig:
-        from training.merge.registry import get_method
-
         method = get_method(self.merge_method)
-        if method.requires_base and not self.base_model:
+        if method.needs_base and not self.base_model:
             raise ValueError(f"merge_method {self.merge_method!r} needs base_model")
         if self.tokenizer_source == "base" and not self.base_model:
             raise ValueError("tokenizer_source 'base' needs base_model")
@@ -94,17 +94,20 @@ class MergeConfig(BaseModel):
 
 
 class MergeSettings(BaseModel):
-    """Settings of the merged_model asset: how the cluster models are merged."""
+    """The run config's `merge` section: how merged_model merges the cluster models.
+
+    `weights` maps a cluster name to its weight (default 1 each); `density` is every model's
+    density for the methods that sparsify (`get_method(method).uses_densities`); `t` is slerp's.
+    Whether the method needs a base model: `get_method(method).needs_base`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str = "linear"  # the method Aya Expanse kept
-    weights: dict[str, float] | None = None  # per input (e.g. cluster name); None = equal weights
-    dtype: OutputDtype | None = None
-    max_shard_size: int | str = "5GB"
-    seed: int = 0
-    threads: int | None = Field(default=1, ge=1)
-    parameters: MergeParameters = Field(default_factory=MergeParameters)
+    method: MethodName = "linear"  # the method Aya Expanse kept
+    weights: dict[str, float] = Field(default_factory=dict)
+    density: float = Field(0.5, gt=0.0, le=1.0)
+    t: float = 0.5
+    seed: int = 0  # DARE's random drops are seeded per (seed, tensor name)
 
 
 def format_validation_error(error: ValidationError, source: str = "merge config") -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from training.merge.registry import MergeMethod, register
-
 if TYPE_CHECKING:
     import torch
 
@@ -42,16 +40,3 @@ def linear(
     for x, w in zip(tensors[1:], weights[1:], strict=True):
         out.add_(x, alpha=w)
     return out
-
-
-register(
-    MergeMethod(
-        name="linear",
-        fn=linear,
-        requires_base=False,
-        n_models=None,
-        params=("weights", "normalize", "inplace"),
-        defaults={"normalize": True},
-        reference="https://arxiv.org/abs/2203.05482",
-    )
-)

@@ -22,7 +22,13 @@ from training.merge.compat import (
     check_same_vocabulary,
     drop_tied_head,
 )
-from training.merge.config import MergeConfig, MergeParameters, format_validation_error, load_merge_config
+from training.merge.config import (
+    MergeConfig,
+    MergeParameters,
+    MergeSettings,
+    format_validation_error,
+    load_merge_config,
+)
 from training.merge.registry import MergeMethod, get_method
 from training.merge.streaming import (
     FLOAT_CODES,
@@ -92,6 +98,30 @@ def merge_models(
     except ValidationError as e:
         raise ValueError(format_validation_error(e)) from None
     return run_merge(config, out_dir)
+
+
+def merge_with_settings(
+    settings: MergeSettings, models: dict[str, str | Path], out_dir: str | Path, base: str | Path | None = None
+) -> dict:
+    """Merge named models (e.g. cluster name -> folder) as the run config's `merge` section says.
+
+    `base` is used only by the methods that need one (`get_method(settings.method).needs_base`),
+    and those refuse to run without it.
+    """
+    method = get_method(settings.method)
+    if method.needs_base and base is None:
+        raise ValueError(f"merge method {method.name!r} needs a base model")
+    names = list(models)
+    return merge_models(
+        [models[name] for name in names],
+        method.name,
+        out_dir,
+        weights=[settings.weights.get(name, 1.0) for name in names],
+        base=base if method.needs_base else None,
+        densities=[settings.density] * len(names) if method.uses_densities else None,
+        seed=settings.seed,
+        **({"t": settings.t} if "t" in method.params else {}),
+    )
 
 
 def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None = None) -> dict:
@@ -210,7 +240,7 @@ def _members(config: MergeConfig, method: MergeMethod, base: Path | None, resolv
     """The merged models in order, with their weights and densities (top-level values as defaults)."""
     top = config.parameters
     rows = [(resolve(e.model), e.parameters) for e in config.models]
-    if method.requires_base:  # the base's task vector is zero: leave it out, as mergekit does
+    if method.needs_base:  # the base's task vector is zero: leave it out, as mergekit does
         rows = [r for r in rows if r[0] != base]
         if not rows:
             raise ValueError("no models to merge besides base_model")

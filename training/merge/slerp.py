@@ -6,8 +6,6 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from training.merge.registry import MergeMethod, register
-
 if TYPE_CHECKING:
     import torch
 
@@ -42,16 +40,3 @@ def slerp(tensors: Sequence[torch.Tensor], t: float = 0.5) -> torch.Tensor:
     if len(tensors) != 2:
         raise ValueError(f"slerp merges exactly two models, got {len(tensors)}")
     return slerp_pair(tensors[0], tensors[1], t)
-
-
-register(
-    MergeMethod(
-        name="slerp",
-        fn=slerp,
-        requires_base=False,
-        n_models=2,
-        params=("t",),
-        defaults={"t": 0.5},
-        reference="https://github.com/arcee-ai/mergekit (slerp)",
-    )
-)
