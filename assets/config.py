@@ -50,7 +50,8 @@ from factory.prompts import PromptsConfig
 from factory.scoring.score import ScoringConfig
 from factory.settings import Strict
 from factory.sources.chatterbot import CHATTERBOT_FOLDERS
-from training.config import MergeSettings, TrainingConfig
+from training.config import TrainingConfig
+from training.merge.config import MergeSettings
 from training.reward_model import ArbiterConfig
 from training.teachers import ModelsConfig
 from warehouse.publish import PublishConfig

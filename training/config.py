@@ -1,8 +1,7 @@
-"""The `training` and `merge` sections of the run config: SFT, offline DPO, online rounds, merging."""
+"""The `training` section of the run config: SFT, offline DPO, online rounds (the `merge` section is
+training.merge.config.MergeSettings)."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -35,13 +34,3 @@ class TrainingConfig(Strict):
         if not value:
             raise ValueError(f"at least one pair method is needed; known: {', '.join(OFFLINE_PAIR_METHODS)}")
         return value
-
-
-class MergeSettings(Strict):
-    """How the cluster models are merged into merged_model (see training/merge)."""
-
-    method: Literal["linear", "slerp", "ties", "dare_ties", "dare_linear"] = "linear"
-    weights: dict[str, float] = Field(default_factory=dict)  # cluster -> weight (default equal)
-    density: float = 0.5  # ties / dare
-    t: float = 0.5  # slerp
-    seed: int = 0  # dare

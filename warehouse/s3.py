@@ -77,6 +77,8 @@ def _advice() -> str:
 class S3Warehouse(Warehouse):
     """Warehouse over `s3://bucket/prefix`: tables as manifests over write-scoped data files."""
 
+    scheme = "s3"
+
     def __init__(self, home: str | os.PathLike | None = None):
         super().__init__(home)
         self.fs = s3_filesystem()

@@ -152,9 +152,12 @@ class Warehouse:
 
     def __new__(cls, home: str | os.PathLike | None = None):
         if cls is Warehouse and is_s3(home_url(home)):
-            from warehouse.s3 import S3Warehouse  # here, not at the top: warehouse.s3 builds on this module
-
-            return super().__new__(S3Warehouse)
+            # warehouse.s3 builds on this module, so it is found as a subclass (the warehouse package
+            # imports it) rather than imported from here.
+            backend = next((c for c in Warehouse.__subclasses__() if getattr(c, "scheme", None) == "s3"), None)
+            if backend is None:
+                raise RuntimeError("the S3 warehouse is not loaded: import warehouse (its package) first")
+            return super().__new__(backend)
         return super().__new__(cls)
 
     def __init__(self, home: str | os.PathLike | None = None):

@@ -9,7 +9,7 @@ from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource
 from training.clusters import train_cluster_models
 from training.dpo import train_dpo
-from training.merge.run import merge_models
+from training.merge import get_method, merge_with_settings
 from training.online import online_round
 from training.sft import train_sft
 from warehouse.status import markdown_table
@@ -190,16 +190,10 @@ def merged_model(
     cfg = env.settings()
     m = cfg.merge
     names = cluster_models["name"].to_list()
-    paths = cluster_models["path"].to_list()
-    weights = [m.weights.get(n, 1.0) for n in names]
     out = env.warehouse().dir("models") / "merged_model"
-    base = None
-    if m.method in ("ties", "dare_ties", "dare_linear"):
-        base = model_folder(cfg.training.base_model, env.warehouse().home, embedded_pool)[0]
-    params = {"t": m.t} if m.method == "slerp" else {}
-    info = merge_models(paths, m.method, out, weights=weights, base=base,
-                        densities=[m.density] * len(paths) if m.method in ("ties", "dare_ties", "dare_linear") else None,
-                        seed=m.seed, **params)
+    home = env.warehouse().home
+    base = model_folder(cfg.training.base_model, home, embedded_pool)[0] if get_method(m.method).needs_base else None
+    info = merge_with_settings(m, dict(zip(names, cluster_models["path"].to_list(), strict=True)), out, base=base)
     context.add_output_metadata({"method": m.method, "inputs": dg.MetadataValue.json(names), "seconds": float(info.get("seconds", 0.0))})
     return checkpoint_frame([{
         "stage": "merged", "name": "merged_model", "path": out, "parents": cluster_models["checkpoint_id"].to_list(),
