@@ -1,19 +1,81 @@
-"""Test-wide settings: the tiny profile, a private home, quiet Dagster."""
+"""Test-wide settings and fixtures: the tiny profile, a private home, quiet libraries, the one
+tiny-model fixture, and a real S3 server.
+
+Environment: set for the session by pytest_configure and restored by pytest_unconfigure (nothing is
+set when this file is imported): offline hub flags before any test module imports transformers,
+the tiny profile as the default config, and no DAGSTER_HOME (tests use ephemeral instances)."""
 
 import os
 import sys
 import uuid
+from pathlib import Path
 
-os.environ.setdefault("FACTORY_CONFIG", "tiny")
-os.environ.pop("DAGSTER_HOME", None)  # tests use ephemeral Dagster instances
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+import pytest
 
-import pytest  # noqa: E402
+from tests.s3server import seaweedfs, weed_binary
 
-from tests.s3server import seaweedfs, weed_binary  # noqa: E402
+SESSION_ENV = {
+    "FACTORY_CONFIG": "tiny",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+_SAVED: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    for key in [*SESSION_ENV, "DAGSTER_HOME"]:
+        _SAVED[key] = os.environ.get(key)
+    for key, value in SESSION_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.pop("DAGSTER_HOME", None)
+
+
+def pytest_unconfigure(config):
+    for key, value in _SAVED.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# -- the one tiny-model fixture ---------------------------------------------------------------------
+
+TINY_TEXTS = [
+    "hello, how are you?", "I am fine, thank you.", "what is your name?", "my name is bot.",
+    "hola, ¿cómo estás?", "estoy bien, gracias.", "bonjour, ça va?", "oui, merci beaucoup.",
+    "こんにちは、元気ですか？", "元気です、ありがとう。", "привет, как дела?", "хорошо, спасибо.",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory):
+    """`tiny_lm(texts=..., seed=..., ...) -> Path`: a tiny untrained Llama causal LM folder (byte-level BPE
+    trained on `texts`, 32 hidden, 1 layer, 2 heads), built once per arguments in the session. The
+    keyword arguments go to training.tiny (`vocab_size`, `max_length` of the tokenizer; `max_positions`)."""
+    from training.tiny import init_causal_lm, save_model, train_tokenizer
+
+    built: dict[tuple, Path] = {}
+
+    def build(texts: list[str] | None = None, seed: int = 0, vocab_size: int = 300, max_length: int | None = None,
+              max_positions: int | None = None) -> Path:
+        texts = list(texts if texts is not None else TINY_TEXTS * 4)
+        key = (tuple(texts), seed, vocab_size, max_length, max_positions)
+        if key not in built:
+            tok = train_tokenizer(texts, vocab_size=vocab_size, **({"max_length": max_length} if max_length else {}))
+            shape = {"max_positions": max_positions} if max_positions else {}
+            model = init_causal_lm(tok, seed=seed, hidden_size=32, layers=1, heads=2, **shape)
+            built[key] = save_model(model, tok, tmp_path_factory.mktemp("tiny_lm") / "model")
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_lm):
+    """The default tiny causal LM folder (random weights: enough to exercise generation)."""
+    return tiny_lm(max_length=64, max_positions=128)
 
 
 @pytest.fixture

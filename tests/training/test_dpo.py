@@ -8,19 +8,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from training.dpo import DPOStageConfig, split_preference_rows, train_dpo
-from training.tiny import init_causal_lm, save_model, train_tokenizer
 
 TEXTS = ["hello how are you today", "bonjour comment ça va", "hola qué tal estás", "I am fine thanks a lot"]
 MSG = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    tok = train_tokenizer(TEXTS * 4 + ["zz qq zz"], vocab_size=300)
-    root = tmp_path_factory.mktemp("models")
-    policy = save_model(init_causal_lm(tok, seed=0, hidden_size=32, layers=1, heads=2), tok, root / "policy")
-    other = save_model(init_causal_lm(tok, seed=1, hidden_size=32, layers=1, heads=2), tok, root / "other")
-    return policy, other
+def models(tiny_lm):
+    texts = TEXTS * 4 + ["zz qq zz"]
+    return tiny_lm(texts, seed=0), tiny_lm(texts, seed=1)
 
 
 def pair_rows(n: int = 8) -> pl.DataFrame:

@@ -81,12 +81,8 @@ def test_degenerate_replies_differ_from_the_original():
 
 
 @pytest.fixture
-def base_dir(tmp_path) -> Path:
-    from training.tiny import init_causal_lm, save_model, train_tokenizer
-
-    texts = [t for rows in (EN, ES, RU) for pair in rows for t in pair]
-    tok = train_tokenizer(texts, vocab_size=400)
-    return save_model(init_causal_lm(tok, hidden_size=32, layers=1, heads=2), tok, tmp_path / "base")
+def base_dir(tiny_lm) -> Path:
+    return tiny_lm([t for rows in (EN, ES, RU) for pair in rows for t in pair], vocab_size=400)
 
 
 def test_train_reward_model_saves_a_scorable_model_and_reports_heldout_accuracy(base_dir, tmp_path):

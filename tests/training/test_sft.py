@@ -11,16 +11,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from training.device import pick_device, trainer_device_args
 from training.run_dir import StageRun
 from training.sft import SFTStageConfig, build_sft_trainer, split_sft_rows, train_sft
-from training.tiny import init_causal_lm, save_model, train_tokenizer
 
 TEXTS = ["hello how are you today", "bonjour comment ça va", "hola qué tal estás", "I am fine thanks a lot"]
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    tok = train_tokenizer(TEXTS * 4, vocab_size=300)
-    model = init_causal_lm(tok, hidden_size=32, layers=1, heads=2)
-    return save_model(model, tok, tmp_path_factory.mktemp("models") / "base")
+def base_model(tiny_lm):
+    return tiny_lm(TEXTS * 4)
 
 
 def sft_rows(n: int = 8) -> list[dict]:

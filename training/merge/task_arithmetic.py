@@ -20,7 +20,7 @@ leaves x_i - base in x_i's buffer); the second trims and combines each chunk whi
 cache. Sign election works on the float bit patterns (xor with the elected sign bit, int32 max
 against zeros): numpy's float `maximum(x, 0.0)` and `copysign` cost 6-8x an add on one thread.
 Every step computes the same float32 values, in the same order, as the direct definition
-(tests/merge/reference.py), so outputs are bit-identical to the straightforward version.
+(tests/training/merge/reference.py), so outputs are bit-identical to the straightforward version.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from factory.generation.registry import TeacherConfig, make_backend
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_importing_the_vllm_module_does_not_import_vllm():

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.publish.conftest import DIALOGS, SOURCE_INFO
+from tests.warehouse.publish.conftest import DIALOGS, SOURCE_INFO
 from warehouse.publish import publish_dataset
 
 

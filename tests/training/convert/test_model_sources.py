@@ -21,7 +21,7 @@ from factory.model_sources import (
     read_gguf_header,
     read_source_record,
 )
-from tests.models.conftest import TEMPLATE, tiny_hf_llama, write_tiny_gguf
+from tests.training.convert.conftest import TEMPLATE, tiny_hf_llama, write_tiny_gguf
 
 
 def test_parse_each_kind_and_refuse_bad_syntax():

@@ -61,14 +61,13 @@ def prompts() -> pl.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_factory():
+def tiny_model_factory(tiny_lm):
     """Build (tokenizer, model) from a few texts: a ~30k-parameter Llama, fast on CPU."""
-    from training.tiny import init_causal_lm, train_tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def build(texts: list[str]):
-        tok = train_tokenizer(texts * 3, vocab_size=300, max_length=64)
-        model = init_causal_lm(tok, seed=0, hidden_size=32, layers=1, heads=2, max_positions=64)
-        return tok, model
+        folder = tiny_lm(texts * 3, max_length=64, max_positions=64)
+        return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
 
     return build
 

@@ -19,24 +19,15 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny untrained causal LM folder (random weights: enough to exercise generation)."""
-    from training.tiny import init_causal_lm, save_model, train_tokenizer
-
-    tok = train_tokenizer(TEXTS * 4, vocab_size=300, max_length=64)
-    model = init_causal_lm(tok, seed=0, hidden_size=32, layers=1, heads=2, max_positions=128)
-    return save_model(model, tok, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
-def eos_model_dir(tmp_path_factory):
+def eos_model_dir(tmp_path_factory, tiny_lm):
     """A tiny model whose EOS logit is large about half the time, so answers stop at varied lengths."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.tiny import init_causal_lm, save_model, train_tokenizer
+    from training.tiny import save_model
 
-    tok = train_tokenizer(TEXTS * 4, vocab_size=300, max_length=64)
-    model = init_causal_lm(tok, seed=1, hidden_size=32, layers=1, heads=2, max_positions=128)
+    folder = tiny_lm(seed=1, max_length=64, max_positions=128)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         emb[tok.eos_token_id] = torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(0)) * 0.5

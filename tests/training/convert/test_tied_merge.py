@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.models.conftest import tiny_hf_llama
+from tests.training.convert.conftest import tiny_hf_llama
 from training.merge import merge_models
 from training.merge.compat import IncompatibleModelsError
 from training.merge.streaming import weight_files

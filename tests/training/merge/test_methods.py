@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from tests.merge.reference import ref_combine, ref_combine_loop, ref_dare, ref_linear, ref_slerp, ref_ties, ref_trim
+from tests.training.merge.reference import (
+    ref_combine,
+    ref_combine_loop,
+    ref_dare,
+    ref_linear,
+    ref_slerp,
+    ref_ties,
+    ref_trim,
+)
 from training.merge import METHODS, get_method, method_names
 from training.merge.linear import linear
 from training.merge.slerp import slerp, slerp_pair

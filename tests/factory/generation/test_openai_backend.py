@@ -17,7 +17,7 @@ from factory.generation.runner import generate_completions
 from factory.judges.llm import LLMJudge
 from factory.pairs import native_vs_translated
 from factory.scoring.llm_judge import LLMJudgeScorer
-from tests.generation.fakes import EchoBackend, make_prompts
+from tests.factory.generation.fakes import EchoBackend, make_prompts
 
 
 class ChatServer:

@@ -20,7 +20,7 @@ from warehouse.schemas import GENERATIONS
 
 from .fakes import EchoBackend, make_prompts
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 N_PROMPTS, K = 12, 2
 
 
@@ -42,8 +42,8 @@ def _expected_ids(prompts: pl.DataFrame, teachers) -> set[str]:
 SCRIPT = """
 import sys
 from pathlib import Path
-from tests.generation.test_runner import _teachers, N_PROMPTS, K
-from tests.generation.fakes import make_prompts
+from tests.factory.generation.test_runner import _teachers, N_PROMPTS, K
+from tests.factory.generation.fakes import make_prompts
 from factory.generation.runner import generate_completions
 generate_completions(make_prompts(N_PROMPTS), _teachers(sleep_s=0.25), K, Path(sys.argv[1]), "run-killed", progress=False)
 print("FINISHED")

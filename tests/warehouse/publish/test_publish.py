@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.publish.conftest import SOURCE_INFO
+from tests.warehouse.publish.conftest import SOURCE_INFO
 from warehouse.publish import PublishError, pair_configs, publish_dataset, push_to_hub
 
 

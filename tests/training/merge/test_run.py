@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.merge.reference import ref_dare, ref_linear, ref_slerp, ref_ties
+from tests.training.merge.reference import ref_dare, ref_linear, ref_slerp, ref_ties
 from training.merge import merge_from_yaml, merge_models
 from training.merge.compat import IncompatibleModelsError
 from training.merge.run import _generator
