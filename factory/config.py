@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from factory.decontam import DecontamConfig
+from factory.engines.ray_data import RayConfig
 from factory.generation.base import SamplingConfig
 from factory.generation.registry import EMBEDDED_PREFIX, TeacherConfig
 from factory.generation.serve import SERVE_PREFIX
@@ -127,9 +128,13 @@ class PromptsConfig(Strict):
     language_check: LanguageCheck = Field(default_factory=LanguageCheck)
 
 
+Engine = Literal["in_process", "ray"]  # where the per-row work runs: the step's process, or a Ray job (`ray:`)
+
+
 class GenerationSettings(Strict):
     k: int = Field(2, ge=1)  # samples per prompt per teacher
     retries: int = Field(2, ge=0)  # prompt-by-prompt retries of a failed batch before quarantine
+    engine: Engine = "in_process"
 
 
 class ModelsConfig(Strict):
@@ -160,6 +165,7 @@ class ScoringConfig(Strict):
     llm_judge: LLMJudgeConfig | None = None  # an extra absolute-score scorer through any backend
     llm_judge_model: TeacherConfig | None = None  # its backend (e.g. an OpenAI-compatible server)
     primary: Literal["arbiter", "llm_judge"] = "arbiter"
+    engine: Engine = "in_process"  # ray: the reward model scores on Ray; an LLM judge stays in the step
 
     @model_validator(mode="after")
     def _judge(self):
@@ -297,6 +303,7 @@ class FactoryConfig(Strict):
     merge: MergeSettings = Field(default_factory=MergeSettings)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)  # used where generation/scoring.engine is ray
 
     def resolved_teachers(self) -> list[TeacherConfig]:
         """The configured teachers, or one embedded teacher per cluster that has at least one

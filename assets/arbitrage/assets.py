@@ -5,6 +5,7 @@ import polars as pl
 
 from assets.common import backend_for, checkpoint_frame, image_markdown, only, serving
 from assets.partitions import language_partitions
+from assets.ray_jobs import ray_generations, ray_scores
 from assets.resources import FactoryResource, ModelServers
 from warehouse.status import markdown_table
 
@@ -53,8 +54,10 @@ def generations(
     lang = context.partition_key
     train = prompts.filter(pl.col("split") == "train")
     shard_dir = wh.dir("staging", "generations", f"language={lang}")
+    teachers = (ray_generations(context, factory, servers, train, embedded_pool, shard_dir) if cfg.generation.engine == "ray"
+                else teacher_backends(cfg, embedded_pool, wh.home, servers))  # fmt: skip
     gens, quarantine = generate_completions(
-        train, teacher_backends(cfg, embedded_pool, wh.home, servers), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
+        train, teachers, cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
     )
     wh.quarantine("generations", lang, quarantine, context.run_id)
     per_teacher = gens.group_by("teacher").agg(
@@ -67,7 +70,7 @@ def generations(
         "generated_this_run": gens.filter(pl.col("run_id") == context.run_id).height,
         "quarantined": quarantine.height,
     })
-    return gens
+    return dg.Output(gens)  # an Output, not the frame: a Pipes session (engine: ray) asks for typed results
 
 
 SCORE_CHECKS = [
@@ -93,6 +96,8 @@ def scores(
     wh = factory.warehouse()
     scorers = configured_scorers(cfg, arbiter, wh.home, servers)
     cache = wh.dir("staging", "scores", f"language={context.partition_key}")
+    if cfg.scoring.engine == "ray":
+        ray_scores(context, factory, generations, prompts, scorers, cache)
     scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
     table = teacher_table(scored)
