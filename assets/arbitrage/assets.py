@@ -43,7 +43,7 @@ def arbiter_scorer(cfg, arbiter: pl.DataFrame):
 def generations(
     context: dg.AssetExecutionContext, factory: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
     embedded_pool: pl.DataFrame,
-) -> pl.DataFrame:
+) -> dg.Output[pl.DataFrame]:
     """Every teacher's k completions for each training prompt of the language (the eval split is
     never generated here). Written in shards as it goes: a killed run resumes where it stopped.
     A teacher that keeps failing on a prompt is quarantined; the others' answers are kept."""
