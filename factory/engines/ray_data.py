@@ -3,10 +3,11 @@
 The same work as the in-process path, cut the same way and written to the same places:
 
 - generation: per teacher, `runner.plan_teacher` lists what is missing from the shard folder
-  (the same completion ids); the todo is written as Parquet, read back with `ray.data.read_parquet`,
-  and `map_batches` hands `batch_size` prompts at a time to an actor pool of that teacher (each
-  actor builds the backend once with `registry.make_backend`); each batch is answered and written
-  as one shard by `runner.answer_chunk`, so a killed job resumes where it stopped.
+  (the same completion ids); the todo of every teacher is written as one Parquet table sorted by
+  teacher, read back with `ray.data.read_parquet`, and `map_batches` hands `batch_size` prompts at
+  a time to an actor pool (each actor holds one teacher at a time, built with
+  `registry.make_backend`); each batch is answered and written as one shard by
+  `runner.answer_chunk`, so a killed job resumes where it stopped.
 - scoring: `score.uncached` lists the completions whose reward is not in the score cache; an actor
   pool of the reward model (`SequenceClassifierScorer`) scores them into the cache with
   `score.score_into_cache`.
@@ -14,7 +15,7 @@ The same work as the in-process path, cut the same way and written to the same p
 The step then runs the in-process function over the same folders, which finds the work done: its
 rows, ids, quarantine and z-scores are computed by the one code path. What the job could not do (a
 prompt a teacher kept failing on, a non-finite reward) is tried once more there and quarantined
-with the same reason. Teachers run one after another, each over the whole pool of workers.
+with the same reason.
 
 Ray is an optional extra (`pip install aya-factory[ray]`) and is imported inside the functions.
 `ray.data.llm`'s vLLM and HTTP processors are the production alternative for served or GPU

@@ -8,10 +8,9 @@ scratch HOME, RAY_AUTH_MODE=token). Steps, on the tiny profile and one language 
 
 1. build the upstream assets (prompts of every language, embedded pool, Arbiter) in OUT/ray_home;
 2. copy it to OUT/ref_home and run generations and scores in-process there;
-3. start one Ray head (2 CPUs, 200 MB object store, job server on 127.0.0.1) and run generations
-   and scores with engine: ray in OUT/ray_home;
-4. in OUT/ref_home, delete one generation shard and run generations with engine: ray: only the
-   deleted completions may be generated again.
+3. copy one generation shard of that run into OUT/ray_home (as a killed run would have left it);
+4. start one Ray head (2 CPUs, 200 MB object store, job server on 127.0.0.1) and run generations
+   and scores with engine: ray in OUT/ray_home: it must resume from that shard and make the rest.
 
 OUT/steps.json records each step's return code and the listening sockets seen while Ray ran.
 """
@@ -86,6 +85,14 @@ def main(out: Path) -> int:
     if ok:
         shutil.copytree(ray_home, ref_home, symlinks=True)
         ok = step("in_process", *run, "--config", "tiny", "--home", str(ref_home), "--select", "generations,scores")
+    if ok:  # one shard of the in-process run, as if a killed Ray run had written it: the Ray run resumes from it
+        import polars as pl
+
+        shard_dir = Path("staging", "generations", f"language={PARTITION}")
+        shard = sorted((ref_home / shard_dir).glob("*.parquet"))[0]
+        (ray_home / shard_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shard, ray_home / shard_dir / shard.name)
+        steps["resumed"] = pl.read_parquet(shard)["completion_id"].to_list()
     if ok:
         ok = step("ray_token", str(bin_dir / "ray"), "get-auth-token", "--generate")
     if ok:
@@ -94,16 +101,7 @@ def main(out: Path) -> int:
                   "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={out / 'ray_tmp'}")  # fmt: skip
     if ok:
         steps["listening"] = listening()
-        config = str(ray_config(out))
-        ok = step("ray_run", *run, "--config", config, "--home", str(ray_home), "--select", "generations,scores")
-    if ok:
-        shards = sorted((ref_home / "staging" / "generations" / f"language={PARTITION}").glob("*.parquet"))
-        import polars as pl
-
-        deleted = pl.read_parquet(shards[0])["completion_id"].to_list()
-        shards[0].unlink()
-        steps["deleted"] = deleted
-        ok = step("ray_resume", *run, "--config", config, "--home", str(ref_home), "--select", "generations")
+        ok = step("ray_run", *run, "--config", str(ray_config(out)), "--home", str(ray_home), "--select", "generations,scores")
     subprocess.call([str(bin_dir / "ray"), "stop", "--force"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (out / "steps.json").write_text(json.dumps(steps, indent=1))
     return 0 if ok else 1
