@@ -50,6 +50,9 @@ def ray_cluster(ray_cfg: RayConfig) -> Iterator[str]:
         include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=False,
     )  # fmt: skip  (the dashboard process is where Ray's job server lives)
     try:
+        if not ctx.dashboard_url:
+            raise RuntimeError("the local Ray cluster started without its job server (the dashboard process): "
+                               "install the [ray] extra, which brings ray[default]")  # fmt: skip
         yield f"http://{ctx.dashboard_url}"
     finally:
         ray.shutdown()
@@ -64,7 +67,7 @@ def run_ray_job(context: dg.AssetExecutionContext, ray_cfg: RayConfig, spec: dic
     with ray_cluster(ray_cfg) as address:
         local = urlparse(address).hostname in LOOPBACK
         python = sys.executable if local else "python"  # a remote cluster runs its image's python
-        client = PipesRayJobClient(address=address, poll_interval=0.5, timeout=ray_cfg.job_timeout_s)  # one per run
+        client = PipesRayJobClient(address=address, poll_interval=0.5)  # a fresh client per run
         invocation = client.run(
             context=context,
             submit_job_params={"entrypoint": f"{python} -m factory.engines.ray_job {path}", "entrypoint_num_cpus": 0,

@@ -59,7 +59,6 @@ class RayConfig(BaseModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     local_cpus: int | None = Field(None, ge=1)  # a local cluster's CPUs (default: all)
     object_store_mb: int = Field(200, ge=64)  # a local cluster's object store
-    job_timeout_s: float = Field(3600, gt=0)
 
 
 def _worker_threads(cpus: float) -> None:
