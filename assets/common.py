@@ -72,20 +72,27 @@ def serving(cfg, home, servers):
 
 
 def backend_for(t, pool: pl.DataFrame | None, home, serving=None):
-    """(config naming what is actually loaded, backend) for a generation slot: an embedded model
-    resolves to the pool's folder, a gguf:/pkg: source to its converted folder, an `openai` slot
-    whose api_base is `serve:NAME` to the server the run starts for it (`serving(NAME)` gives its
-    api_base and model name), anything else (a folder, a hub name, a served model) is used as given.
-    The returned config is what the completion ids hash: for a `serve:` slot it keeps `serve:NAME`
-    and the configured model, so ids do not change with the port the server got."""
+    """(config naming what is actually loaded, backend) for a generation slot (see resolve_slot)."""
+    t, build = resolve_slot(t, pool, home, serving)
+    return t, make_backend(build)
+
+
+def resolve_slot(t, pool: pl.DataFrame | None, home, serving=None):
+    """(config naming what is actually loaded, config to build its backend from) for a generation
+    slot: an embedded model resolves to the pool's folder, a gguf:/pkg: source to its converted
+    folder, an `openai` slot whose api_base is `serve:NAME` to the server the run starts for it
+    (`serving(NAME)` gives its api_base and model name), anything else (a folder, a hub name, a
+    served model) is used as given. The first config is what the completion ids hash: for a
+    `serve:` slot it keeps `serve:NAME` and the configured model, so ids do not change with the
+    port the server got; the two differ only there."""
     if t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
         if serving is None:
             raise ValueError(f"{t.name}: api_base {t.api_base} needs the run's model servers")
         api_base, served = serving(t.api_base.removeprefix(SERVE_PREFIX))
-        return t, make_backend(t.model_copy(update={"api_base": api_base, "model": served}))
+        return t, t.model_copy(update={"api_base": api_base, "model": served})
     if t.embedded or t.backend != "openai":
         t = with_model_path(t, model_folder(t.model, home, pool)[0])
-    return t, make_backend(t)
+    return t, t
 
 
 def find_model(checkpoints: pl.DataFrame, name: str) -> dict:

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from factory.arbitrage import ArbitrageConfig
+from factory.engines.ray_data import RayConfig
 from factory.evaluation import EvaluationConfig
 from factory.generation.registry import EMBEDDED_PREFIX, TeacherConfig
 from factory.generation.runner import GenerationSettings
@@ -125,6 +126,7 @@ class FactoryConfig(Strict):
     merge: MergeSettings = Field(default_factory=MergeSettings)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)  # used where generation/scoring.engine is ray
 
     def resolved_teachers(self) -> list[TeacherConfig]:
         """The configured teachers, or one embedded teacher per cluster that has at least one

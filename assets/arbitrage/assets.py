@@ -20,6 +20,7 @@ from assets.common import (
 )
 from assets.io_manager import SIDE_OUTPUT
 from assets.partitions import language_partitions
+from assets.ray_jobs import ray_generations, ray_scores
 from assets.resources import FactoryResource, ModelServers
 from factory.charts import routing_chart
 from factory.decontam import decontamination_gate
@@ -38,7 +39,7 @@ from warehouse.status import markdown_table
 def generations(
     context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
     embedded_pool: pl.DataFrame,
-) -> pl.DataFrame:
+) -> dg.Output[pl.DataFrame]:
     """Every teacher's k completions for each training prompt of the language (the eval split is
     never generated here). Written in shards as it goes: a killed run resumes where it stopped.
     A teacher that keeps failing on a prompt is quarantined; the others' answers are kept."""
@@ -48,8 +49,10 @@ def generations(
     lang = context.partition_key
     train = prompts.filter(pl.col("split") == "train")
     shard_dir = wh.dir("staging", "generations", f"language={lang}")
+    teachers = (ray_generations(context, env, servers, train, embedded_pool, shard_dir) if cfg.generation.engine == "ray"
+                else teacher_backends(cfg, embedded_pool, wh.home, servers))  # fmt: skip
     gens, quarantine = generate_completions(
-        train, teacher_backends(cfg, embedded_pool, wh.home, servers), cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
+        train, teachers, cfg.generation.k, shard_dir, context.run_id, cfg.generation.retries
     )
     wh.quarantine("generations", lang, quarantine, context.run_id)
     per_teacher = gens.group_by("teacher").agg(
@@ -62,7 +65,7 @@ def generations(
         "generated_this_run": gens.filter(pl.col("run_id") == context.run_id).height,
         "quarantined": quarantine.height,
     })
-    return gens
+    return dg.Output(gens)  # an Output, not the frame: a Pipes session (engine: ray) asks for typed results
 
 
 SCORE_CHECKS = [
@@ -87,6 +90,8 @@ def scores(
     wh = env.warehouse()
     scorers = configured_scorers(cfg, arbiter, wh.home, servers)
     cache = wh.dir("staging", "scores", f"language={context.partition_key}")
+    if cfg.scoring.engine == "ray":
+        ray_scores(context, env, generations, prompts, scorers, cache)
     scored, quarantine = score_generations(generations, prompts, scorers, cfg.scoring.fidelity, context.run_id, cache)
     wh.quarantine("scores", context.partition_key, quarantine, context.run_id)
     table = teacher_table(scored)

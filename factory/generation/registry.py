@@ -88,3 +88,22 @@ def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> Generatio
         model, cfg.api_base, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
         timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
     )  # fmt: skip
+
+
+class DeferredBackend:
+    """The backend `cfg` describes, built by `make_backend` on the first generate() call: for a
+    step whose work was done elsewhere (a Ray job), so that nothing is loaded when nothing is left."""
+
+    def __init__(self, cfg: TeacherConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self._backend: GenerationBackend | None = None
+
+    def generate(self, conversations, sampling: SamplingConfig, n: int = 1):
+        if self._backend is None:
+            self._backend = make_backend(self.cfg)
+        return self._backend.generate(conversations, sampling, n=n)
+
+    @property
+    def built(self) -> bool:
+        return self._backend is not None

@@ -30,7 +30,7 @@ from pydantic import Field
 from factory.generation.base import Completion, GenerationBackend
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
-from factory.settings import Strict
+from factory.settings import Engine, Strict
 from warehouse.schemas import GENERATIONS, conform, empty, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,71 @@ def _batch_with_retries(
     return answered, failed
 
 
+def open_shard_dir(shard_dir: Path) -> Path:
+    """`shard_dir`, created, with temp files of a killed run removed (one run per folder at a time)."""
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return shard_dir
+
+
+def plan_teacher(
+    records: list[dict], cfg: TeacherConfig, k: int, done: set[str]
+) -> tuple[list[tuple[dict, list[str], set[str]]], list[str], str]:
+    """What `cfg` still has to answer: (todo [(prompt, its k completion ids, the ids not in `done`)],
+    every requested id, the model identity JSON stored on its rows). Prompts with all k ids done are skipped."""
+    key = cfg.sampling.key()
+    model = model_identity(cfg)
+    requested: list[str] = []
+    todo = []
+    for p in records:
+        ids = [completion_id(p["prompt_id"], cfg.name, key, i, model=model) for i in range(k)]
+        requested.extend(ids)
+        wanted = {cid for cid in ids if cid not in done}
+        if wanted:
+            todo.append((p, ids, wanted))
+    return todo, requested, json.dumps(model, sort_keys=True)
+
+
+def answer_chunk(
+    backend: GenerationBackend,
+    cfg: TeacherConfig,
+    model_json: str,
+    chunk: list[tuple[dict, list[str], set[str]]],
+    k: int,
+    retries: int,
+    shard_dir: Path,
+    run_id: str,
+) -> tuple[list[dict], list[dict]]:
+    """Answer one batch of `plan_teacher`'s todo and write its wanted rows as one shard.
+    Returns (rows written, quarantine rows)."""
+    answered, failed = _batch_with_retries(backend, [p for p, _, _ in chunk], cfg, k, retries)
+    plan = {p["prompt_id"]: (ids, wanted) for p, ids, wanted in chunk}
+    rows = []
+    for p, completions in answered:
+        ids, wanted = plan[p["prompt_id"]]
+        rows.extend(_rows(p, cfg, model_json, completions, ids, wanted, run_id))
+    if rows:
+        _write_shard(rows, shard_dir, cfg.name)
+    return rows, failed
+
+
+def prompt_records(prompts: pl.DataFrame) -> list[dict]:
+    """[{prompt_id, language, text}] of `prompts`, one per prompt_id, in order."""
+    return prompts.select("prompt_id", "language", "text").unique("prompt_id", maintain_order=True).to_dicts()
+
+
+def check_teacher_names(names: list[str]) -> None:
+    if len(set(names)) != len(names):
+        raise ValueError(f"teacher names must be unique (they are part of completion_id): {names}")
+
+
+def collect_generations(shard_dir: Path, requested: list[str] | set[str]) -> pl.DataFrame:
+    """The shards' rows of exactly the `requested` completion ids (resumed or new), one row each."""
+    return read_shards(shard_dir).filter(pl.col("completion_id").is_in(list(requested)))
+
+
 def generate_completions(
     prompts: pl.DataFrame,
     teachers: list[tuple[TeacherConfig, GenerationBackend]],
@@ -141,50 +206,32 @@ def generate_completions(
     row per (prompt, teacher) that failed after `retries` prompt-by-prompt attempts.
     Each `cfg.model` must name what its backend loads (resolve embedded teachers with
     `registry.with_model_path`): its identity is part of every completion id.
+    (factory.engines.ray_data runs the same plan and batches on a Ray cluster.)
     """
     from tqdm.auto import tqdm
 
-    names = [cfg.name for cfg, _ in teachers]
-    if len(set(names)) != len(names):
-        raise ValueError(f"teacher names must be unique (they are part of completion_id): {names}")
-    shard_dir = Path(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in shard_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    records = prompts.select("prompt_id", "language", "text").unique("prompt_id", maintain_order=True).to_dicts()
+    check_teacher_names([cfg.name for cfg, _ in teachers])
+    shard_dir = open_shard_dir(shard_dir)
+    records = prompt_records(prompts)
     done = set(read_shards(shard_dir)["completion_id"].to_list())
     requested: set[str] = set()
     quarantine: list[dict] = []
     for cfg, backend in teachers:
-        key = cfg.sampling.key()
-        model = model_identity(cfg)
-        model_json = json.dumps(model, sort_keys=True)
-        todo = []
-        for p in records:
-            ids = [completion_id(p["prompt_id"], cfg.name, key, i, model=model) for i in range(k)]
-            requested.update(ids)
-            if any(cid not in done for cid in ids):
-                todo.append((p, ids))
+        todo, ids, model_json = plan_teacher(records, cfg, k, done)
+        requested.update(ids)
         size = max(1, cfg.batch_size)
         bar = tqdm(total=len(todo), desc=f"generate[{cfg.name}]", unit="prompt", disable=None if progress else True, leave=False)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            answered, failed = _batch_with_retries(backend, [p for p, _ in chunk], cfg, k, retries)
+            rows, failed = answer_chunk(backend, cfg, model_json, chunk, k, retries, shard_dir, run_id)
             quarantine.extend(failed)
-            ids_of = {p["prompt_id"]: ids for p, ids in chunk}
-            rows = []
-            for p, completions in answered:
-                wanted = {cid for cid in ids_of[p["prompt_id"]] if cid not in done}
-                rows.extend(_rows(p, cfg, model_json, completions, ids_of[p["prompt_id"]], wanted, run_id))
-            if rows:
-                _write_shard(rows, shard_dir, cfg.name)
-                done.update(r["completion_id"] for r in rows)
+            done.update(r["completion_id"] for r in rows)
             bar.update(len(chunk))
         bar.close()
-    generations = read_shards(shard_dir).filter(pl.col("completion_id").is_in(list(requested)))
-    return generations, rejected_frame(quarantine)
+    return collect_generations(shard_dir, requested), rejected_frame(quarantine)
 
 
 class GenerationSettings(Strict):
     k: int = Field(2, ge=1)  # samples per prompt per teacher
     retries: int = Field(2, ge=0)  # prompt-by-prompt retries of a failed batch before quarantine
+    engine: Engine = "in_process"

@@ -33,7 +33,7 @@ from factory.ids import score_key
 from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
 from factory.scoring.llm_judge import LLMScorerConfig
-from factory.settings import Strict
+from factory.settings import Engine, Strict
 from warehouse.schemas import SCORES, conform, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,47 @@ def _write_cache(cache_dir: Path, rows: list[tuple[str, float, bool]]) -> None:
     os.replace(tmp, final)
 
 
+def score_into_cache(
+    scorer: RewardScorer, keys: list[str], messages: list, texts: list[str], cache_dir: Path
+) -> dict[str, tuple[Any, bool]]:
+    """Score (messages, texts) in CACHE_CHUNK chunks; each chunk's finite rewards are written to
+    `cache_dir` under `keys` before the next is scored. Returns {key: (reward, truncated)} for all."""
+    fresh: dict[str, tuple[Any, bool]] = {}
+    for start in range(0, len(keys), CACHE_CHUNK):
+        end = start + CACHE_CHUNK
+        rewards, truncated = _score_one(scorer, messages[start:end], texts[start:end])
+        chunk = dict(zip(keys[start:end], zip(rewards, truncated, strict=True), strict=True))
+        finite = [(k, float(r), bool(t)) for k, (r, t) in chunk.items() if r is not None and math.isfinite(float(r))]
+        if finite:  # None / non-finite are quarantined this run and retried by the next
+            _write_cache(cache_dir, finite)
+        fresh.update(chunk)
+    return fresh
+
+
+def open_cache_dir(cache_dir: Path) -> Path:
+    """`cache_dir`, created, with temp files of a killed run removed (one writer per folder at a time)."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return cache_dir
+
+
+def uncached(
+    generations: pl.DataFrame, prompts: pl.DataFrame, identity: Any, cache_dir: Path
+) -> pl.DataFrame:
+    """The scorable completions (as score_generations keeps them) whose reward under `identity` is not
+    in `cache_dir`: [score_key, completion_id, prompt, text], `prompt` the user turn. What a cached
+    scorer still has to score; factory.engines.ray_data scores it on a Ray cluster."""
+    good, _ = _reject_inputs(generations, prompts)
+    keys = [score_key(c, t, identity) for c, t in zip(good["completion_id"], good["text"], strict=True)]
+    known = _read_cache(Path(cache_dir), set(keys))
+    todo = good.select("completion_id", "prompt_id", "text").with_columns(score_key=pl.Series(keys, dtype=pl.String))
+    todo = todo.filter(~pl.col("score_key").is_in(list(known)))
+    texts = prompts.select("prompt_id", prompt=pl.col("text")).unique("prompt_id", keep="first")
+    return todo.join(texts, on="prompt_id", how="left", maintain_order="left").select("score_key", "completion_id", "prompt", "text")
+
+
 def _cached_score(
     scorer: RewardScorer, identity: Any, ids: list[str], messages: list, texts: list[str], cache_dir: Path
 ) -> tuple[list, list[bool]]:
@@ -120,14 +161,7 @@ def _cached_score(
     log.info(
         "scorer %s: %d of %d completions cached, scoring %d", scorer.name, len(keys) - len(todo), len(keys), len(todo)
     )
-    for start in range(0, len(todo), CACHE_CHUNK):
-        chunk = todo[start : start + CACHE_CHUNK]
-        rewards, truncated = _score_one(scorer, [messages[i] for i in chunk], [texts[i] for i in chunk])
-        fresh = {keys[i]: (r, t) for i, r, t in zip(chunk, rewards, truncated, strict=True)}
-        finite = [(k, float(r), bool(t)) for k, (r, t) in fresh.items() if r is not None and math.isfinite(float(r))]
-        if finite:  # None / non-finite are quarantined this run and retried by the next
-            _write_cache(cache_dir, finite)
-        known.update(fresh)
+    known.update(score_into_cache(scorer, [keys[i] for i in todo], [messages[i] for i in todo], [texts[i] for i in todo], cache_dir))
     return [known[key][0] for key in keys], [known[key][1] for key in keys]
 
 
@@ -154,10 +188,7 @@ def score_generations(
     base = pl.concat([good, detect_fidelity(good["language"].to_list(), texts, fidelity)], how="horizontal")
 
     if cache_dir is not None:
-        cache_dir = Path(cache_dir)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+        cache_dir = open_cache_dir(cache_dir)
     frames = []
     for scorer in scorers:
         identity = getattr(scorer, "identity", None)
@@ -217,6 +248,7 @@ class ScoringConfig(Strict):
     llm_judge: LLMScorerConfig | None = None  # an extra absolute-score scorer through any backend
     llm_judge_model: TeacherConfig | None = None  # its backend (e.g. an OpenAI-compatible server)
     primary: Literal["arbiter", "llm_judge"] = "arbiter"
+    engine: Engine = "in_process"  # ray: the reward model scores on Ray; an LLM judge stays in the step
 
     @model_validator(mode="after")
     def _judge(self):

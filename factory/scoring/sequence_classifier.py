@@ -32,7 +32,10 @@ class SequenceClassifierConfig(BaseModel):
 
 
 class SequenceClassifierScorer:
-    """RewardScorer over a sequence-classification reward model (num_labels=1); bf16 on CUDA, fp32 on CPU."""
+    """RewardScorer over a sequence-classification reward model (num_labels=1); bf16 on CUDA, fp32 on CPU.
+
+    The weights are loaded on the first score call, so a scorer whose rewards are all cached
+    (or computed on a Ray cluster, factory.engines.ray_data) never loads them in this process."""
 
     def __init__(
         self,
@@ -43,27 +46,50 @@ class SequenceClassifierScorer:
         sort_by_length: bool = True,
         name: str | None = None,
     ) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig
 
         self.model_path = Path(model_path)
         self.name = name or f"rm:{self.model_path.name}"
         self.batch_size = batch_size
         self.max_length = max_length
         self.sort_by_length = sort_by_length
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self._device = device
+        num_labels = AutoConfig.from_pretrained(self.model_path).num_labels
+        if num_labels != 1:
+            raise ValueError(f"{self.model_path} has num_labels={num_labels}; a reward model needs 1")
+
+    def config(self) -> SequenceClassifierConfig:
+        """What rebuilds this scorer elsewhere (a Ray worker)."""
+        return SequenceClassifierConfig(
+            model_path=str(self.model_path), name=self.name, batch_size=self.batch_size, max_length=self.max_length,
+            device=self._device, sort_by_length=self.sort_by_length,
+        )  # fmt: skip
+
+    @cached_property
+    def device(self):
+        import torch
+
+        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self._device == "auto" else self._device)
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    @cached_property
+    def model(self):
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_path, dtype=dtype)
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"{self.model_path} has num_labels={self.model.config.num_labels}; a reward model needs 1")
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(self.device).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(self.model_path, dtype=dtype)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        return model.to(self.device).eval()
 
     @cached_property
     def identity(self) -> dict:
