@@ -54,7 +54,7 @@ def listening() -> list[str]:
 
 def ray_config(out: Path) -> Path:
     """The tiny profile with generation and scoring on Ray (the cluster this script starts)."""
-    from factory.config import config_path
+    from assets.config import config_path
 
     text = config_path("tiny").read_text()
     path = out / "tiny-ray.yaml"

@@ -5,7 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from factory.config import ConfigError, parse_config
+
+from assets.config import ConfigError, parse_config
 
 
 def test_definitions_do_not_import_ray():
