@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from assets.config import load_config  # noqa: E402
-
 from factory.engines.ray_data import RayConfig, generate_on_ray, score_on_ray  # noqa: E402
 from factory.generation.registry import EMBEDDED_PREFIX, DeferredBackend, make_backend, with_model_path  # noqa: E402
 from factory.generation.runner import generate_completions  # noqa: E402

@@ -93,3 +93,13 @@ def partition_dir(root: Path, partition: dict[str, str] | None) -> Path:
             raise ValueError(f"invalid partition value {key}={value!r}")
         path = path / f"{key}={value}"
     return path
+
+
+def open_work_dir(folder: str | os.PathLike) -> Path:
+    """A step's resumable work folder (generation shards, a score cache), created, with the temp
+    files of a killed run removed (one writer per folder at a time)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    return folder

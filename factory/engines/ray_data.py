@@ -37,13 +37,13 @@ from factory.generation.registry import TeacherConfig, make_backend
 from factory.generation.runner import (
     answer_chunk,
     check_teacher_names,
-    open_shard_dir,
     plan_teacher,
     prompt_records,
     read_shards,
 )
-from factory.scoring.score import open_cache_dir, score_into_cache, uncached
+from factory.scoring.score import score_into_cache, uncached
 from factory.scoring.sequence_classifier import SequenceClassifierConfig
+from warehouse.home import open_work_dir
 
 
 class RayConfig(BaseModel):
@@ -158,7 +158,7 @@ def generate_on_ray(
     import ray
 
     check_teacher_names([t.name for t, _ in teachers])
-    shard_dir, scratch = open_shard_dir(Path(shard_dir)), Path(scratch)
+    shard_dir, scratch = open_work_dir(Path(shard_dir)), Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     records = prompt_records(pl.read_parquet(prompts_path))
     done = set(read_shards(shard_dir)["completion_id"].to_list())
@@ -201,7 +201,7 @@ def score_on_ray(
     """Score what is missing from the score cache for every reward model on the connected Ray
     cluster (the step's score_generations then reads it from the cache). Returns a summary."""
     gens, prompts = pl.read_parquet(generations_path), pl.read_parquet(prompts_path)
-    cache_dir, scratch = open_cache_dir(Path(cache_dir)), Path(scratch)
+    cache_dir, scratch = open_work_dir(Path(cache_dir)), Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"completions": gens.height, "scorers": {}, "workers": ray_cfg.workers}
     start = time.perf_counter()

@@ -31,6 +31,7 @@ from factory.generation.base import Completion, GenerationBackend
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
 from factory.settings import Engine, Strict
+from warehouse.home import open_work_dir
 from warehouse.schemas import GENERATIONS, conform, empty, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
@@ -125,15 +126,6 @@ def _batch_with_retries(
     return answered, failed
 
 
-def open_shard_dir(shard_dir: Path) -> Path:
-    """`shard_dir`, created, with temp files of a killed run removed (one run per folder at a time)."""
-    shard_dir = Path(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in shard_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    return shard_dir
-
-
 def plan_teacher(
     records: list[dict], cfg: TeacherConfig, k: int, done: set[str]
 ) -> tuple[list[tuple[dict, list[str], set[str]]], list[str], str]:
@@ -211,7 +203,7 @@ def generate_completions(
     from tqdm.auto import tqdm
 
     check_teacher_names([cfg.name for cfg, _ in teachers])
-    shard_dir = open_shard_dir(shard_dir)
+    shard_dir = open_work_dir(shard_dir)
     records = prompt_records(prompts)
     done = set(read_shards(shard_dir)["completion_id"].to_list())
     requested: set[str] = set()

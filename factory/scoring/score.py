@@ -34,6 +34,7 @@ from factory.scoring.base import RewardScorer
 from factory.scoring.fidelity import FidelityConfig, apply_fidelity, detect_fidelity
 from factory.scoring.llm_judge import LLMScorerConfig
 from factory.settings import Engine, Strict
+from warehouse.home import open_work_dir
 from warehouse.schemas import SCORES, conform, rejected, rejected_frame
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,6 @@ def score_into_cache(
     return fresh
 
 
-def open_cache_dir(cache_dir: Path) -> Path:
-    """`cache_dir`, created, with temp files of a killed run removed (one writer per folder at a time)."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cache_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-    return cache_dir
-
-
 def uncached(
     generations: pl.DataFrame, prompts: pl.DataFrame, identity: Any, cache_dir: Path
 ) -> pl.DataFrame:
@@ -188,7 +180,7 @@ def score_generations(
     base = pl.concat([good, detect_fidelity(good["language"].to_list(), texts, fidelity)], how="horizontal")
 
     if cache_dir is not None:
-        cache_dir = open_cache_dir(cache_dir)
+        cache_dir = open_work_dir(cache_dir)
     frames = []
     for scorer in scorers:
         identity = getattr(scorer, "identity", None)
