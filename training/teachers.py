@@ -25,7 +25,7 @@ from factory.ids import content_hash
 from factory.languages import CLUSTERS, LANGUAGES, own_languages
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
-from training.pretrain import train_causal_lm
+from training import pretrain
 from training.tiny import init_causal_lm, save_model, train_tokenizer
 
 
@@ -132,7 +132,7 @@ def _train_model(
 
         model = AutoModelForCausalLM.from_pretrained(init_from)
     convs = [dialog_conversation(d) for d in dialogs]
-    metrics = train_causal_lm(
+    metrics = pretrain.train_causal_lm(
         model, tokenizer, convs, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
         max_length=cfg.max_length, desc=name, device=cfg.device, progress=progress,
     )  # fmt: skip
