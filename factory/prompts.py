@@ -145,8 +145,32 @@ def _encoding_problem(row: RawPrompt) -> str | None:
     return None
 
 
+def _bucket(pid: str) -> int:
+    """A prompt's place in [0, 10000), from its id: what decides its split."""
+    return int(pid[2:], 16) % 10_000
+
+
 def _split(pid: str, eval_fraction: float) -> str:
-    return "eval" if int(pid[2:], 16) % 10_000 < eval_fraction * 10_000 else "train"
+    return "eval" if _bucket(pid) < eval_fraction * 10_000 else "train"
+
+
+def eval_floor(n: int, eval_min: int, eval_max_share: float) -> int:
+    """How many eval prompts a language with `n` prompts gets at least: `eval_min`, but never more
+    than `eval_max_share` of a small language."""
+    return min(eval_min, int(eval_max_share * n))
+
+
+def assign_splits(pids: list[str], cfg: PromptsConfig) -> dict[str, str]:
+    """prompt_id -> split for one language. A prompt is eval when its bucket is below eval_fraction
+    (stable: adding prompts never moves it), and when that leaves fewer than the floor, the train
+    prompts with the lowest buckets join eval until the floor is reached (so every language has an
+    eval set large enough to estimate; only then can a prompt's split depend on the others)."""
+    splits = {pid: _split(pid, cfg.eval_fraction) for pid in pids}
+    missing = eval_floor(len(pids), cfg.eval_min, cfg.eval_max_share) - sum(s == "eval" for s in splits.values())
+    if missing > 0:
+        for pid in sorted((p for p, s in splits.items() if s == "train"), key=lambda p: (_bucket(p), p))[:missing]:
+            splits[pid] = "eval"
+    return splits
 
 
 def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, run_id: str, languages: list[str]) -> PromptBatch:
@@ -234,12 +258,14 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
             "prompt_id": pid,
             "language": language,
             "text": text,
-            "split": _split(pid, cfg.eval_fraction),
+            "split": "train",  # assigned below, once the language's prompts are known
             "source": row.source,
             "origin": "native",
             "references": list(row.references),
             "run_id": run_id,
         }
+    for pid, split in assign_splits(list(kept), cfg).items():
+        kept[pid]["split"] = split
     prompts = pl.DataFrame(list(kept.values()), schema=schemas.PROMPTS) if kept else schemas.empty(schemas.PROMPTS)
     counts = {
         "read": read,
@@ -286,5 +312,10 @@ class LanguageCheck(Strict):
 class PromptsConfig(Strict):
     sources: list[PromptSource] = Field(default_factory=lambda: [PromptSource(kind="chatterbot")])
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Per language, at least eval_min eval prompts, but never more than eval_max_share of a small
+    # language: 1 or 3 eval prompts cannot estimate a win rate (the floor moves the lowest-bucket
+    # train prompts to eval).
+    eval_min: int = Field(10, ge=0)
+    eval_max_share: float = Field(0.2, ge=0.0, lt=1.0)
     max_chars: int = Field(2000, gt=0)
     language_check: LanguageCheck = Field(default_factory=LanguageCheck)

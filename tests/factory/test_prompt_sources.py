@@ -109,3 +109,24 @@ def test_origin_follows_the_source(tmp_path):
     cfg = _cfg(PromptSource(kind="jsonl", path=str(native)), PromptSource(kind="jsonl", path=str(translated), origin="translated"))
     got = dict(load_prompts(cfg, "es", "r", LANGS).prompts.select("text", "origin").iter_rows())
     assert got == {"¿Qué hora es?": "native", "¿Dónde vives ahora?": "translated"}
+
+
+def test_eval_split_has_a_floor_per_language_and_keeps_hash_eval_prompts():
+    from factory import ids
+    from factory.prompts import _split, assign_splits, eval_floor
+
+    pids = [ids.prompt_id("en", f"prompt number {i}") for i in range(72)]
+    cfg = PromptsConfig(eval_fraction=0.02, eval_min=10, eval_max_share=0.2)
+    splits = assign_splits(pids, cfg)
+    evals = [p for p, s in splits.items() if s == "eval"]
+    assert len(evals) == 10 == eval_floor(72, 10, 0.2)
+    assert all(splits[p] == "eval" for p in pids if _split(p, 0.02) == "eval")  # the stable ones stay eval
+    assert assign_splits(list(reversed(pids)), cfg) == splits  # order does not matter
+    # a small language: the floor never takes more than eval_max_share of it
+    small = assign_splits(pids[:11], cfg)
+    assert sum(s == "eval" for s in small.values()) == max(2, sum(_split(p, 0.02) == "eval" for p in pids[:11]))
+    # a large hash share is kept as it is (the floor only adds)
+    big = assign_splits(pids, PromptsConfig(eval_fraction=0.5, eval_min=10))
+    assert sum(s == "eval" for s in big.values()) == sum(_split(p, 0.5) == "eval" for p in pids) > 10
+    # without a floor the split is the per-prompt hash alone
+    assert assign_splits(pids, PromptsConfig(eval_fraction=0.02, eval_min=0)) == {p: _split(p, 0.02) for p in pids}
