@@ -105,7 +105,12 @@ def demo(
     from warehouse.home import home_url
 
     url = home_url()
-    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None))
+    from assets.definitions import build_definitions
+    from assets.io_manager import SIDE_OUTPUT
+
+    graph = build_definitions().resolve_asset_graph()
+    side = frozenset(k.to_python_identifier() for k in graph.get_all_asset_keys() if graph.get(k).metadata.get(SIDE_OUTPUT))
+    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None, side_outputs=side))
 
 
 @app.command()

@@ -13,13 +13,15 @@ from warehouse.status import markdown_table, table_status
 from warehouse.store import Warehouse
 
 
-def step_timings(wh: Warehouse, since: datetime | None = None) -> pl.DataFrame:
+def step_timings(wh: Warehouse, since: datetime | None = None, side_outputs: frozenset[str] = frozenset()) -> pl.DataFrame:
     """Per asset, from the lineage table: how many partitions were written (since `since`), their
     total and longest seconds (from the step's first input read to its output written), the share
-    of the total, slowest first. Excludes Dagster's and the process's own start-up."""
+    of the total, slowest first. Excludes Dagster's and the process's own start-up. `side_outputs`
+    (tables a step writes beside its main output) are left out: their step is counted once, under
+    its main asset."""
     if not wh.has("lineage"):
         return pl.DataFrame()
-    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null())
+    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null() & ~pl.col("asset").is_in(list(side_outputs)))
     if since is not None:
         rows = rows.filter(pl.col("finished_at") >= since)
     seconds = (pl.col("finished_at") - pl.col("started_at")).dt.total_milliseconds() / 1000
@@ -32,7 +34,10 @@ def step_timings(wh: Warehouse, since: datetime | None = None) -> pl.DataFrame:
     ).sort("seconds", descending=True)
 
 
-def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None = None, tables: str | None = None) -> str:
+def demo_summary(
+    home: Path, since: datetime | None = None, wall_s: float | None = None, tables: str | None = None,
+    side_outputs: frozenset[str] = frozenset(),
+) -> str:
     """`home` is the local folder (models, reports, published datasets); `tables` where the tables
     are when that is elsewhere (an s3:// home)."""
     wh = Warehouse(tables or home)
@@ -44,7 +49,7 @@ def demo_summary(home: Path, since: datetime | None = None, wall_s: float | None
     if step.exists():
         lines += ["Win rate against the single-teacher SFT baseline after each stage (macro over languages, 95% CI):",
                   step.read_text(), ""]
-    timings = step_timings(wh, since)
+    timings = step_timings(wh, since, side_outputs)
     if timings.height:
         inside = float(timings["seconds"].sum())
         wall = (f"; the run took {wall_s:.0f}s wall: the difference is process and Dagster start-up, scheduling and "

@@ -28,6 +28,10 @@ def test_step_timings_sum_partitions_per_asset_since_a_time(tmp_path):
     assert timings["asset"].to_list()[0] == "sft_model"  # slowest first
     assert abs(timings["share"].sum() - 1.0) < 1e-6
     assert step_timings(Warehouse(tmp_path / "empty")).height == 0
+    # a step's side output (written by the same step) is not counted twice
+    wh.append("lineage", pl.DataFrame([_lineage("eval_answers_x", None, t, 10.0)]), "y")
+    assert "eval_answers_x" in step_timings(wh, since=t)["asset"].to_list()
+    assert "eval_answers_x" not in step_timings(wh, since=t, side_outputs=frozenset({"eval_answers_x"}))["asset"].to_list()
 
 
 def test_machine_facts_name_the_cpu_and_cores():
