@@ -247,7 +247,8 @@ def publish(
 
     root = resolve_home() / "published"
     for name in ("preference_pairs", "sft_data"):
-        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}'): every row; name=CONFIG for one config)")
+        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}', download_mode='force_redownload'): "
+                   "every row; name=CONFIG for one config; the download mode skips a cached copy of an earlier publish)")
     if push_to_hub:
         from warehouse.publish import PublishError
         from warehouse.publish import push_to_hub as push

@@ -6,7 +6,9 @@ set when this file is imported): offline hub flags before any test module import
 the tiny profile as the default config, and no DAGSTER_HOME (tests use ephemeral instances)."""
 
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,14 +27,18 @@ _SAVED: dict[str, str | None] = {}
 
 
 def pytest_configure(config):
-    for key in [*SESSION_ENV, "DAGSTER_HOME"]:
+    for key in [*SESSION_ENV, "DAGSTER_HOME", "HF_DATASETS_CACHE"]:
         _SAVED[key] = os.environ.get(key)
     for key, value in SESSION_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.pop("DAGSTER_HOME", None)
+    # A private `datasets` cache: it keys a local folder's cache by its layout, not its path, so a
+    # published folder of an earlier session (same layout, other rows) would be served instead.
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="factory-tests-hf-datasets-")
 
 
 def pytest_unconfigure(config):
+    shutil.rmtree(os.environ.get("HF_DATASETS_CACHE", ""), ignore_errors=True)
     for key, value in _SAVED.items():
         if value is None:
             os.environ.pop(key, None)
