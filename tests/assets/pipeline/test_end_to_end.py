@@ -3,11 +3,11 @@
 
 import json
 
-import duckdb
 import polars as pl
 import pytest
 
 from factory.evaluation import STAGES
+from tests.catalog import query as q
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,6 @@ def pipeline_home(tmp_path_factory):
         else:
             os.environ["FACTORY_HOME"] = old
     return home
-
-
-def q(home, sql):
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.sql(sql).pl()
-    finally:
-        con.close()
 
 
 def test_every_training_prompt_answered_by_every_teacher_and_scored(pipeline_home):

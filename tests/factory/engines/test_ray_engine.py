@@ -15,9 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
+
+from tests.catalog import query as table
 
 pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("dagster_ray", reason="the [ray] extra is not installed")
@@ -55,14 +56,6 @@ def session(tmp_path_factory) -> Path:
         logs = "\n".join(f"--- {n}.log\n" + (out / f"{n}.log").read_text()[-3000:] for n in failed if (out / f"{n}.log").exists())
         pytest.fail(f"the Ray session failed at {failed or proc.returncode}:\n{logs}")
     return out
-
-
-def table(home: Path, sql: str) -> pl.DataFrame:
-    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
-    try:
-        return con.sql(sql).pl()
-    finally:
-        con.close()
 
 
 def test_ray_listens_on_loopback_only(session):

@@ -2,21 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-TEXTS = [
-    "hello, how are you?",
-    "I am fine, thank you.",
-    "what is your name?",
-    "my name is bot.",
-    "hola, ¿cómo estás?",
-    "estoy bien, gracias.",
-    "bonjour, ça va?",
-    "oui, merci beaucoup.",
-    "こんにちは、元気ですか？",
-    "元気です、ありがとう。",
-    "привет, как дела?",
-    "хорошо, спасибо.",
-]
-
 
 @pytest.fixture(scope="session")
 def eos_model_dir(tmp_path_factory, tiny_lm):
