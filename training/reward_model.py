@@ -10,7 +10,6 @@ reply). Every usable dialog yields one pair of each kind, so kinds are balanced.
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -258,17 +257,12 @@ def train_reward_model(
         "config_hash": run.fingerprint,
         "reused": False,
     }
-    start = time.perf_counter()
-    # Measured on the trained weights before they are committed, so the committed metrics are complete.
-    probe = run.tmp_dir.with_name(run.tmp_dir.name + ".probe")
-    trainer.model.save_pretrained(probe)
-    tokenizer.save_pretrained(probe)
-    try:
-        metrics.update(heldout_accuracy(probe, heldout, cfg.max_length))
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 2)
-    run.commit(trainer.model, tokenizer, metrics)
+
+    def measure(folder: Path) -> dict:  # on the written weights, before the folder is committed
+        start = time.perf_counter()
+        return {**heldout_accuracy(folder, heldout, cfg.max_length), "eval_seconds": round(time.perf_counter() - start, 2)}
+
+    run.commit(trainer.model, tokenizer, metrics, measure)
     return metrics
 
 

@@ -245,11 +245,15 @@ class StageRun:
             shutil.rmtree(path, ignore_errors=True)
         return None
 
-    def commit(self, model: Any, tokenizer: Any, metrics: dict) -> Path:
-        """Write model, tokenizer and metrics to the temp folder, then rename it to `out_dir`."""
+    def commit(self, model: Any, tokenizer: Any, metrics: dict, measure: Any = None) -> Path:
+        """Write model, tokenizer and metrics to the temp folder, then rename it to `out_dir`.
+        `measure(folder) -> dict`, when given, runs on the written model before the rename and its
+        figures join `metrics` (updated in place), so a committed folder's metrics are complete."""
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         model.save_pretrained(self.tmp_dir)
         tokenizer.save_pretrained(self.tmp_dir)
+        if measure is not None:
+            metrics.update(measure(self.tmp_dir))
         (self.tmp_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
         (self.tmp_dir / OUTPUTS_FILE).write_text(json.dumps(output_manifest(self.tmp_dir), indent=1))
         old = self.out_dir.parent / f"{self.out_dir.name}.old"
