@@ -69,52 +69,53 @@ def chats(rng: random.Random, n: int, words: int) -> list[list[dict]]:
 
 
 def check_generation(model_dir: Path, device: str, batch: int, new_tokens: int, seed: int) -> dict:
-    """Tokens/s through the project's TransformersBackend, or plain model.generate if it is unavailable."""
-    import torch
-
+    """Tokens/s through the project's TransformersBackend."""
     from factory.generation.base import SamplingConfig
+    from factory.generation.transformers_backend import TransformersBackend
 
     conversations = chats(random.Random(seed), batch, 16)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens, seed=seed)
-    try:
-        from factory.generation.transformers_backend import TransformersBackend
+    backend = TransformersBackend(str(model_dir), batch_size=batch, device=device)
+    backend.generate(conversations, sampling, n=1)  # warm-up on the timed shapes (kernel selection)
+    _sync(device)
+    start = time.perf_counter()
+    outs = backend.generate(conversations, sampling, n=1)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    tokens = sum(c.n_tokens for per_prompt in outs for c in per_prompt)
+    again = backend.generate(conversations, sampling, n=1)  # same batch, same seed: same samples?
+    same = sum(a[0].text == b[0].text for a, b in zip(outs, again, strict=True))
+    two = backend.generate(conversations[:8], sampling, n=2)  # n samples per prompt differ from each other?
+    return {"backend": "TransformersBackend", "prompts": batch, "new_tokens": tokens,
+            "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "same_seed_same_text": f"{same}/{len(outs)}",
+            "n2_distinct": f"{sum(a.text != b.text for a, b in two)}/{len(two)}"}
 
-        backend = TransformersBackend(str(model_dir), batch_size=batch, device=device)
-        backend.generate(conversations[:2], sampling, n=1)  # warm-up
+
+def check_plain_generate(model_dir: Path, device: str, batch: int, new_tokens: int, seed: int) -> dict:
+    """The same prompts through plain `model.generate` (sampling, same dtype): the side-by-side floor."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    conversations = chats(random.Random(seed), batch, 16)
+    _, dtype = _device_dtype(device)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    enc = tok.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    ).to(device)
+    kwargs = {"max_new_tokens": new_tokens, "do_sample": True, "temperature": 1.0, "top_p": 1.0}
+    with torch.no_grad():
+        model.generate(**enc, **kwargs)  # warm-up on the timed shapes
         _sync(device)
         start = time.perf_counter()
-        outs = backend.generate(conversations, sampling, n=1)
+        out = model.generate(**enc, **kwargs)
         _sync(device)
-        seconds = time.perf_counter() - start
-        tokens = sum(c.n_tokens for per_prompt in outs for c in per_prompt)
-        name = "TransformersBackend"
-    except (ImportError, TypeError, AttributeError) as exc:  # backend missing or a different signature
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        _, dtype = _device_dtype(device)
-        tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        enc = tok.apply_chat_template(
-            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-        ).to(device)
-        kwargs = {"max_new_tokens": new_tokens, "do_sample": True, "temperature": 1.0, "top_p": 1.0}
-        with torch.no_grad():
-            model.generate(**{k: v[:2] for k, v in enc.items()}, **kwargs)  # warm-up
-            _sync(device)
-            start = time.perf_counter()
-            out = model.generate(**enc, **kwargs)
-            _sync(device)
-        seconds = time.perf_counter() - start
-        new = out[:, enc["input_ids"].shape[1] :]
-        tokens = int((new != tok.pad_token_id).sum())
-        name = f"model.generate (backend unavailable: {type(exc).__name__}: {exc})"
-    return {
-        "backend": name,
-        "prompts": batch,
-        "new_tokens": tokens,
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(tokens / seconds, 1),
-    }
+    seconds = time.perf_counter() - start
+    new = out[:, enc["input_ids"].shape[1] :]
+    tokens = int((new != tok.pad_token_id).sum())
+    return {"backend": "model.generate", "prompts": batch, "new_tokens": tokens,
+            "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
 
 
 def _device_dtype(device: str):
@@ -170,6 +171,25 @@ def timing(timer, metrics: dict, keys: tuple[str, ...] = ()) -> dict:
     return record | {k: metrics.get(k) for k in keys}
 
 
+def check_arbiter(model_dir: Path, rng: random.Random, words: int, steps: int, batch: int) -> dict:
+    """The Arbiter's reward-model training (RewardTrainer, bf16 on CUDA) and its held-out scoring."""
+    import polars as pl
+
+    from training.reward_model import REWARD_PAIRS, RewardModelConfig, train_reward_model
+
+    def msg(role: str) -> list[dict]:
+        return [{"role": role, "content": sentence(rng, words)}]
+
+    n = steps * batch + 64
+    rows = [{"prompt": msg("user"), "chosen": msg("assistant"), "rejected": msg("assistant"), "kind": "other_prompt",
+             "language": "xx", "split": "heldout" if i < 64 else "train"} for i in range(n)]
+    cfg = RewardModelConfig(max_steps=steps, batch_size=batch, max_length=256, torch_threads=None)
+    start = time.perf_counter()
+    metrics = train_reward_model(model_dir, pl.DataFrame(rows, schema=REWARD_PAIRS), model_dir.parent / "arbiter", cfg)
+    return {"seconds_total": round(time.perf_counter() - start, 2)} | {
+        k: metrics.get(k) for k in ("steps", "seconds", "train_loss", "accuracy", "n_heldout", "eval_seconds")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--allow-cpu", action="store_true", help="run on CPU when no CUDA device is present")
@@ -178,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="train batch size (default 16, tiny 2)")
     parser.add_argument("--seq-words", type=int, default=None, help="words per prompt and reply (default 60, tiny 6)")
     parser.add_argument("--gen-batch", type=int, default=None, help="prompts per generate call (default 64, tiny 4)")
+    parser.add_argument("--more-gen-batches", type=int, nargs="*", default=[], help="also time these generate batch sizes")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per completion (default 128, tiny 8)")
     parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
@@ -219,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, n_params = build_model(work, args.tiny, args.seed)
     emit(check="model", params=n_params, path=str(model_dir), seconds=round(time.perf_counter() - start, 2))
 
-    emit(check="generate", device=device, **check_generation(model_dir, device, gen_batch, new_tokens, args.seed))
+    for size in sorted({gen_batch, *args.more_gen_batches}):
+        emit(check="generate", device=device, **check_generation(model_dir, device, size, new_tokens, args.seed))
+        emit(check="generate", device=device, **check_plain_generate(model_dir, device, size, new_tokens, args.seed))
 
     rng = random.Random(args.seed + 1)
     n_rows = steps * batch
@@ -248,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     timer = step_timer(device)
     dpo = train_dpo(work / "sft", pairs, work / "dpo", DPOStageConfig(**common), progress=False, callbacks=[timer])
     emit(check="dpo", **timing(timer, dpo, ("rewards/accuracies", "rewards/margins")))
+
+    emit(check="arbiter", **check_arbiter(model_dir, rng, words, steps, batch))
 
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if has_cuda else None
     emit(check="done", ok=True, seconds=round(time.perf_counter() - start, 1), peak_gpu_gib=peak, work=str(work))

@@ -22,7 +22,7 @@ from factory.ids import content_hash, normalize_text
 from factory.scoring.sequence_classifier import SequenceClassifierScorer
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
-from training.run_dir import StageRun, fingerprint, quiet_progress
+from training.run_dir import StageRun, checkpointing_arg, fingerprint, quiet_progress
 from training.tiny import tiny_llama_config
 from warehouse.schemas import MESSAGES as _MESSAGES
 
@@ -225,7 +225,7 @@ def train_reward_model(
         center_rewards_coefficient=cfg.center_rewards_coefficient,
         seed=cfg.seed,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        activation_checkpointing=False,  # new name of gradient_checkpointing (TRL defaults it on)
+        **checkpointing_arg(RewardConfig, False),  # TRL defaults it on
         dataloader_pin_memory=torch.cuda.is_available(),
         save_strategy="no",
         report_to="none",

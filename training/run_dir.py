@@ -23,6 +23,7 @@ A folder from before `outputs.json` existed gets the structural check alone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,11 +89,18 @@ def trainer_loop_args(cfg: TrainLoopConfig, work_dir: Path, progress: bool) -> d
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit,
-        "activation_checkpointing": cfg.gradient_checkpointing,
         "disable_tqdm": not (progress and sys.stderr.isatty()),  # no carriage-return bars in logs
         "report_to": "none",
         "dataloader_num_workers": 0,
     }
+
+
+def checkpointing_arg(args_cls: type, on: bool) -> dict[str, bool]:
+    """Activation (gradient) checkpointing under the name `args_cls` takes. transformers renamed
+    `gradient_checkpointing` to `activation_checkpointing` (5.2x; the old name is a deprecated alias
+    there), and an older release refuses the new name: found running the GPU check on transformers 5.17."""
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def _dir_identity(path: str | Path | None) -> Any:
@@ -342,7 +350,10 @@ def stage_args(args_cls: Any, cfg: TrainLoopConfig, work_dir: Path, progress: bo
     """A TRL config (`SFTConfig`, `DPOConfig`, ...) from the shared loop and device settings plus the
     stage's own fields, and the device it trains on."""
     device, _ = pick_device(cfg.device)
-    args = args_cls(**trainer_loop_args(cfg, work_dir, progress), **trainer_device_args(device), max_length=cfg.max_length, **extra)
+    args = args_cls(
+        **trainer_loop_args(cfg, work_dir, progress), **trainer_device_args(device),
+        **checkpointing_arg(args_cls, cfg.gradient_checkpointing), max_length=cfg.max_length, **extra,
+    )
     return args, device
 
 

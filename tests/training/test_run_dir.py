@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import logging
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from training.run_dir import OUTPUTS_FILE, StageRun, output_damage, quick_hash, safetensors_damage
+from training.run_dir import OUTPUTS_FILE, StageRun, checkpointing_arg, output_damage, quick_hash, safetensors_damage
 
 
 class FakeModel:
@@ -110,3 +111,17 @@ def test_train_sft_retrains_after_its_weights_were_truncated(tmp_path, caplog):
     assert not again.get("reused") and again["config_hash"] == first["config_hash"]
     assert "model.safetensors is" in caplog.text
     assert output_damage(out) is None  # the retrained folder is whole again
+
+
+def test_checkpointing_goes_under_the_name_the_arguments_class_takes():
+    """transformers 5.17 (the GPU image's) refuses `activation_checkpointing`; newer ones renamed the field to it."""
+    from trl import DPOConfig, RewardConfig, SFTConfig
+
+    @dataclasses.dataclass
+    class OldArgs:
+        gradient_checkpointing: bool = True
+
+    assert checkpointing_arg(OldArgs, False) == {"gradient_checkpointing": False}
+    for cls in (SFTConfig, DPOConfig, RewardConfig):
+        (name, value), = checkpointing_arg(cls, True).items()
+        assert value is True and name in {f.name for f in dataclasses.fields(cls)}
