@@ -27,8 +27,9 @@ call). One aggregate per prompt (`per_prompt`) gives the counts, the best eligib
 row with the top two rewards, and every row of the asked sample packed into one
 integer (row position, teacher, state); each strategy is then a vectorised pick
 over that per-prompt table, and only the picked rows' completion_id and reward
-are fetched. Python runs per row only for BLAKE2b (random_routing's seeded pick,
-factory.ids), which keeps every pick and id as before (docs/bench/selection.md).
+are fetched. No Python runs per row: random_routing's seeded pick is MD5 computed by
+DuckDB (factory.ids.seeded_index; BLAKE2b before 2026-12, see the migration note in
+docs/bench/selection.md).
 """
 
 from __future__ import annotations
