@@ -13,7 +13,10 @@ implementation runs in its own subprocess (fresh interpreter, so `ru_maxrss` is 
   `best_worst(path, prompts)`, each in its own process, as Dagster runs the two assets as
   separate steps; each output is written to Parquet after the clock stops.
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
-  the last one before the engine rewrite), from a copy of its `factory/` package.
+  c2a9cc7, the last one with BLAKE2b pair ids), from a copy of its `factory/` package, with its two
+  id functions (`routing.stable_index`, `pairs.pair_ids`) replaced by a hashlib reference of the
+  new ids (MD5 of the same payloads, `reference_seeded_index` / `reference_pair_ids` below), so
+  that its whole outputs must equal the engine's: the only change allowed is the id migration.
 - pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
 
 Each worker first runs its work once on a 5,000-row table, so every figure is of a warm process.
@@ -21,7 +24,8 @@ Time covers reading the Parquet file through the returned frames (writing them, 
 work, is not timed; peak RSS includes it). The parent prints each row, the
 ratios to the bare group-by (all from this one run), and whether engine and before produced
 identical outputs: digests of the whole selections, quarantine and pairs tables and the
-best_worst stats (pandas: of the selected completion ids and the pair ids). --out appends it.
+best_worst stats (pandas: of the selected completion ids and the pair ids; it keeps the old
+ids re-implemented with hashlib, as `before`). --out appends it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
 TEACHERS = ["west_european", "east_european", "middle_eastern", "east_asian", "generalist"]
-BEFORE = "9b6fde9"  # the last commit before selection and pairing ran as engine queries
+BEFORE = "c2a9cc7"  # the last commit with per-row BLAKE2b ids (pair_id, random_routing's pick)
 
 
 def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
@@ -109,24 +113,49 @@ def run_duckdb_argmax(folder: str) -> dict:
     return {"seconds": seconds, "peak_rss_mib": peak, "stages": {}, "counts": {"prompts": best.height}}
 
 
+def reference_seeded_index(keys, seed: int):
+    """The new random_routing index, re-implemented with hashlib: the first 8 bytes of MD5("<seed>:<key>"), big-endian."""
+    import numpy as np
+    import polars as pl
+
+    digests = b"".join(hashlib.md5(f"{seed}:{k}".encode()).digest()[:8] for k in keys.to_list())
+    return pl.Series(keys.name, np.frombuffer(digests, dtype=">u8").astype(np.uint64), dtype=pl.UInt64)
+
+
+def reference_pair_ids(prompt_ids, method: str, round: int, chosen, rejected):
+    """The new pair ids, re-implemented with hashlib: "pr_" + 16 hex digits of MD5 of the canonical JSON."""
+    import polars as pl
+
+    def one(p: str, c: str, r: str) -> str:
+        payload = json.dumps(["pair", p, method, int(round), c, r], ensure_ascii=False, separators=(",", ":"))
+        return "pr_" + hashlib.md5(payload.encode()).hexdigest()[:16]
+
+    rows = zip(prompt_ids.to_list(), chosen.to_list(), rejected.to_list(), strict=True)
+    return pl.Series("pair_id", [one(p, c, r) for p, c, r in rows], dtype=pl.String)
+
+
 def run_project(folder: str, stage: str, before: bool = False) -> dict:
     """One stage as its asset runs it, in its own process (Dagster runs the selections and the
     preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`. `before`
-    passes a LazyFrame over the file (the old API); the engine gets the file's path."""
+    runs the old package with the hashlib reference of the new ids patched in."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)
     import polars as pl
 
+    import factory.pairs
+    import factory.routing
     from factory.pairs import best_worst
     from factory.routing import RoutingConfig, select
 
+    if before:
+        factory.routing.stable_index = reference_seeded_index
+        factory.pairs.pair_ids = reference_pair_ids
     out = Path(folder) / ("out_before" if before else "out_engine")
     out.mkdir(exist_ok=True)
     path = Path(folder) / "scored.parquet"
-    scored = pl.scan_parquet(path) if before else path
     result: dict = {"stages": {}}
     if stage == "select":
         t0 = time.perf_counter()
-        sel, quarantine = select(scored, STRATEGIES, RoutingConfig(), run_id="bench")
+        sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench")
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
@@ -137,7 +166,7 @@ def run_project(folder: str, stage: str, before: bool = False) -> dict:
     else:
         prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
         t0 = time.perf_counter()
-        pairs, stats = best_worst(scored, prompts, run_id="bench")
+        pairs, stats = best_worst(path, prompts, run_id="bench")
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         pairs.write_parquet(out / "pairs.parquet")
@@ -150,25 +179,24 @@ def run_project(folder: str, stage: str, before: bool = False) -> dict:
 
 
 def _id_seconds(out: Path) -> float:
-    """What the BLAKE2b ids and random_routing's seeded index cost on their own, on this run's outputs
-    (measured after the run, not part of its time): the share no engine query can remove while ids stay."""
+    """What the ids cost on their own (random_routing's seeded index over every prompt and the pair
+    ids, both MD5 in DuckDB), on this run's outputs, measured after the run (not part of its time)."""
     import polars as pl
 
-    from factory.ids import pair_ids
-    from factory.routing import stable_index
+    from factory.ids import pair_ids, seeded_index
 
     sel = pl.read_parquet(out.parent / "prompts.parquet", columns=["prompt_id"])
     pairs = pl.read_parquet(out / "pairs.parquet", columns=["prompt_id", "chosen_completion_id", "rejected_completion_id"])
     t = time.perf_counter()
-    stable_index(sel["prompt_id"], 0)
+    seeded_index(sel["prompt_id"], 0)
     pair_ids(pairs["prompt_id"], "best_worst", 0, pairs["chosen_completion_id"], pairs["rejected_completion_id"])
     return time.perf_counter() - t
 
 
 def run_pandas(folder: str) -> dict:
     import pandas as pd
+    import polars as pl
 
-    from factory.ids import pair_id
     from factory.languages import LANGUAGES, cluster_of
 
     t0 = time.perf_counter()
@@ -190,7 +218,7 @@ def run_pandas(folder: str) -> dict:
     # random_routing: a seeded teacher of the pool per prompt
     pool = sorted(df["teacher"].unique())
     ids = df["prompt_id"].unique()
-    h = [int.from_bytes(hashlib.blake2b(b"0:" + p.encode(), digest_size=8).digest(), "big") for p in ids]
+    h = [int.from_bytes(hashlib.md5(b"0:" + p.encode()).digest()[:8], "big") for p in ids]
     chosen = pd.DataFrame({"prompt_id": ids, "chosen": [pool[x % len(pool)] for x in h]})
     rnd = sample0.merge(chosen, on="prompt_id")
     out["random_routing"] = rnd[rnd["teacher"] == rnd["chosen"]].sort_values("completion_id").drop_duplicates("prompt_id")["completion_id"].tolist()
@@ -207,7 +235,7 @@ def run_pandas(folder: str) -> dict:
     pairs = pairs.merge(n_ok, on="prompt_id")
     keep = (pairs["n"] >= 2) & (pairs["reward_c"] > pairs["reward_r"]) & (pairs["text_c"].str.strip() != pairs["text_r"].str.strip())
     pairs = pairs[keep]
-    ids = [pair_id(p, "best_worst", 0, c, r) for p, c, r in zip(pairs["prompt_id"], pairs["completion_id_c"], pairs["completion_id_r"], strict=True)]
+    ids = reference_pair_ids(pl.Series(pairs["prompt_id"]), "best_worst", 0, pl.Series(pairs["completion_id_c"]), pl.Series(pairs["completion_id_r"])).to_list()
     t2, peak = time.perf_counter(), _peak_mib()
     return {
         "seconds": t2 - t0, "peak_rss_mib": peak, "stages": {"select": t1 - t0, "best_worst": t2 - t1},
@@ -327,7 +355,7 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         "|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
-        name = f"{impl} ({before})" if impl == "before" else impl
+        name = f"{impl} ({before}, new ids by hashlib)" if impl == "before" else impl
         if "error" in r:
             lines.append(f"| {name} | - | - | - | - | - | {r['error'][:120]} |")
             continue
@@ -337,13 +365,13 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {peak} | ok |")
     eng, old, pan = results.get("engine", {}), results.get("before", {}), results.get("pandas", {})
     if "stages" in eng and "ids" in eng["stages"]:
-        lines += ["", f"Of the engine's time, BLAKE2b alone (random_routing's seeded index over every prompt and the pair ids, "
+        lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, MD5 in DuckDB, "
                       f"timed separately on the same outputs) takes {eng['stages']['ids']} s"
                       + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by." if bare else ".")]
     if "tables" in eng and "tables" in old:
         same = ", ".join(f"{k} {'yes' if eng['tables'][k] == old['tables'][k] else 'NO'}" for k in eng["tables"])
         lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}; "
-                      f"outputs identical to before (whole tables, row order included): {same}."]
+                      f"outputs identical to before with the new ids (whole tables, row order included): {same}."]
     if "digests" in eng and "digests" in pan:
         same = eng["digests"] == pan["digests"]
         lines += ["", f"pandas / engine: time x{pan['seconds'] / eng['seconds']:.1f}; selected ids and pair ids identical: {'yes' if same else 'NO'}."]

@@ -1,7 +1,9 @@
 """Stable content-hash ids: the one place ids are computed.
 
 Rerunning the same work yields the same ids, which is what makes resume and
-dedup work. Ids are 16 hex chars of BLAKE2b over a canonical JSON encoding.
+dedup work. Ids are 16 hex chars of a hash over a canonical JSON encoding: BLAKE2b,
+except pair ids and random_routing's seeded index, which DuckDB computes as MD5
+(`pair_id_sql`, `seeded_index_sql`) so that selection and pairing need no per-row Python.
 
 An id names what produced the row as well as what it answers: a completion id
 includes the model's identity (see `weights_digest` for local weights), a score
@@ -15,12 +17,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 import unicodedata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 log = logging.getLogger(__name__)
@@ -57,45 +57,56 @@ def score_key(completion_id: str, text: str, scorer: Any) -> str:
 
 
 def pair_id(prompt_id: str, method: str, round: int, chosen_completion_id: str, rejected_completion_id: str) -> str:
-    return "pr_" + content_hash("pair", prompt_id, method, round, chosen_completion_id, rejected_completion_id)
+    """One pair's id: `pair_ids` over one row (the same function, so every table's ids agree)."""
+    return pair_ids(pl.Series([prompt_id]), method, round, pl.Series([chosen_completion_id]), pl.Series([rejected_completion_id]))[0]
 
 
-_PLAIN = r"^[A-Za-z0-9_.+\-]*$"  # strings whose canonical JSON is the string in quotes
+def pair_id_sql(prompt_id: str, method: str, round: int, chosen: str, rejected: str) -> str:
+    """The pair id as a DuckDB expression over the SQL expressions `prompt_id`, `chosen` and `rejected`
+    (column names): "pr_" + the first 16 hex digits of MD5 over the canonical JSON
+    ["pair", prompt_id, method, round, chosen, rejected] (DuckDB's json_array writes what
+    json.dumps(ensure_ascii=False, separators=(",", ":")) writes). The one definition of pair ids:
+    `pair_ids`, `pair_id` and the engine queries of factory.pairs all use it.
+
+    MD5, not BLAKE2b as before 2026-12: the engine computes it, in parallel, with no per-row Python
+    (docs/bench/selection.md, migration note)."""
+    payload = f"json_array('pair', {prompt_id}, {sql_str(method)}, {int(round)}, {chosen}, {rejected})::VARCHAR"
+    return f"('pr_' || left(md5({payload}), 16))"
 
 
-def blake2b_digests(values: pl.Series, size: int = 8, batch: int = 1 << 16) -> bytes:
-    """BLAKE2b (digest_size `size`) of every value of a String or Binary Series, concatenated:
-    `size` bytes per value. The hashing is one C call per value; there is no per-row JSON, and the
-    values become Python bytes `batch` at a time."""
-    if values.null_count():
-        raise ValueError("blake2b_digests: null values have no hash")
-    blake2b, data = hashlib.blake2b, values.cast(pl.Binary)
-    parts = (data.slice(start, batch).to_list() for start in range(0, len(data), batch))
-    return b"".join(b"".join([blake2b(m, digest_size=size).digest() for m in part]) for part in parts)
-
-
-def hex_digests(digests: bytes, size: int = 8) -> pl.Series:
-    """`blake2b_digests` output as a String Series of lowercase hex, as `hexdigest()` writes it."""
-    d = np.frombuffer(digests, dtype=np.uint8).reshape(-1, size)
-    chars = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    out = np.empty((d.shape[0], 2 * size), dtype=np.uint8)
-    out[:, 0::2], out[:, 1::2] = chars[d >> 4], chars[d & 15]
-    return pl.Series(out.view(f"S{2 * size}").ravel()).cast(pl.String)
+def seeded_index_sql(key: str, seed: int) -> str:
+    """A stable 64-bit index of (seed, key) as a DuckDB expression over the SQL expression `key`: the first
+    8 bytes of MD5("<seed>:<key>"), big-endian (UBIGINT). random_routing's pick; see `seeded_index`."""
+    return f"('0x' || left(md5({sql_str(f'{int(seed)}:')} || {key}), 16))::UBIGINT"
 
 
 def pair_ids(prompt_ids: pl.Series, method: str, round: int, chosen: pl.Series, rejected: pl.Series) -> pl.Series:
-    """`pair_id` over columns, the same ids. When every id is plain ASCII (as generated ids are), the
-    canonical JSON is built by polars and only the hash runs per row; otherwise pair_id row by row."""
-    frame = pl.DataFrame({"p": prompt_ids, "c": chosen, "r": rejected})
-    plain = frame.select(pl.all().str.contains(_PLAIN).all()).row(0)
-    if frame.height and all(plain) and re.fullmatch(_PLAIN, method):
-        payload = frame.select(
-            pl.concat_str([pl.lit('["pair","'), "p", pl.lit(f'","{method}",{int(round)},"'), "c", pl.lit('","'), "r", pl.lit('"]')])
-        ).to_series()
-        values = "pr_" + hex_digests(blake2b_digests(payload))
-    else:
-        values = pl.Series([pair_id(p, method, round, c, r) for p, c, r in frame.iter_rows()], dtype=pl.String)
-    return values.alias("pair_id")
+    """`pair_id_sql` over columns, computed by DuckDB (a String Series named pair_id)."""
+    frame = pl.DataFrame({"p": prompt_ids, "c": chosen, "r": rejected}, schema={"p": pl.String, "c": pl.String, "r": pl.String})
+    if frame.select(pl.any_horizontal(pl.all().is_null()).any()).item():
+        raise ValueError("pair_ids: null prompt or completion ids have no pair id")
+    return _duckdb_column(frame, pair_id_sql("p", method, round, "c", "r")).cast(pl.String).alias("pair_id")
+
+
+def seeded_index(keys: pl.Series, seed: int) -> pl.Series:
+    """`seeded_index_sql` over a String Series (UInt64, named as `keys`)."""
+    if keys.null_count():
+        raise ValueError("seeded_index: null keys have no index")
+    return _duckdb_column(pl.DataFrame({"k": keys.cast(pl.String)}), seeded_index_sql("k", seed)).cast(pl.UInt64).alias(keys.name)
+
+
+def _duckdb_column(frame: pl.DataFrame, expr: str) -> pl.Series:
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.register("ids_input", frame.to_arrow())
+        # row order is kept: one expression per row of a registered frame, no reordering operator
+        return con.sql(f"SELECT {expr} AS v FROM ids_input").pl()["v"]
+
+
+def sql_str(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def checkpoint_id(stage: str, config: dict[str, Any], datasets: dict[str, Any], parents: list[str]) -> str:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from factory.generation.base import Completion, GenerationBackend, Message, SamplingConfig, generate_per_row
 from factory.generation.registry import TeacherConfig
-from factory.ids import completion_id, normalize_text, pair_id, pair_ids
+from factory.ids import completion_id, normalize_text, pair_ids
 from factory.languages import LANGUAGES
 from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
 from factory.scoring.base import RewardScorer
@@ -231,7 +231,7 @@ def native_vs_translated(
             continue
         pair_rows.append(
             {
-                "pair_id": pair_id(r["prompt_id"], "native_vs_translated", 0, r["completion_id"], g["completion_id"]),
+                "pair_id": "",  # filled below, all rows at once
                 "prompt_id": r["prompt_id"],
                 "language": r["language"],
                 "method": "native_vs_translated",
@@ -250,6 +250,7 @@ def native_vs_translated(
             }
         )
     pairs = pl.DataFrame(pair_rows, schema={**PREFERENCE_PAIRS, "chosen_teacher": pl.String, "rejected_teacher": pl.String})
+    pairs = pairs.with_columns(pair_ids(pairs["prompt_id"], "native_vs_translated", 0, pairs["chosen_completion_id"], pairs["rejected_completion_id"]))
     q = rejected_frame(quarantine)
     return pairs, gens, q
 

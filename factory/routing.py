@@ -27,8 +27,9 @@ call). One aggregate per prompt (`per_prompt`) gives the counts, the best eligib
 row with the top two rewards, and every row of the asked sample packed into one
 integer (row position, teacher, state); each strategy is then a vectorised pick
 over that per-prompt table, and only the picked rows' completion_id and reward
-are fetched. Python runs per row only for BLAKE2b (random_routing's seeded pick,
-factory.ids), which keeps every pick and id as before (docs/bench/selection.md).
+are fetched. No Python runs per row: random_routing's seeded pick is MD5 computed by
+DuckDB (factory.ids.seeded_index; BLAKE2b before 2026-12, see the migration note in
+docs/bench/selection.md).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.ids import blake2b_digests
+from factory.ids import seeded_index
 from factory.languages import LANGUAGES, cluster_of
 from warehouse.schemas import SELECTIONS, conform, rejected_frame
 
@@ -232,11 +233,9 @@ def per_prompt(
         state = f"CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END"
         aggs.append(f"list(({ref} << 2) | {state}) FILTER (sample_index = {int(cfg.sample_index)} AND teacher IS NOT NULL) AS samples")
         out.append("samples")
-    # Aggregate into a table, then sort it there: less memory than a sort in the same query, and
-    # faster than sorting a frame by a string column in polars.
-    table.con.execute(f"CREATE OR REPLACE TEMP TABLE per_prompt AS SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id")
-    per = table.sql(f"SELECT {', '.join(out)} FROM per_prompt ORDER BY prompt_id")
-    table.con.execute("DROP TABLE per_prompt")
+    # Aggregate and sort in one query: faster than materialising the aggregate first (a temp table
+    # costs as much as the aggregate) and than sorting a frame by a string column in polars.
+    per = table.sql(f"SELECT {', '.join(out)} FROM (SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id) ORDER BY prompt_id")
     per = _break_ties(table, per, ok, ref, "best", "top", "arg_min")
     if worst:
         per = _break_ties(table, per, ok, ref, "worst", "bottom", "arg_max")
@@ -307,18 +306,13 @@ def _fixed_routing(r: Routing) -> Choice:
     return Choice(r.per["language"].replace_strict(list(table), list(table.values()), default=None, return_dtype=pl.String))
 
 
-def stable_index(keys: pl.Series, seed: int) -> pl.Series:
-    """A 64-bit BLAKE2b hash of (seed, key): stable across processes and polars versions."""
-    digests = blake2b_digests(f"{seed}:" + keys, size=8)
-    return pl.Series(keys.name, np.frombuffer(digests, dtype=">u8").astype(np.uint64), dtype=pl.UInt64)
-
-
 def _random_routing(r: Routing) -> Choice:
     """A seeded random teacher of the pool (all teachers in `scored`, sorted), a function of
-    seed + prompt_id only; if that teacher did not answer the prompt, the prompt is quarantined."""
+    seed + prompt_id only (factory.ids.seeded_index: MD5); if that teacher did not answer the prompt,
+    the prompt is quarantined."""
     if not r.pool:
         return Choice(pl.Series("teacher", [None] * r.per.height, dtype=pl.String))
-    pick = (stable_index(r.per["prompt_id"], r.cfg.seed) % len(r.pool)).cast(pl.Int64)
+    pick = (seeded_index(r.per["prompt_id"], r.cfg.seed) % len(r.pool)).cast(pl.Int64)
     return Choice(pl.Series("teacher", r.pool, dtype=pl.String).gather(pick))
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 
 import polars as pl
@@ -53,16 +55,27 @@ def test_missing_prompt_text_is_counted(scored, prompts):
     assert stats["dropped_no_prompt"] == 1 and pairs.height == 1
 
 
-def test_fast_pair_ids_equal_reference():
+def _reference_pair_id(p: str, method: str, round: int, c: str, r: str) -> str:
+    """The pair id's contract, independent of DuckDB: MD5 of the canonical JSON, 16 hex digits."""
+    payload = json.dumps(["pair", p, method, round, c, r], ensure_ascii=False, separators=(",", ":"))
+    return "pr_" + hashlib.md5(payload.encode()).hexdigest()[:16]
+
+
+def test_pair_ids_equal_reference():
     rng = random.Random(0)
     p = [f"p_{rng.getrandbits(64):016x}" for _ in range(50)]
     c = [f"c_{rng.getrandbits(64):016x}" for _ in range(50)]
     r = [f"c_{rng.getrandbits(64):016x}" for _ in range(50)]
     got = pair_ids(pl.Series(p), "online", 3, pl.Series(c), pl.Series(r)).to_list()
-    assert got == [pair_id(a, "online", 3, b, d) for a, b, d in zip(p, c, r, strict=True)]
-    odd = ['p_"quoted"', "p_ü"]  # not plain ASCII: falls back to the reference path
-    got = pair_ids(pl.Series(odd), "best_worst", 0, pl.Series(c[:2]), pl.Series(r[:2])).to_list()
-    assert got == [pair_id(a, "best_worst", 0, b, d) for a, b, d in zip(odd, c[:2], r[:2], strict=True)]
+    assert got == [_reference_pair_id(a, "online", 3, b, d) for a, b, d in zip(p, c, r, strict=True)]
+    assert got[7] == pair_id(p[7], "online", 3, c[7], r[7])
+    odd = ['p_"quoted"', "p_ü", "a\\b/\x01\n", "it's", "日本"]  # JSON escapes, quotes, non-ASCII
+    m = "it's \"odd\""
+    got = pair_ids(pl.Series(odd), m, 0, pl.Series(c[:5]), pl.Series(r[:5])).to_list()
+    assert got == [_reference_pair_id(a, m, 0, b, d) for a, b, d in zip(odd, c[:5], r[:5], strict=True)]
+    assert pair_ids(pl.Series([], dtype=pl.String), "online", 1, pl.Series([], dtype=pl.String), pl.Series([], dtype=pl.String)).len() == 0
+    with pytest.raises(ValueError, match="null"):
+        pair_ids(pl.Series([None]), "online", 1, pl.Series(["c"]), pl.Series(["r"]))
 
 
 def test_check_pairs_flags_bad_rows(scored, prompts):

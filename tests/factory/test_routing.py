@@ -194,19 +194,22 @@ def test_sql_language_guard_agrees_with_the_polars_one():
         assert got == expected
 
 
-def test_stable_index_is_blake2b_of_seed_and_key():
+def test_seeded_index_is_md5_of_seed_and_key():
     import hashlib
 
-    from factory.routing import stable_index
+    from factory.ids import seeded_index
 
-    keys = pl.Series("prompt_id", ["p_1", "p_ü", 'p_"q"', ""])
-    expected = [int.from_bytes(hashlib.blake2b(f"7:{k}".encode(), digest_size=8).digest(), "big") for k in keys]
-    assert stable_index(keys, 7).to_list() == expected
+    keys = pl.Series("prompt_id", ["p_1", "p_ü", 'p_"q"', "", "it's"])
+    expected = [int.from_bytes(hashlib.md5(f"7:{k}".encode()).digest()[:8], "big") for k in keys]
+    got = seeded_index(keys, 7)
+    assert got.to_list() == expected and got.dtype == pl.UInt64 and got.name == "prompt_id"
+    with pytest.raises(ValueError, match="null"):
+        seeded_index(pl.Series([None, "p_1"]), 7)
 
 
 def _reference(df: pl.DataFrame, strategy: str, cfg: RoutingConfig, pool: list[str], single: str) -> tuple[dict, dict]:
     """A row-by-row reading of the strategies' contract: {prompt_id: (completion_id, teacher, reward, margin)},
-    {prompt_id: reason} (random_routing's pick is the stable BLAKE2b index of the prompt)."""
+    {prompt_id: reason} (random_routing's pick is the stable MD5 index of the prompt)."""
     import hashlib
     import math
 
@@ -232,7 +235,7 @@ def _reference(df: pl.DataFrame, strategy: str, cfg: RoutingConfig, pool: list[s
         elif strategy == "single_teacher":
             teacher = single
         else:
-            h = int.from_bytes(hashlib.blake2b(f"{cfg.seed}:{pid}".encode(), digest_size=8).digest(), "big")
+            h = int.from_bytes(hashlib.md5(f"{cfg.seed}:{pid}".encode()).digest()[:8], "big")
             teacher = pool[h % len(pool)]
         sample = [r for r in rows if r["teacher"] == teacher and r["sample_index"] == cfg.sample_index]
         good = sorted((r for r in sample if ok(r)), key=lambda r: r["completion_id"])
