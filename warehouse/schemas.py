@@ -309,9 +309,9 @@ COLUMN_DOCS: dict[str, str] = {
     "started_at": "When the step started loading its inputs (UTC).",
     "finished_at": "When the output was written (UTC).",
     "producer": "Asset that wrote these rows into a table shared by several assets.",
-    "policy_heldout_reward": "Mean reward of the round's policy on held-out prompts (online rounds).",
-    "policy_heldout_tokens": "Mean length of the round's policy answers on held-out prompts (online rounds).",
-    "policy_heldout_language_match": "Language-match rate of the round's policy on held-out prompts.",
+    "policy_heldout_reward": "Mean Arbiter reward of the round's sampled policy on the dev prompts (online rounds).",
+    "policy_heldout_tokens": "Mean length of the round's sampled policy's answers on the dev prompts (online rounds).",
+    "policy_heldout_language_match": "Language-match rate of the round's sampled policy on the dev prompts.",
     "run_id": "Dagster run that wrote the row.",
 }
 
