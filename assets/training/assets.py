@@ -183,6 +183,7 @@ def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev:
     stopped = stopped_at(online_state(prev))
     if stopped is not None:
         rec = round_record(k, f"{SKIPPED}: stopped at round {stopped}", [], None, prev, stopped)
+        rec["policy_path"] = wh.relative(str(rec["policy_path"]))
         return ({"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
                  "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}},
                 {"decision": rec["decision"], "policy": str(prev["path"])})
@@ -208,12 +209,13 @@ def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev:
         quarantined += [q, q_judge, q_drift]
         records.append(record)
         drifts.append(drift)
-        candidates.append({"beta": beta, "path": str(out), "checkpoint_id": cid, "dev": dev_figures(judged, cfg.evaluation.winrates),
+        candidates.append({"beta": beta, "path": wh.relative(str(out)), "checkpoint_id": cid, "dev": dev_figures(judged, cfg.evaluation.winrates),
                            "drift": drift_summary(drift), "train": train_metadata(metrics)})
     best = pick_candidate(candidates)
     decision = dev_decision(candidates[best]["dev"], on.stop_below)
     kept = None if decision == STOP else best
     rec = round_record(k, decision, candidates, kept, prev) | {"previous_drift": drift_summary(prev_drift), "judge": judge.name}
+    rec["policy_path"] = wh.relative(str(rec["policy_path"]))
     wh.quarantine(name, None, pl.concat(quarantined, how="diagonal_relaxed"), run_id)
     meta = online_metadata(rec, candidates[best], prev_drift, drifts[best + 1])
     if kept is not None:
