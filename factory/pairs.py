@@ -11,6 +11,9 @@ Builders (PAIR_BUILDERS):
   (also the online rounds: method="online", round=k).
 - native_vs_translated: chosen = the best in-language completion; rejected = a
   weaker teacher's English answer translated into the language.
+- language_guarded_pairs (what the online rounds call): best_worst among right-language
+  completions, except that a policy's top-reward answer in the wrong language is
+  rejected against the best right-language one (column `rule`: reward | language).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
 from factory.scoring.base import RewardScorer
 from factory.settings import Strict
 from factory.sft_data import message
-from warehouse.schemas import GENERATIONS, PREFERENCE_PAIRS, conform, rejected, rejected_frame
+from warehouse.schemas import GENERATIONS, PAIR_RULE_DEFAULT, PREFERENCE_PAIRS, conform, rejected, rejected_frame
 
 DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
 CANDIDATE_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")
@@ -268,9 +271,87 @@ def _drop_failed(todo: list[dict], stages: list[list[Completion]], reason: str, 
     return [todo[i] for i in keep], [[s[i] for i in keep] for s in stages]
 
 
+# --- language_guarded_pairs (online rounds) -------------------------------------------------
+
+
+def _top(scored: pl.DataFrame, language_match: bool) -> pl.DataFrame:
+    """Per prompt the highest-reward completion whose language_match is `language_match` (ties by id)."""
+    return (
+        scored.filter((pl.col("language_match") == language_match) & pl.col("reward").is_not_null())
+        .sort(["prompt_id", "reward", "completion_id"], descending=[False, True, False])
+        .group_by("prompt_id", maintain_order=True).first()
+    )
+
+
+def language_guarded_pairs(
+    scored: pl.DataFrame,
+    prompts: pl.DataFrame,
+    min_margin: float = 0.0,
+    method: str = "online",
+    round: int = 0,
+    run_id: str = "",
+) -> tuple[pl.DataFrame, dict]:
+    """Best vs worst with the language guard, for a policy's own samples (the online rounds).
+
+    A completion in the wrong language (language_match false) is never chosen. Per prompt:
+    - rule "language": when the highest-reward completion is in the wrong language and a
+      right-language one exists, the pair is (best right-language, that wrong-language one): the
+      reward model prefers an answer the policy must unlearn, whatever its reward;
+    - rule "reward": otherwise best vs worst among the right-language completions (`best_worst`
+      with require_language_match, its min_margin and drop rules).
+
+    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text] (a
+    frame). Returns (pairs per PREFERENCE_PAIRS plus chosen_teacher, rejected_teacher,
+    chosen_language_match, rejected_language_match; stats): stats n_prompts, n_pairs, by_rule
+    {reward, language}, language_over_reward (prompts whose reward pair the language rule
+    replaced), dropped_identical_language, and best_worst's own stats under `reward_rule`.
+    A language pair's margin is negative: the Arbiter preferred the rejected answer.
+    """
+    missing = [c for c in (*CANDIDATE_COLUMNS, "text") if c not in scored.columns]
+    if missing:
+        raise ValueError(f"language_guarded_pairs: scored lacks columns {', '.join(missing)}")
+    reward_pairs, bw_stats = best_worst(scored, prompts, min_margin, method=method, round=round,
+                                        require_language_match=True, run_id=run_id)
+    reward_pairs = reward_pairs.with_columns(
+        pl.lit("reward").alias("rule"), pl.lit(True).alias("chosen_language_match"), pl.lit(True).alias("rejected_language_match"))
+    cols = ["prompt_id", "language", "completion_id", "teacher", "reward", "text"]
+    right, wrong = _top(scored, True).select(cols), _top(scored, False).select(cols)
+    lang = (
+        right.select(pl.all().name.prefix("chosen_")).rename({"chosen_prompt_id": "prompt_id", "chosen_language": "language"})
+        .join(wrong.select("prompt_id", *(pl.col(c).alias(f"rejected_{c}") for c in cols[2:])), on="prompt_id")
+        .filter(pl.col("rejected_reward") > pl.col("chosen_reward"))
+        .join(prompts.select("prompt_id", pl.col("text").alias("prompt_text")), on="prompt_id")
+    )
+    same = lang["chosen_text"].str.strip_chars() == lang["rejected_text"].str.strip_chars()
+    n_identical = int(same.sum())
+    lang = lang.filter(~same).sort("prompt_id")
+    lang = lang.with_columns(pair_ids(lang["prompt_id"], method, round, lang["chosen_completion_id"], lang["rejected_completion_id"]))
+    lang_pairs = lang.select(
+        "pair_id", "prompt_id", "language", pl.lit(method).alias("method"), pl.lit(round).alias("round"),
+        message("user", pl.col("prompt_text")).alias("prompt"),
+        message("assistant", pl.col("chosen_text")).alias("chosen"),
+        message("assistant", pl.col("rejected_text")).alias("rejected"),
+        "chosen_completion_id", "rejected_completion_id", "chosen_reward", "rejected_reward",
+        (pl.col("chosen_reward") - pl.col("rejected_reward")).alias("margin"), pl.lit(run_id).alias("run_id"),
+        pl.lit("language").alias("rule"), "chosen_teacher", "rejected_teacher",
+        pl.lit(True).alias("chosen_language_match"), pl.lit(False).alias("rejected_language_match"),
+    )
+    kept = reward_pairs.filter(~pl.col("prompt_id").is_in(lang_pairs["prompt_id"].implode()))
+    pairs = conform(pl.concat([kept, lang_pairs], how="diagonal_relaxed").sort("prompt_id", "pair_id"), PREFERENCE_PAIRS)
+    stats = {
+        "n_prompts": bw_stats["n_prompts"],
+        "n_pairs": pairs.height,
+        "by_rule": {"reward": kept.height, "language": lang_pairs.height},
+        "language_over_reward": reward_pairs.height - kept.height,
+        "dropped_identical_language": n_identical,
+        "reward_rule": bw_stats,
+    }
+    return pairs, stats
+
+
 PAIR_BUILDERS = {
     "best_worst": best_worst,
-    "online": partial(best_worst, method="online"),
+    "online": partial(language_guarded_pairs, method="online"),
     "native_vs_translated": native_vs_translated,
 }
 
@@ -279,13 +360,32 @@ PAIR_BUILDERS = {
 
 
 def check_pairs(pairs: pl.DataFrame) -> list[str]:
-    """Problems in a pairs table: best_worst/online rows must have chosen_reward > rejected_reward;
-    no pair may have identical chosen and rejected text or completion ids; pair ids are unique."""
+    """Problems in a pairs table: best_worst/online rows of the reward rule must have chosen_reward >
+    rejected_reward; rows of the language rule must have a right-language chosen and a wrong-language
+    rejected (chosen_language_match true, rejected_language_match false); no pair may have identical
+    chosen and rejected text or completion ids; pair ids are unique. A table without `rule` is all
+    reward/translation rule (warehouse.schemas.PAIR_RULE_DEFAULT)."""
     problems = []
-    ranked = pairs.filter(pl.col("method").is_in(["best_worst", "online"]))
+    rule = pl.col("rule").fill_null(PAIR_RULE_DEFAULT) if "rule" in pairs.columns else PAIR_RULE_DEFAULT
+    pairs = pairs.with_columns(rule.alias("rule"))
+    ranked = pairs.filter(pl.col("method").is_in(["best_worst", "online"]) & (pl.col("rule") == "reward"))
     bad = ranked.filter(~(pl.col("chosen_reward") > pl.col("rejected_reward")).fill_null(False))
     if bad.height:
         problems.append(f"{bad.height} {'/'.join(sorted(set(bad['method'])))} pairs without chosen_reward > rejected_reward, e.g. {bad['pair_id'][0]}")
+    guarded = pairs.filter(pl.col("rule") == "language")
+    if guarded.height:
+        flags = [c for c in ("chosen_language_match", "rejected_language_match") if c not in guarded.columns]
+        if flags:
+            problems.append(f"{guarded.height} language-rule pairs without {' and '.join(flags)}, e.g. {guarded['pair_id'][0]}")
+        else:
+            ok = (pl.col("chosen_language_match") == True) & (pl.col("rejected_language_match") == False)  # noqa: E712
+            wrong = guarded.filter(~ok.fill_null(False))
+            if wrong.height:
+                problems.append(f"{wrong.height} language-rule pairs whose chosen is not in the prompt's language or whose "
+                                f"rejected is, e.g. {wrong['pair_id'][0]}")
+    unknown = sorted(set(pairs["rule"].to_list()) - {"reward", "language", "translation"})
+    if unknown:
+        problems.append(f"unknown pair rule(s) {', '.join(map(str, unknown))}")
     last = lambda c: pl.col(c).list.last().struct.field("content").str.strip_chars()  # noqa: E731
     same = pairs.filter((last("chosen") == last("rejected")) | (pl.col("chosen_completion_id") == pl.col("rejected_completion_id")))
     if same.height:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from factory import ids
 from factory.langid import contradicts
@@ -154,28 +154,49 @@ def _split(pid: str, eval_fraction: float) -> str:
     return "eval" if _bucket(pid) < eval_fraction * 10_000 else "train"
 
 
+def _dev_bucket(pid: str) -> int:
+    """A second place in [0, 10000), from other digits of the id than `_bucket`: what decides which
+    train prompts are dev, independently of how close they came to eval."""
+    return int(pid[2:], 16) // 10_000 % 10_000
+
+
 def eval_floor(n: int, eval_min: int, eval_max_share: float) -> int:
     """How many eval prompts a language with `n` prompts gets at least: `eval_min`, but never more
-    than `eval_max_share` of a small language."""
+    than `eval_max_share` of a small language. (The dev floor is the same rule with dev_min and
+    dev_max_share.)"""
     return min(eval_min, int(eval_max_share * n))
 
 
-def assign_splits(pids: list[str], cfg: PromptsConfig) -> dict[str, str]:
-    """prompt_id -> split for one language. A prompt is eval when its bucket is below eval_fraction
-    (stable: adding prompts never moves it), and when that leaves fewer than the floor, the train
-    prompts with the lowest buckets join eval until the floor is reached (so every language has an
-    eval set large enough to estimate; only then can a prompt's split depend on the others)."""
-    splits = {pid: _split(pid, cfg.eval_fraction) for pid in pids}
-    missing = eval_floor(len(pids), cfg.eval_min, cfg.eval_max_share) - sum(s == "eval" for s in splits.values())
+def _top_up(splits: dict[str, str], to: str, floor: int, key) -> None:
+    """Move the train prompts with the lowest `key` to split `to` until it has `floor` prompts."""
+    missing = floor - sum(s == to for s in splits.values())
     if missing > 0:
-        for pid in sorted((p for p, s in splits.items() if s == "train"), key=lambda p: (_bucket(p), p))[:missing]:
-            splits[pid] = "eval"
+        for pid in sorted((p for p, s in splits.items() if s == "train"), key=lambda p: (key(p), p))[:missing]:
+            splits[pid] = to
+
+
+def assign_splits(pids: list[str], cfg: PromptsConfig) -> dict[str, str]:
+    """prompt_id -> split (train | dev | eval) for one language.
+
+    Eval first: a prompt is eval when its bucket is below eval_fraction (stable: adding prompts never
+    moves it), and when that leaves fewer than the floor, the train prompts with the lowest buckets
+    join eval until the floor is reached (so every language has an eval set large enough to
+    estimate; only then can a prompt's split depend on the others). Dev is then taken from what is
+    left, the same way with a second bucket (`_dev_bucket`), dev_fraction and the floor of
+    dev_min / dev_max_share. Eval is the same with or without a dev split; dev prompts are neither
+    trained on nor evaluated on: the online rounds decide on them (training.online)."""
+    splits = {pid: _split(pid, cfg.eval_fraction) for pid in pids}
+    _top_up(splits, "eval", eval_floor(len(pids), cfg.eval_min, cfg.eval_max_share), _bucket)
+    for pid, split in splits.items():
+        if split == "train" and _dev_bucket(pid) < cfg.dev_fraction * 10_000:
+            splits[pid] = "dev"
+    _top_up(splits, "dev", eval_floor(len(pids), cfg.dev_min, cfg.dev_max_share), _dev_bucket)
     return splits
 
 
 def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, run_id: str, languages: list[str]) -> PromptBatch:
     """Validate the rows of one language partition (as `read_source` yields them);
-    collapse duplicates; assign the eval split.
+    collapse duplicates; assign the splits (train, dev, eval: `assign_splits`).
 
     Text is checked for encoding before anything else and cleaned (`clean_text`)
     before the emptiness, length, language and duplicate checks, so language ID and
@@ -274,6 +295,7 @@ def build_prompts(rows: Iterable[RawPrompt], language: str, cfg: PromptsConfig, 
         "duplicates": sum(q["code"] == "duplicate" for q in quarantine),
         "unrouted": len(unrouted),
         "train": int((prompts["split"] == "train").sum()) if kept else 0,
+        "dev": int((prompts["split"] == "dev").sum()) if kept else 0,
         "eval": int((prompts["split"] == "eval").sum()) if kept else 0,
     }
     if counts["read"] != counts["kept"] + counts["quarantined"]:
@@ -317,5 +339,18 @@ class PromptsConfig(Strict):
     # train prompts to eval).
     eval_min: int = Field(10, ge=0)
     eval_max_share: float = Field(0.2, ge=0.0, lt=1.0)
+    # A dev split, taken from what eval leaves: the online rounds judge each new policy on it (never
+    # on eval) and stop when it falls. Per language about dev_fraction of the prompts by bucket, at
+    # least dev_min, but never more than dev_max_share of a small language (training keeps the rest).
+    dev_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    dev_min: int = Field(6, ge=0)
+    dev_max_share: float = Field(0.1, ge=0.0, lt=1.0)
     max_chars: int = Field(2000, gt=0)
     language_check: LanguageCheck = Field(default_factory=LanguageCheck)
+
+    @model_validator(mode="after")
+    def _train_left(self):
+        if self.eval_fraction + self.dev_fraction >= 1 or self.eval_max_share + self.dev_max_share >= 1:
+            raise ValueError("eval and dev together take every prompt: keep eval_fraction + dev_fraction and "
+                             "eval_max_share + dev_max_share below 1, so some prompts are left to train on")
+        return self

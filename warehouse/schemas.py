@@ -19,7 +19,7 @@ PROMPTS = {
     "prompt_id": pl.String,
     "language": pl.String,
     "text": pl.String,
-    "split": pl.String,  # train | eval
+    "split": pl.String,  # train | dev | eval
     "source": pl.String,
     "origin": pl.String,  # native | translated
     "references": pl.List(pl.String),  # reference replies, for reference-based judging
@@ -86,6 +86,7 @@ PREFERENCE_PAIRS = {
     "rejected_reward": pl.Float64,
     "margin": pl.Float64,
     "run_id": pl.String,
+    "rule": pl.String,  # reward | language | translation (see PAIR_RULE_DEFAULT)
 }
 
 SFT_DATA = {  # TRL's conversational prompt-completion format, plus ids
@@ -192,15 +193,33 @@ def rejected_frame(rows: list[dict] | None = None, with_code: bool = False) -> p
     return pl.DataFrame(rows or [], schema={**REJECTED, "code": pl.String} if with_code else REJECTED)
 
 
+# Which rule made a preference pair, for producers that do not say: pairs ranked by reward
+# (best_worst, and online pairs of the reward rule) are "reward", native_vs_translated pairs are
+# "translation". Online pairs of the language rule (a right-language chosen over the policy's
+# top-reward answer in the wrong language, factory.pairs.language_guarded_pairs) say "language".
+PAIR_RULE_DEFAULT = (
+    pl.when(pl.col("method") == "native_vs_translated").then(pl.lit("translation")).otherwise(pl.lit("reward"))
+)
+# Columns a producer may leave out (or null): conform fills them from the row's other columns.
+DEFAULTS: dict[str, pl.Expr] = {"rule": PAIR_RULE_DEFAULT}
+
+
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Cast `df` to `schema`, declared columns first; extra columns are kept after them.
+    A column with a DEFAULTS entry is filled from it where missing or null.
 
     Raises a ValueError naming the missing columns, so a producer that breaks the
     contract fails loudly at write time rather than downstream.
     """
-    missing = [c for c in schema if c not in df.columns]
+    missing = [c for c in schema if c not in df.columns and c not in DEFAULTS]
     if missing:
         raise ValueError(f"missing required columns: {', '.join(missing)}")
+    filled = [
+        (pl.col(c).fill_null(DEFAULTS[c]) if c in df.columns else DEFAULTS[c]).alias(c)
+        for c in schema if c in DEFAULTS
+    ]
+    if filled:
+        df = df.with_columns(filled)
     extra = [c for c in df.columns if c not in schema]
     return df.select([pl.col(c).cast(t) for c, t in schema.items()] + extra)
 
@@ -220,7 +239,7 @@ COLUMN_DOCS: dict[str, str] = {
     "judgment_id": "Content hash of (prompt_id, model, baseline, judge, order).",
     "language": "Language code (one of the Aya languages, e.g. fr, zh-Hans).",
     "text": "The text itself.",
-    "split": "train, or eval (held out by prompt, never trained on).",
+    "split": "train; dev (held out by prompt, for the online rounds' stop decision); or eval (held out, never trained or tuned on).",
     "source": "Where the prompt came from (source label, e.g. chatterbot-corpus and its file).",
     "origin": "native (written in the language) or translated.",
     "references": "Reference replies from the source, for reference-based judging.",
@@ -241,6 +260,10 @@ COLUMN_DOCS: dict[str, str] = {
     "margin": "Reward margin: chosen minus rejected (pairs), or winner minus runner-up (selections).",
     "method": "How the pair was built: best_worst, native_vs_translated, or online.",
     "round": "0 for offline pairs; k for online DPO round k.",
+    "rule": "Which rule made the pair: reward (best vs worst reward), language (online: the best right-language "
+            "answer over the policy's top-reward answer in the wrong language), translation (native_vs_translated).",
+    "chosen_language_match": "Whether the chosen reply is in the prompt's language (online pairs).",
+    "rejected_language_match": "Whether the rejected reply is in the prompt's language (online pairs).",
     "prompt": "Prompt as a list of {role, content} messages (TRL conversational format).",
     "completion": "Target reply as a list of {role, content} messages.",
     "chosen": "Preferred reply as a list of {role, content} messages.",
@@ -286,9 +309,9 @@ COLUMN_DOCS: dict[str, str] = {
     "started_at": "When the step started loading its inputs (UTC).",
     "finished_at": "When the output was written (UTC).",
     "producer": "Asset that wrote these rows into a table shared by several assets.",
-    "policy_heldout_reward": "Mean reward of the round's policy on held-out prompts (online rounds).",
-    "policy_heldout_tokens": "Mean length of the round's policy answers on held-out prompts (online rounds).",
-    "policy_heldout_language_match": "Language-match rate of the round's policy on held-out prompts.",
+    "policy_heldout_reward": "Mean Arbiter reward of the round's sampled policy on the dev prompts (online rounds).",
+    "policy_heldout_tokens": "Mean length of the round's sampled policy's answers on the dev prompts (online rounds).",
+    "policy_heldout_language_match": "Language-match rate of the round's sampled policy on the dev prompts.",
     "run_id": "Dagster run that wrote the row.",
 }
 

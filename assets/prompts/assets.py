@@ -1,4 +1,4 @@
-"""The `prompts` asset: validated multilingual prompts with a held-out eval split."""
+"""The `prompts` asset: validated multilingual prompts with held-out dev and eval splits."""
 
 
 import dagster as dg
@@ -11,7 +11,7 @@ from factory.prompts import UNROUTED, load_prompts
 PROMPT_CHECKS = [
     dg.AssetCheckSpec("not_empty", asset="prompts", description="The language partition has at least one prompt."),
     dg.AssetCheckSpec("unique_prompt_id", asset="prompts", description="No prompt_id appears twice."),
-    dg.AssetCheckSpec("splits_disjoint", asset="prompts", description="No prompt is in both train and eval."),
+    dg.AssetCheckSpec("splits_disjoint", asset="prompts", description="No prompt is in two splits (train, dev, eval)."),
 ]
 
 
@@ -25,7 +25,7 @@ PROMPT_CHECKS = [
 def prompts(context: dg.AssetExecutionContext, env: FactoryResource):
     """Prompts per language from the configured sources (embedded default: chatterbot-corpus),
     validated, deduplicated, with a held-out `eval` split (~10%, by prompt_id) never used for
-    training. Rejected rows go to `quarantine` with a reason and a code, duplicates included,
+    training or tuning, and a `dev` split (~5-10%) the online rounds decide on. Rejected rows go to `quarantine` with a reason and a code, duplicates included,
     so read = kept + quarantined for the partition. Rows no partition takes (unknown or
     out-of-run language, unreadable) are quarantined once, by the run's first language,
     under partition `unrouted`."""

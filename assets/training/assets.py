@@ -1,17 +1,34 @@
 """Training stages: arbitrage SFT, the single-teacher baseline, offline DPO, three online DPO
-rounds, language-cluster models and their merge. Every model is a row in `checkpoints`."""
+rounds (decided on the dev split, see training.online), language-cluster models and their merge.
+Every model is a row in `checkpoints`."""
+
+import json
 
 import dagster as dg
 import polars as pl
 
 from assets.common import arbiter_scorer, checkpoint_frame, model_folder, only
+from assets.evaluation.assets import configured_judge
 from assets.io_manager import SIDE_OUTPUT
-from assets.resources import FactoryResource
+from assets.resources import FactoryResource, ModelServers
 from training.clusters import train_cluster_models
 from training.dpo import train_dpo
 from training.merge import get_method, merge_with_settings
-from training.online import online_round
+from training.online import (
+    SKIPPED,
+    STOP,
+    dev_answers,
+    dev_decision,
+    dev_drift,
+    dev_figures,
+    judge_on_dev,
+    online_round,
+    pick_candidate,
+    round_record,
+    stopped_at,
+)
 from training.sft import train_sft
+from warehouse import schemas
 from warehouse.status import markdown_table
 
 CHECKPOINTS = {"table": "checkpoints"}
@@ -81,13 +98,19 @@ def online_round_assets(k: int, previous: str):
     """
     pairs_description = (
         f"Online round {k} data: training.online.k samples per training prompt from {previous} (the current policy), "
-        "ranked by the Arbiter, best vs worst (method `online`, round "
-        f"{k}; rows in preference_pairs under producer=online_pairs_round_{k}). Metadata tracks the policy's "
-        "held-out reward, length and language match, so reward hacking shows round by round."
+        "ranked by the Arbiter and paired with the language guard: best vs worst among right-language answers, or "
+        "the best right-language answer vs the Arbiter's favourite when that one is in the wrong language (column "
+        f"`rule`; method `online`, round {k}; rows in preference_pairs under producer=online_pairs_round_{k}). "
+        "Metadata tracks the policy's reward, length and language match on the dev prompts. Empty when an earlier "
+        "round stopped the online rounds."
     )
     model_description = (
         f"Online DPO round {k}: TRL DPOTrainer from {previous} (frozen copy as reference) on "
-        f"online_pairs_round_{k}, with round {k}'s beta (training.online.betas)."
+        f"online_pairs_round_{k}, once per beta candidate of round {k} (training.online.betas). Each candidate is "
+        f"judged head to head against {previous} on the dev prompts by the evaluation's judge (never the Arbiter, "
+        "never eval prompts); the best is kept unless its dev win rate is below training.online.stop_below, which "
+        f"stops the rounds: then this checkpoint is {previous}'s policy (same folder, metrics.online.decision says "
+        "so) and later rounds are skipped."
     )
 
     producer = {"producer": f"online_pairs_round_{k}"}  # the round's completions and scores, kept for lineage
@@ -109,34 +132,126 @@ def online_round_assets(k: int, previous: str):
         wh = env.warehouse()
         pol = only(policy)
         on = cfg.training.online
+        stopped = stopped_at(online_state(pol))
+        if stopped is not None:  # nothing to sample: the rounds stopped, the policy stays as it was
+            note = f"skipped: the online rounds stopped at round {stopped}"
+            wh.quarantine(f"online_pairs_round_{k}", None, schemas.rejected_frame(), context.run_id)
+            yield dg.Output(schemas.empty(schemas.GENERATIONS), output_name=f"online_generations_round_{k}")
+            yield dg.Output(schemas.empty(schemas.SCORES), output_name=f"online_scores_round_{k}")
+            yield dg.Output(schemas.empty(schemas.PREFERENCE_PAIRS), output_name=f"online_pairs_round_{k}",
+                            metadata={"decision": note})
+            return
         result = online_round(
             k, f"online{k}@{pol['checkpoint_id']}", pol["path"], prompts, arbiter_scorer(cfg, arbiter)[0],
             cfg.scoring.fidelity, on.k, on.sampling, wh.dir("staging", f"online_round_{k}"), context.run_id, on.batch_size,
-            cfg.pairs.best_worst.min_margin,
+            cfg.pairs.best_worst.min_margin, on.dev_sampling, wh.dir("staging", "online_dev"),
         )
         wh.quarantine(f"online_pairs_round_{k}", None, result.quarantine, context.run_id)
         yield dg.Output(result.generations, output_name=f"online_generations_round_{k}")
         yield dg.Output(result.scores, output_name=f"online_scores_round_{k}")
         yield dg.Output(with_heldout(result.pairs, result.heldout), output_name=f"online_pairs_round_{k}",
-                        metadata={**heldout_metadata(result.heldout), "pair_stats": dg.MetadataValue.json(result.pair_stats)})
+                        metadata={**heldout_metadata(result.heldout), "pair_stats": dg.MetadataValue.json(result.pair_stats),
+                                  "pairs_by_rule": dg.MetadataValue.json(result.pair_stats["by_rule"])})
 
     @dg.asset(
         name=f"dpo_online_round_{k}", io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training",
         kinds={"pytorch"}, ins={"policy": dg.AssetIn(previous), "pairs": dg.AssetIn(f"online_pairs_round_{k}")},
         description=model_description,
     )
-    def dpo_online(context: dg.AssetExecutionContext, env: FactoryResource, policy: pl.DataFrame, pairs: pl.DataFrame):
-        cfg = env.settings()
-        on = cfg.training.online
-        dpo_cfg = on.dpo.model_copy(update={"beta": on.betas[k - 1]})
-        datasets = {f"online_pairs_round_{k}": env.warehouse().version("preference_pairs", {"producer": f"online_pairs_round_{k}"})}
-        return _dpo(context, env, only(policy), pairs, f"dpo_online_round_{k}", f"dpo_online_{k}", dpo_cfg, datasets)
+    def dpo_online(context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, policy: pl.DataFrame,
+                   pairs: pl.DataFrame, prompts: pl.DataFrame, arbiter: pl.DataFrame):
+        record, meta = online_round_model(context.run_id, env, servers, k, only(policy), pairs, prompts, arbiter)
+        context.add_output_metadata(meta)
+        return checkpoint_frame([record], context.run_id)
 
     return [online_pairs, dpo_online]
 
 
+def online_state(checkpoint: dict) -> dict | None:
+    """An online round's record (metrics["online"]) from its checkpoint row; None for other models."""
+    return json.loads(checkpoint.get("metrics") or "{}").get("online")
+
+
+def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev: dict, pairs: pl.DataFrame,
+                       prompts: pl.DataFrame, arbiter: pl.DataFrame) -> tuple[dict, dict]:
+    """Round k's model: (checkpoint record, Dagster metadata). Trains every beta candidate from `prev`,
+    judges each on dev against `prev`, keeps the best or stops (training.online)."""
+    cfg = env.settings()
+    wh = env.warehouse()
+    on = cfg.training.online
+    name, stage = f"dpo_online_round_{k}", f"dpo_online_{k}"
+    stopped = stopped_at(online_state(prev))
+    if stopped is not None:
+        rec = round_record(k, f"{SKIPPED}: stopped at round {stopped}", [], None, prev, stopped)
+        rec["policy_path"] = wh.relative(str(rec["policy_path"]))
+        return ({"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
+                 "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}},
+                {"decision": rec["decision"], "policy": str(prev["path"])})
+    judge = configured_judge(cfg, wh.home, servers)
+    scorer = arbiter_scorer(cfg, arbiter)[0]
+    fidelity, dev_dir, sampling = cfg.scoring.fidelity, wh.dir("staging", "online_dev"), on.dev_sampling
+    prev_answers, q = dev_answers(prev["path"], prompts, sampling, dev_dir, run_id, on.batch_size)
+    prev_drift, q_drift = dev_drift(prev_answers, prompts, scorer, fidelity, run_id)
+    quarantined = [q, q_drift]
+    datasets = {f"online_pairs_round_{k}": wh.version("preference_pairs", {"producer": f"online_pairs_round_{k}"})}
+    betas = on.candidates(k)
+    records, candidates, drifts = [], [], [prev_drift]
+    for beta in betas:
+        out = wh.dir("models") / (name if len(betas) == 1 else f"{name}_beta{beta:g}")
+        dpo_cfg = on.dpo.model_copy(update={"beta": beta})
+        metrics = train_dpo(prev["path"], pairs, out, dpo_cfg)
+        record = {"stage": stage, "name": name, "path": out, "parents": [prev["checkpoint_id"]], "datasets": datasets,
+                  "config": dpo_cfg.model_dump(), "metrics": metrics}
+        cid = checkpoint_frame([record], run_id)["checkpoint_id"][0]
+        answers, q = dev_answers(out, prompts, sampling, dev_dir, run_id, on.batch_size)
+        judged, q_judge = judge_on_dev(judge, prompts, answers, prev_answers, cid, prev["checkpoint_id"], f"dev_{stage}", run_id)
+        drift, q_drift = dev_drift(answers, prompts, scorer, fidelity, run_id)
+        quarantined += [q, q_judge, q_drift]
+        records.append(record)
+        drifts.append(drift)
+        candidates.append({"beta": beta, "path": wh.relative(str(out)), "checkpoint_id": cid, "dev": dev_figures(judged, cfg.evaluation.winrates),
+                           "drift": drift_summary(drift), "train": train_metadata(metrics)})
+    best = pick_candidate(candidates)
+    decision = dev_decision(candidates[best]["dev"], on.stop_below)
+    kept = None if decision == STOP else best
+    rec = round_record(k, decision, candidates, kept, prev) | {"previous_drift": drift_summary(prev_drift), "judge": judge.name}
+    rec["policy_path"] = wh.relative(str(rec["policy_path"]))
+    wh.quarantine(name, None, pl.concat(quarantined, how="diagonal_relaxed"), run_id)
+    meta = online_metadata(rec, candidates[best], prev_drift, drifts[best + 1])
+    if kept is not None:
+        record = records[kept]
+        record["metrics"] = {**record["metrics"], "online": rec}
+        meta |= train_metadata(record["metrics"])
+        return record, meta
+    return ({"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
+             "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}}, meta)
+
+
+def drift_summary(drift: dict) -> dict:
+    """The overall figures of a drift report (its per-language table stays in the Dagster metadata)."""
+    return {k: v for k, v in drift.items() if k != "per_language"}
+
+
+def online_metadata(rec: dict, best: dict, prev_drift: dict, new_drift: dict) -> dict:
+    """A round's decision, the best candidate's dev head-to-head and the drift of both policies on dev."""
+    dev = best["dev"]
+    drift = pl.DataFrame([{"policy": "previous", **drift_summary(prev_drift)}, {"policy": f"beta {best['beta']:g}", **drift_summary(new_drift)}])
+    cands = pl.DataFrame([{"beta": c["beta"], **{k: c["dev"].get(k) for k in ("n", "wins", "ties", "losses", "win_rate")},
+                           "dev_language_match": c["drift"].get("language_match_rate")} for c in rec["candidates"]])
+    return {
+        "decision": rec["decision"],
+        "kept_beta": rec["kept_beta"] if rec["kept_beta"] is not None else "none (previous policy kept)",
+        "dev_win_rate_vs_previous": dev["win_rate"] if dev["win_rate"] is not None else float("nan"),
+        "dev_n": dev["n"], "dev_wins": dev["wins"], "dev_ties": dev["ties"], "dev_losses": dev["losses"],
+        "dev_candidates": dg.MetadataValue.md(markdown_table(cands)),
+        "dev_drift": dg.MetadataValue.md(markdown_table(drift)),
+        "dev_figures": dg.MetadataValue.json(rec),
+    }
+
+
 def with_heldout(pairs: pl.DataFrame, h: dict) -> pl.DataFrame:
-    """The round's pairs with the policy's held-out reward, length and language match on every row."""
+    """The round's pairs with the sampled policy's dev reward, length and language match on every row
+    (the policy_heldout_* columns: held out = the dev prompts, never eval)."""
     return pairs.with_columns(
         pl.lit(h.get("mean_reward")).alias("policy_heldout_reward"),
         pl.lit(h.get("mean_tokens")).alias("policy_heldout_tokens"),

@@ -73,7 +73,7 @@ def test_duplicates_are_quarantined_naming_the_kept_prompt(tmp_path):
         f"duplicate of prompt {kept['prompt_id']} (kept from p.jsonl:1)",
     ]
     c = batch.counts
-    assert c == {"read": 4, "kept": 2, "quarantined": 2, "duplicates": 2, "unrouted": 0, "train": c["train"], "eval": c["eval"]}
+    assert c == {"read": 4, "kept": 2, "quarantined": 2, "duplicates": 2, "unrouted": 0, "train": c["train"], "dev": c["dev"], "eval": c["eval"]}
     assert c["read"] == batch.prompts.height + batch.quarantine.height
 
 

@@ -88,7 +88,7 @@ def test_chatterbot_ids_stable_and_split_deterministic():
     b = load_prompts(cfg, "ja", "run-b", LANGS).prompts
     assert a.height > 10
     assert a.select("prompt_id", "split").equals(b.select("prompt_id", "split"))
-    assert set(a["split"]) == {"train", "eval"}
+    assert set(a["split"]) == {"train", "dev", "eval"}
     assert (a["references"].list.len() > 0).mean() > 0.9
 
 
@@ -128,5 +128,6 @@ def test_eval_split_has_a_floor_per_language_and_keeps_hash_eval_prompts():
     # a large hash share is kept as it is (the floor only adds)
     big = assign_splits(pids, PromptsConfig(eval_fraction=0.5, eval_min=10))
     assert sum(s == "eval" for s in big.values()) == sum(_split(p, 0.5) == "eval" for p in pids) > 10
-    # without a floor the split is the per-prompt hash alone
-    assert assign_splits(pids, PromptsConfig(eval_fraction=0.02, eval_min=0)) == {p: _split(p, 0.02) for p in pids}
+    # without a floor (and without a dev split) the split is the per-prompt hash alone
+    no_dev = {"dev_fraction": 0.0, "dev_min": 0}
+    assert assign_splits(pids, PromptsConfig(eval_fraction=0.02, eval_min=0, **no_dev)) == {p: _split(p, 0.02) for p in pids}
