@@ -218,7 +218,7 @@ def head_to_head_chart(win_rates: pl.DataFrame, out_png: str | Path) -> Path:
         raise ValueError("no overall (language='all') head-to-head win rates with an `opponent` column")
     rows = _with_n(rows).unique(["stage", "opponent"], keep="last", maintain_order=True).to_dicts()
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(rows)), 4.5))
     for i, r in enumerate(rows):
         rate, low, high = (100 * r[c] for c in ("win_rate", "ci_low", "ci_high"))
         ax.bar(i, rate, color="#55A868", alpha=0.85)

@@ -103,7 +103,7 @@ def win_rates(context: dg.AssetExecutionContext, env: FactoryResource, judgments
     step = step_table(rates)
     (reports / "step_by_step.md").write_text(markdown_table(step) + "\n")
     heads = head_to_head_table(rates)
-    h2h_png = head_to_head_chart(rates.filter(pl.col("opponent") != BASELINE_STAGE), reports / "head_to_head.png")
+    h2h_png = head_to_head_chart(head_to_head_rows(rates), reports / "head_to_head.png")
     (reports / "head_to_head.md").write_text(markdown_table(heads) + "\n")
     # Bradley-Terry over the stages and the baseline (all compared with the same baseline), stage names for ids.
     vs_baseline = valid.filter(pl.col("opponent") == BASELINE_STAGE)
@@ -132,14 +132,18 @@ def step_table(rates: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def head_to_head_table(rates: pl.DataFrame) -> pl.DataFrame:
-    """Overall (macro) win rate of each head-to-head comparison: HEAD_TO_HEAD pairs, then the merged
-    model against the pooled cluster specialists and against each cluster model on its languages."""
+def head_to_head_rows(rates: pl.DataFrame) -> pl.DataFrame:
+    """The overall (macro) rows of every head-to-head comparison, in reading order: HEAD_TO_HEAD pairs,
+    then the merged model against the pooled cluster specialists, then against each cluster model."""
     first = [o for _, o in HEAD_TO_HEAD] + [CLUSTER_SPECIALISTS]
     rank = pl.col("opponent").replace_strict({o: i for i, o in enumerate(first)}, default=len(first))
+    return rates.filter((pl.col("language") == "all") & (pl.col("opponent") != BASELINE_STAGE)).sort(rank, "opponent")
+
+
+def head_to_head_table(rates: pl.DataFrame) -> pl.DataFrame:
+    """Overall (macro) win rate of each head-to-head comparison (head_to_head_rows), for the UI and the demo."""
     return (
-        rates.filter((pl.col("language") == "all") & (pl.col("opponent") != BASELINE_STAGE))
-        .sort(rank, "opponent")
+        head_to_head_rows(rates)
         .select("stage", "opponent", "n", "wins", "ties", "losses",
                 *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
     )
