@@ -204,3 +204,36 @@ def routing_chart(routing_stats: pl.DataFrame, out_png: str | Path) -> Path:
     ax.legend(title="teacher", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8)
     ax.tick_params(axis="x", rotation=45)
     return _save(fig, out_png)
+
+
+def head_to_head_chart(win_rates: pl.DataFrame, out_png: str | Path) -> Path:
+    """Overall win rate of each direct comparison ("stage vs opponent", language "all" rows), with its
+    95% CI and, as a band around 50%, its own minimum detectable difference (mdd).
+
+    Reads WIN_RATES columns stage, opponent, language, win_rate, ci_low, ci_high, mdd and `n` (or
+    wins, ties, losses). One bar per (stage, opponent), in the table's order.
+    """
+    rows = win_rates.filter(pl.col("language") == "all")
+    if rows.is_empty() or "opponent" not in rows.columns:
+        raise ValueError("no overall (language='all') head-to-head win rates with an `opponent` column")
+    rows = _with_n(rows).unique(["stage", "opponent"], keep="last", maintain_order=True).to_dicts()
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(rows)), 4.5))
+    for i, r in enumerate(rows):
+        rate, low, high = (100 * r[c] for c in ("win_rate", "ci_low", "ci_high"))
+        ax.bar(i, rate, color="#55A868", alpha=0.85)
+        ax.errorbar(i, rate, yerr=[[rate - low], [high - rate]], fmt="o", color="black", capsize=5)
+        mdd = 100 * (r.get("mdd") or 0.0)
+        ax.fill_between([i - 0.45, i + 0.45], 50 - mdd, 50 + mdd, color="#C44E52", alpha=0.12, linewidth=0)
+        ax.annotate(f"{rate:.1f}\n[{low:.0f}, {high:.0f}]\nmdd {mdd:.1f}", (i, high), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize=7)
+    ax.axhline(50, color="#C44E52", linestyle="--", linewidth=1, label="50% (parity); shaded: +/- mdd")
+    labels = [f"{r['stage']}\nvs {r['opponent']}\nn={r['n']}" for r in rows]
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylim(0, 118)
+    ax.set_yticks(range(0, 101, 25))
+    ax.set_ylabel("win rate of stage vs opponent (%)")
+    ax.set_title(f"Head to head: each stage against the model it should improve on\n"
+                 f"(macro average over the compared languages; {TIE_RULE}; 95% bootstrap CI)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, out_png)

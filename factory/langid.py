@@ -3,10 +3,22 @@
 Chinese scripts: lingua says CHINESE for both; we split zh-Hans / zh-Hant by
 whether the text uses characters that only exist in one of the two scripts,
 and otherwise accept either label for Chinese text.
+
+Mixed-script text is decided here, not by lingua. lingua's rule-based step (in
+Rust) counts words per script in std HashMaps, whose iteration order is seeded
+at random per map; where two scripts tie (e.g. 私は followed by Hangul), the
+winner changed from one call to the next, even within one process, each time
+with confidence 1.0. PYTHONHASHSEED has no effect on it. So a text whose
+letters come from more than one script is reduced to its dominant script
+(most letters; kana makes Han count as Japanese; ties broken by the fixed order
+of SCRIPT_ORDER) before lingua sees it, and lingua only ever decides
+single-script text, where its result does not depend on iteration order.
 """
 
 from __future__ import annotations
 
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -23,6 +35,51 @@ def _detector(lingua_names: tuple[str, ...]):
 
     members = sorted({getattr(Language, n) for n in lingua_names}, key=lambda m: m.name)
     return LanguageDetectorBuilder.from_languages(*members).build()
+
+
+# Unicode script (first word of a letter's Unicode name) -> the script key used here.
+_SCRIPT_OF_NAME = {
+    "LATIN": "Latn", "CYRILLIC": "Cyrl", "GREEK": "Grek", "HEBREW": "Hebr", "ARABIC": "Arab",
+    "DEVANAGARI": "Deva", "HANGUL": "Hang", "HIRAGANA": "Kana", "KATAKANA": "Kana", "CJK": "Hani",
+}
+# Tie-break order for mixed-script text (fixed, so every process decides the same way).
+SCRIPT_ORDER = ("Latn", "Cyrl", "Arab", "Jpan", "Hani", "Hang", "Grek", "Hebr", "Deva", "Zyyy")
+# A language's script (languages.Language.script) -> the letter scripts that count as written in it.
+_LETTERS_OF = {"Jpan": ("Kana", "Hani"), "Kore": ("Hang",), "Hans": ("Hani",), "Hant": ("Hani",)}
+
+
+@lru_cache(maxsize=65536)
+def _letter_script(ch: str) -> str:
+    """The script key of one letter ("Zyyy" for letters of scripts no Aya language uses)."""
+    name = unicodedata.name(ch, "")
+    word = name.split(" ", 1)[0]
+    if word in ("HALFWIDTH", "FULLWIDTH"):
+        word = name.split(" ", 2)[1] if name.count(" ") >= 1 else word
+    return _SCRIPT_OF_NAME.get(word, "Zyyy")
+
+
+def script_counts(text: str) -> Counter:
+    """Letters per script key in `text`; with any kana, Han letters count as Japanese ("Jpan")."""
+    counts = Counter(_letter_script(ch) for ch in text if ch.isalpha())
+    if counts.get("Kana"):
+        counts["Jpan"] = counts.pop("Kana") + counts.pop("Hani", 0)
+    return counts
+
+
+def _keep_scripts(text: str, scripts: Iterable[str]) -> str:
+    """`text` with every letter of another script replaced by a space (non-letters kept)."""
+    keep = set(scripts)
+    return "".join(ch if not ch.isalpha() or _letter_script(ch) in keep else " " for ch in text)
+
+
+def _single_script(text: str) -> str:
+    """Mixed-script text reduced to its dominant script (deterministic; see the module docstring)."""
+    counts = script_counts(text)
+    if len(counts) <= 1:
+        return text
+    top = max(counts.values())
+    dominant = next(s for s in SCRIPT_ORDER if counts.get(s) == top)
+    return _keep_scripts(text, ("Kana", "Hani") if dominant == "Jpan" else (dominant,))
 
 
 def _names(candidates: Iterable[str] | None) -> tuple[str, ...]:
@@ -57,7 +114,7 @@ def detect_many(texts: Sequence[str], candidates: Iterable[str] | None = None) -
     `candidates` limits the languages considered (all 24 codes by default); fewer
     candidates is faster and more accurate on short texts.
     """
-    texts = [_encodable(t) for t in texts]
+    texts = [_single_script(_encodable(t)) for t in texts]
     names = _names(candidates)
     by_name = {}
     for code, lang in LANGUAGES.items():
@@ -102,8 +159,36 @@ def contradicts(texts: Sequence[str], label: str, candidates: Iterable[str] | No
         if det is None or same_language(label, det):
             out.append(None)
             continue
-        values = detector.compute_language_confidence_values(_encodable(text))
+        values = detector.compute_language_confidence_values(_single_script(_encodable(text)))
         top = values[0].value if values else 0.0
         mine = next((v.value for v in values if v.language == label_lang), 0.0)
         out.append(det if top - mine >= margin else None)
     return out
+
+
+def language_share(texts: Sequence[str], language: str, candidates: Iterable[str] | None = None) -> list[float]:
+    """How much of each text is in `language`, from 0 to 1: the share of its letters written in the
+    language's script, times lingua's confidence for the language on those letters alone (1 for a
+    script no other candidate uses, e.g. Hangul for ko). 0 for text without letters.
+
+    Deterministic across processes (lingua sees single-script text only). It grades answers that
+    are not (wholly) in the language: "안녕 hello there" is partly Korean, "hello there" not at all.
+    """
+    from lingua import Language
+
+    code = LANGUAGES[language]
+    scripts = _LETTERS_OF.get(code.script, (code.script,))
+    names = _names(set(candidates or LANGUAGES) | {language})
+    shared = any(LANGUAGES[c].lingua != code.lingua and set(_LETTERS_OF.get(LANGUAGES[c].script, (LANGUAGES[c].script,))) & set(scripts)
+                 for c in LANGUAGES if LANGUAGES[c].lingua in names)
+    shares, reduced = [], []
+    for text in texts:
+        letters = [ch for ch in _encodable(text) if ch.isalpha()]
+        mine = sum(_letter_script(ch) in scripts for ch in letters)
+        shares.append(mine / len(letters) if letters else 0.0)
+        reduced.append(_keep_scripts(_encodable(text), scripts))
+    if not shared:
+        return shares
+    target = getattr(Language, code.lingua)
+    confidences = _detector(names).compute_language_confidence_in_parallel(reduced, target)
+    return [float(s * c) if s else 0.0 for s, c in zip(shares, confidences, strict=True)]

@@ -49,6 +49,11 @@ def demo_summary(
     if step.exists():
         lines += ["Win rate against the single-teacher SFT baseline after each stage (macro over languages, 95% CI):",
                   step.read_text(), ""]
+    heads = home / "reports" / "head_to_head.md"
+    if heads.exists():
+        lines += ["Head to head: each stage against the model it should improve on (offline DPO vs arbitrage SFT; "
+                  "merged vs the cluster models, each on its own languages; mdd = minimum detectable difference):",
+                  heads.read_text(), ""]
     timings = step_timings(wh, since, side_outputs)
     if timings.height:
         inside = float(timings["seconds"].sum())
@@ -59,7 +64,7 @@ def demo_summary(
     lines += [
         "Where things are:",
         f"  tables      {tables or home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",
-        f"  charts      {home / 'reports'}/step_by_step.png, win_rates_by_language.png, routing.png",
+        f"  charts      {home / 'reports'}/step_by_step.png, head_to_head.png, win_rates_by_language.png, routing.png",
         f"  datasets    {home / 'published'}/preference_pairs, sft_data  (datasets.load_dataset(folder): every row; name=CONFIG: one language or online round)",
         f"  models      {home / 'models'}",
         "Next:",

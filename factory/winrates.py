@@ -1,12 +1,19 @@
 """Win rates with bootstrap confidence intervals, and Bradley-Terry scores, from judgments.
 
 Reads JUDGMENTS rows (prompt_id, language, judge, model, baseline, stage,
-verdict win|tie|loss, score 1/0.5/0). Writes WIN_RATES rows per (stage, model,
-baseline, language) plus language "all", the MACRO average over languages (each
-language weighs the same, whatever its prompt count), with `judge` and `n` as
-extra columns. Ties count as half a win. The CI is a seeded percentile
-bootstrap over prompts, resampled within each language; for "all" the
-per-language resamples are averaged, so the CI reflects the macro average.
+opponent, verdict win|tie|loss, score 1/0.5/0). Writes WIN_RATES rows per (stage,
+opponent, model, baseline, judge, language) plus language "all", the MACRO average
+over languages (each language weighs the same, whatever its prompt count), with
+`opponent`, `judge`, `n` and `mdd` as extra columns. A row reads "`stage` (checkpoint
+`model`) against `opponent` (checkpoint `baseline`)". Ties count as half a win.
+The CI is a seeded percentile bootstrap over prompts, resampled within each
+language; for "all" the per-language resamples are averaged, so the CI reflects
+the macro average.
+
+`pooled` adds one "all" row over several opponents at once (e.g. the merged model
+against each cluster model on that cluster's languages: one macro average over
+every language, each against its own specialist); its `baseline` lists the
+opponents' checkpoint ids, comma-separated.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from pydantic import BaseModel, ConfigDict
 from warehouse.schemas import QUARANTINE, WIN_RATES, conform
 
 SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}
-GROUP = ("stage", "model", "baseline", "judge")
+GROUP = ("stage", "opponent", "model", "baseline", "judge")
+DEFAULT_OPPONENT = "baseline"  # judgments written before `opponent` existed were all against the baseline
 
 
 class WinRateConfig(BaseModel):
@@ -41,6 +49,8 @@ def validate_judgments(judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     df = judgments
     if "judge" not in df.columns:
         df = df.with_columns(judge=pl.lit(""))
+    if "opponent" not in df.columns:
+        df = df.with_columns(opponent=pl.lit(DEFAULT_OPPONENT))
     df = df.with_columns(
         pl.col("verdict").replace_strict(SCORES, default=None, return_dtype=pl.Float64).alias("_expected")
     )
@@ -98,8 +108,11 @@ def _row(key: dict, language: str, verdicts: list[str], rate: float, boots: np.n
     }
 
 
-def win_rates(judgments: pl.DataFrame, config: WinRateConfig | None = None, run_id: str = "") -> pl.DataFrame:
-    """WIN_RATES rows (+ judge, n) per (stage, model, baseline, judge, language) and language "all".
+def win_rates(judgments: pl.DataFrame, config: WinRateConfig | None = None, run_id: str = "",
+              pooled: dict[str, list[str]] | None = None) -> pl.DataFrame:
+    """WIN_RATES rows (+ opponent, judge, n, mdd) per (stage, opponent, model, baseline, judge, language)
+    and language "all"; plus, for each `pooled` name -> opponents, one "all" row per (stage, model,
+    judge) over the judgments against any of those opponents (opponent = the pooled name).
 
     Raises ValueError on invalid judgments: run `validate_judgments` first and quarantine the rest.
     """
@@ -109,11 +122,28 @@ def win_rates(judgments: pl.DataFrame, config: WinRateConfig | None = None, run_
         raise ValueError(
             f"{bad.height} invalid judgments (first: {bad['reason'][0]}); quarantine them with validate_judgments"
         )
+    rows = _rate_rows(good, config)
+    for name, opponents in (pooled or {}).items():
+        mine = good.filter(pl.col("opponent").is_in(list(opponents)))
+        if mine.is_empty():
+            continue
+        ids = mine.group_by("stage", "model", "judge").agg(pl.col("baseline").unique().sort().str.join(",").alias("_ids"))
+        mine = mine.join(ids, on=["stage", "model", "judge"]).with_columns(
+            opponent=pl.lit(name), baseline=pl.col("_ids")).drop("_ids")
+        rows += [r for r in _rate_rows(mine, config) if r["language"] == "all"]
+    schema = {**WIN_RATES, "opponent": pl.String, "judge": pl.String, "n": pl.Int64, "mdd": pl.Float64}
+    out = pl.DataFrame([{**r, "run_id": run_id} for r in rows], schema=schema)
+    return conform(out, schema)
+
+
+def _rate_rows(good: pl.DataFrame, config: WinRateConfig) -> list[dict]:
     alpha = 1 - config.confidence
     rows = []
     for key_values, group in good.sort([*GROUP, "language", "prompt_id"]).group_by(list(GROUP), maintain_order=True):
         key = dict(zip(GROUP, key_values, strict=True))
-        rng = _rng(config.seed, tuple(key_values))
+        # Seeded by the pair compared, not by `opponent` (a name for it), so a group's CI is the one it
+        # had before the column existed.
+        rng = _rng(config.seed, tuple(key[k] for k in GROUP if k != "opponent"))
         per_lang_rates, per_lang_boots, all_verdicts = [], [], []
         for (language,), lang_rows in group.group_by("language", maintain_order=True):
             scores = lang_rows["score"].to_numpy().astype(float)
@@ -126,9 +156,7 @@ def win_rates(judgments: pl.DataFrame, config: WinRateConfig | None = None, run_
             all_verdicts += verdicts
         macro_boots = np.mean(per_lang_boots, axis=0)
         rows.append(_row(key, "all", all_verdicts, float(np.mean(per_lang_rates)), macro_boots, alpha))
-    schema = {**WIN_RATES, "judge": pl.String, "n": pl.Int64, "mdd": pl.Float64}
-    out = pl.DataFrame([{**r, "run_id": run_id} for r in rows], schema=schema)
-    return conform(out, schema)
+    return rows
 
 
 def bradley_terry(

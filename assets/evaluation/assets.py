@@ -1,5 +1,6 @@
-"""Evaluation and publishing: judgments against the single-teacher baseline, win rates with
-confidence intervals, the step-by-step chart, and datasets in the Hugging Face layout."""
+"""Evaluation and publishing: judgments against the single-teacher baseline and head to head,
+win rates with confidence intervals, the step-by-step and head-to-head charts, and datasets in the
+Hugging Face layout."""
 
 import dagster as dg
 import polars as pl
@@ -7,8 +8,16 @@ import polars as pl
 from assets.common import backend_for, image_markdown, only, serving
 from assets.io_manager import SIDE_OUTPUT, metadata_table
 from assets.resources import FactoryResource, ModelServers
-from factory.charts import language_chart, step_chart
-from factory.evaluation import EVALUATED, STAGES, evaluate_models
+from factory.charts import head_to_head_chart, language_chart, step_chart
+from factory.evaluation import (
+    BASELINE_STAGE,
+    CLUSTER_PREFIX,
+    CLUSTER_SPECIALISTS,
+    EVALUATED,
+    HEAD_TO_HEAD,
+    STAGES,
+    evaluate_models,
+)
 from factory.judges import build_judge
 from factory.scoring.sequence_classifier import SequenceClassifierScorer
 from factory.version import code_version
@@ -20,32 +29,44 @@ from warehouse.status import markdown_table
 JUDGMENT_OUTS = {
     "judgments": dg.AssetOut(io_manager_key="warehouse", kinds={"pytorch"}, description=(
         "Every stage's model answers the eval split (never trained on) and is judged against the single-teacher "
-        "SFT baseline. Default judge: chrF against the corpus's reference replies with a language-ID check; never "
-        "the Arbiter, which chose the training data.")),
+        "SFT baseline; offline DPO also against arbitrage SFT, and the merged model against each cluster model on "
+        "that cluster's own languages (column `opponent`). Default judge: chrF against the corpus's reference "
+        "replies with a language-ID check, graded when both answers are off-language; never the Arbiter, which "
+        "chose the training data.")),
     **{f"eval_answers_{name}": dg.AssetOut(io_manager_key="warehouse", metadata={SIDE_OUTPUT: True, "table": "generations"}, kinds={"pytorch"},
                                            description=f"{name}'s answers to the eval split (rows of `generations`).")
        for name in EVALUATED},
+    "eval_answers_cluster_models": dg.AssetOut(
+        io_manager_key="warehouse", metadata={SIDE_OUTPUT: True, "table": "generations"}, kinds={"pytorch"},
+        description="Each cluster model's answers to the eval prompts of its own languages (rows of `generations`)."),
 }
 
 
-@dg.multi_asset(outs=JUDGMENT_OUTS, group_name="evaluation", ins={name: dg.AssetIn(name) for name in EVALUATED})
+@dg.multi_asset(outs=JUDGMENT_OUTS, group_name="evaluation",
+                ins={**{name: dg.AssetIn(name) for name in EVALUATED}, "cluster_models": dg.AssetIn()})
 def judgments(context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, prompts: pl.DataFrame,
-              **models: pl.DataFrame):
+              cluster_models: pl.DataFrame, **models: pl.DataFrame):
     cfg = env.settings()
     wh = env.warehouse()
     ev = cfg.evaluation
     judge = configured_judge(cfg, wh.home, servers)
     checkpoints = {name: only(frame) for name, frame in models.items()}
     answers, df, quarantine = evaluate_models(
-        judge, prompts, checkpoints, ev.sampling, wh.dir("staging", "eval_answers"), context.run_id, ev.batch_size
+        judge, prompts, checkpoints, ev.sampling, wh.dir("staging", "eval_answers"), context.run_id, ev.batch_size,
+        clusters=cluster_models.to_dicts(),
     )
     wh.quarantine("judgments", None, quarantine, context.run_id)
-    for name, ans in answers.items():
-        yield dg.Output(ans, output_name=f"eval_answers_{name}")
+    for name in EVALUATED:
+        yield dg.Output(answers[name], output_name=f"eval_answers_{name}")
+    clusters = [a for n, a in answers.items() if n.startswith(CLUSTER_PREFIX)]
+    yield dg.Output(pl.concat(clusters, how="diagonal_relaxed") if clusters else answers[EVALUATED[0]].clear(),
+                    output_name="eval_answers_cluster_models")
     verdict = pl.col("verdict")
-    tally = df.group_by("stage").agg(wins=(verdict == "win").sum(), ties=(verdict == "tie").sum(), losses=(verdict == "loss").sum())
+    tally = df.group_by("stage", "opponent").agg(
+        wins=(verdict == "win").sum(), ties=(verdict == "tie").sum(), losses=(verdict == "loss").sum())
     yield dg.Output(df, output_name="judgments", metadata={
-        "judge": judge.name, "tally": dg.MetadataValue.md(markdown_table(tally.sort("stage")))
+        "judge": judge.name, "tally": dg.MetadataValue.md(markdown_table(tally.sort("stage", "opponent"))),
+        "tie_share": float((df["verdict"] == "tie").mean()) if df.height else 0.0,
     })
 
 
@@ -68,22 +89,32 @@ def win_rates(context: dg.AssetExecutionContext, env: FactoryResource, judgments
     wh = env.warehouse()
     valid, quarantine = validate_judgments(judgments)
     wh.quarantine("win_rates", None, quarantine, context.run_id)
-    rates = compute(valid, cfg.evaluation.winrates, run_id=context.run_id)
+    clusters = sorted(o for o in valid["opponent"].unique().to_list() if o and o.startswith(CLUSTER_PREFIX)) \
+        if "opponent" in valid.columns else []
+    rates = compute(valid, cfg.evaluation.winrates, run_id=context.run_id,
+                    pooled={CLUSTER_SPECIALISTS: clusters} if clusters else None)
     order = [s for s, _ in STAGES]
     reports = wh.dir("reports")
     label = "single-teacher SFT"
-    named = rates.with_columns(pl.lit(label).alias("baseline"))  # charts name the baseline, not its id
+    # charts name the baseline, not its id
+    named = rates.filter(pl.col("opponent") == BASELINE_STAGE).with_columns(pl.lit(label).alias("baseline"))
     step_png = step_chart(named, order, label, reports / "step_by_step.png")
     lang_png = language_chart(named, order, reports / "win_rates_by_language.png", baseline_name=label)
     step = step_table(rates)
     (reports / "step_by_step.md").write_text(markdown_table(step) + "\n")
-    # Bradley-Terry over every model (all compared with the same baseline), stage names for ids.
-    names = dict(zip(valid["model"], valid["stage"], strict=False)) | {b: "baseline" for b in valid["baseline"].unique()}
-    bt = bradley_terry(valid).with_columns(pl.col("model").replace_strict(names, default=pl.col("model")).alias("model"))
+    heads = head_to_head_table(rates)
+    h2h_png = head_to_head_chart(head_to_head_rows(rates), reports / "head_to_head.png")
+    (reports / "head_to_head.md").write_text(markdown_table(heads) + "\n")
+    # Bradley-Terry over the stages and the baseline (all compared with the same baseline), stage names for ids.
+    vs_baseline = valid.filter(pl.col("opponent") == BASELINE_STAGE)
+    names = dict(zip(vs_baseline["model"], vs_baseline["stage"], strict=False)) | {b: "baseline" for b in vs_baseline["baseline"].unique()}
+    bt = bradley_terry(vs_baseline).with_columns(pl.col("model").replace_strict(names, default=pl.col("model")).alias("model"))
     context.add_output_metadata({
         "step_by_step": dg.MetadataValue.md(markdown_table(step)),
         "win_rates_by_language": metadata_table(language_table(rates)),
         "chart": dg.MetadataValue.md(image_markdown(step_png, "win rate vs single-teacher SFT")),
+        "head_to_head": dg.MetadataValue.md(markdown_table(heads)),
+        "head_to_head_chart": dg.MetadataValue.md(image_markdown(h2h_png, "head-to-head win rates")),
         "per_language_chart": dg.MetadataValue.md(image_markdown(lang_png, "per-language win rates")),
         "bradley_terry": dg.MetadataValue.md(markdown_table(bt.sort("rating", descending=True))),
         "reports": reports.relative_to(wh.home).as_posix(),  # under FACTORY_HOME, which may move
@@ -95,9 +126,26 @@ def step_table(rates: pl.DataFrame) -> pl.DataFrame:
     """The headline: overall (macro) win rate against the baseline after each stage."""
     order = {s: i for i, (s, _) in enumerate(STAGES)}
     return (
-        rates.filter(pl.col("language") == "all")
+        rates.filter((pl.col("language") == "all") & (pl.col("opponent") == BASELINE_STAGE))
         .select("stage", "wins", "ties", "losses", *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
         .sort(pl.col("stage").replace_strict(order, default=99))
+    )
+
+
+def head_to_head_rows(rates: pl.DataFrame) -> pl.DataFrame:
+    """The overall (macro) rows of every head-to-head comparison, in reading order: HEAD_TO_HEAD pairs,
+    then the merged model against the pooled cluster specialists, then against each cluster model."""
+    first = [o for _, o in HEAD_TO_HEAD] + [CLUSTER_SPECIALISTS]
+    rank = pl.col("opponent").replace_strict({o: i for i, o in enumerate(first)}, default=len(first))
+    return rates.filter((pl.col("language") == "all") & (pl.col("opponent") != BASELINE_STAGE)).sort(rank, "opponent")
+
+
+def head_to_head_table(rates: pl.DataFrame) -> pl.DataFrame:
+    """Overall (macro) win rate of each head-to-head comparison (head_to_head_rows), for the UI and the demo."""
+    return (
+        head_to_head_rows(rates)
+        .select("stage", "opponent", "n", "wins", "ties", "losses",
+                *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
     )
 
 
@@ -106,9 +154,9 @@ def language_table(rates: pl.DataFrame) -> pl.DataFrame:
     order = {s: i for i, (s, _) in enumerate(STAGES)}
     return (
         rates.filter(pl.col("language") != "all")
-        .select("language", "stage", "n", "wins", "ties", "losses",
+        .select("language", "stage", "opponent", "n", "wins", "ties", "losses",
                 *(pl.col(c).round(3) for c in ("win_rate", "ci_low", "ci_high", "mdd")))
-        .sort("language", pl.col("stage").replace_strict(order, default=99))
+        .sort("language", pl.col("stage").replace_strict(order, default=99), "opponent")
     )
 
 

@@ -88,11 +88,12 @@ def judgments_frame(
     stage: str,
     run_id: str = "",
     order: str = "ab",
+    opponent: str = "baseline",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Turn verdicts (A = model, B = baseline) into JUDGMENTS rows and quarantine rows.
 
     Reads: prompt_id, language of each prompt. Writes JUDGMENTS columns plus
-    `explanation` and `strength`; unparsed verdicts go to the quarantine frame
+    `opponent` (B's stage name, what `stage` is compared against), `explanation` and `strength`; unparsed verdicts go to the quarantine frame
     (row_key = judgment_id, reason, payload) so rows in = kept + quarantined.
     """
     check_lengths(prompts, model_texts, baseline_texts)
@@ -108,6 +109,7 @@ def judgments_frame(
             "model": model,
             "baseline": baseline,
             "stage": stage,
+            "opponent": opponent,
             "verdict": VERDICT_OF.get(v.outcome),
             "score": v.score,
             "model_text": m_text,
@@ -120,7 +122,7 @@ def judgments_frame(
             kept.append(row)
         else:
             bad.append(rejected(row["judgment_id"], f"judge {judge} gave no verdict: {v.explanation}", row))
-    schema = {**JUDGMENTS, "explanation": pl.String, "strength": pl.Float64}
+    schema = {**JUDGMENTS, "opponent": pl.String, "explanation": pl.String, "strength": pl.Float64}
     judgments = conform(pl.DataFrame(kept, schema=schema), schema)
     quarantine = rejected_frame(bad)
     return judgments, quarantine

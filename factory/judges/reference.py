@@ -7,11 +7,30 @@ Evaluation needs an independent signal; here it is the corpus's own reference
 replies (chrF, character n-grams, robust across scripts) and a language-ID check
 (answering in the wrong language is the failure multilingual training fixes).
 
-Rules per prompt: an answer in the wrong language loses to one in the right
-language; both wrong is a tie; otherwise the higher chrF (max over references)
-wins, and a difference within `tie_epsilon` chrF points is a tie. A prompt
-without references cannot be judged on chrF: unless the language check decides
-it, its verdict is "unparsed" so the caller quarantines it.
+Rules per prompt:
+1. An answer in the prompt's language (lingua's top language) beats one that is not.
+2. Both in the language: the higher chrF (max over references) wins; a difference
+   within `tie_epsilon` chrF points (0-100 scale) is a tie.
+3. Both in another language (graded; `graded: false` makes every such pair a tie,
+   the earlier rule): the judge still has two signals, in this order.
+   a. How much of each answer is in the prompt's language (`langid.language_share`:
+      the share of its letters in the language's script times lingua's confidence
+      for the language on them). A difference above `share_margin` decides.
+   b. chrF against the references, with the wider `wrong_language_tie_epsilon`
+      margin: between two off-language answers chrF moves a few points on shared
+      punctuation and stray letters alone.
+   Otherwise it is a tie.
+A prompt without references cannot be judged on chrF: unless the language
+check decides it, its verdict is "unparsed" so the caller quarantines it.
+
+Calibration of the margins (tests/factory/test_reference_judge_graded.py holds the
+hand-made cases): among pairs of off-language answers that are equally uninformative
+(gibberish, or the same reply in two other languages), chrF differences reach 2.8
+points and share differences 0.04; among pairs where one off-language answer
+carries the reference's content (a name, a date) or is partly in the language,
+chrF differences start at 26.8 and share differences at 0.36. The defaults
+(5 chrF points, 0.25 share) sit in those gaps, nearer the ties, so the noise of
+equally bad answers stays a tie. Nothing was tuned on eval prompts' outcomes.
 """
 
 from __future__ import annotations
@@ -19,13 +38,16 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from factory.judges.base import JudgePrompt, Verdict, check_lengths, outcome_from_difference
-from factory.langid import detect_many, same_language
+from factory.langid import detect_many, language_share, same_language
 
 
 class ReferenceJudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tie_epsilon: float = 1.0  # chrF points (0-100 scale)
+    tie_epsilon: float = 1.0  # chrF points (0-100 scale): both answers in the language, closer than this is a tie
+    graded: bool = True  # both answers off-language: decide on language share, then chrF (False: always a tie)
+    share_margin: float = 0.25  # language-share difference (0-1) that decides between two off-language answers
+    wrong_language_tie_epsilon: float = 5.0  # chrF points: two off-language answers closer than this tie
     char_order: int = 6
     word_order: int = 0  # 0 = chrF, 2 = chrF++
     language_check: bool = True
@@ -69,7 +91,7 @@ class ReferenceJudge:
                 verdicts.append(Verdict("a_wins" if la else "b_wins", f"only {which} answers in {p['language']}", 1.0))
                 continue
             if not la:
-                verdicts.append(Verdict("tie", f"neither answer is in {p['language']}", 0.0))
+                verdicts.append(self._both_off_language(p, a, b))
                 continue
             fa = chrf_max(a, p["references"], c.char_order, c.word_order)
             fb = chrf_max(b, p["references"], c.char_order, c.word_order)
@@ -80,3 +102,23 @@ class ReferenceJudge:
             outcome = outcome_from_difference(diff, c.tie_epsilon)
             verdicts.append(Verdict(outcome, f"chrF A={fa:.1f} B={fb:.1f}", abs(diff)))
         return verdicts
+
+    def _both_off_language(self, p: JudgePrompt, a: str, b: str) -> Verdict:
+        """Rule 3: neither answer is in the prompt's language (see the module docstring)."""
+        c = self.config
+        lang = p["language"]
+        if not c.graded:
+            return Verdict("tie", f"neither answer is in {lang}", 0.0)
+        sa, sb = language_share([a, b], lang, c.candidates)
+        if abs(sa - sb) > c.share_margin:
+            which = "A" if sa > sb else "B"
+            return Verdict("a_wins" if sa > sb else "b_wins",
+                           f"neither answer is in {lang}; {which} is more so (share A={sa:.2f} B={sb:.2f})", abs(sa - sb))
+        fa = chrf_max(a, p["references"], c.char_order, c.word_order)
+        fb = chrf_max(b, p["references"], c.char_order, c.word_order)
+        if fa is None or fb is None:
+            return Verdict("tie", f"neither answer is in {lang} (share A={sa:.2f} B={sb:.2f}); no references", 0.0)
+        diff = fa - fb
+        outcome = outcome_from_difference(diff, c.wrong_language_tie_epsilon)
+        return Verdict(outcome, f"neither answer is in {lang} (share A={sa:.2f} B={sb:.2f}); chrF A={fa:.1f} B={fb:.1f}",
+                       abs(diff))

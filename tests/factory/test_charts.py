@@ -131,3 +131,24 @@ def test_routing_chart_from_counts_and_from_selections(tmp_path):
     assert_real_png(routing_chart(stats, tmp_path / "routing.png"))
     selections = pl.DataFrame({"language": ["en", "en", "fr"], "teacher": ["west", "east", "west"]})
     assert_real_png(routing_chart(selections, tmp_path / "routing_sel.png"))
+
+
+def test_head_to_head_chart_shows_each_pair_with_ci_and_mdd(tmp_path, figures):
+    from factory.charts import head_to_head_chart
+
+    table = pl.DataFrame([
+        {"stage": "dpo_offline", "opponent": "sft_arbitrage", "language": "all", "win_rate": 0.52, "ci_low": 0.47,
+         "ci_high": 0.57, "mdd": 0.05, "n": 190},
+        {"stage": "merged", "opponent": "cluster_specialists", "language": "all", "win_rate": 0.45, "ci_low": 0.39,
+         "ci_high": 0.51, "mdd": 0.06, "n": 140},
+        {"stage": "merged", "opponent": "cluster_specialists", "language": "ja", "win_rate": 0.4, "ci_low": 0.2,
+         "ci_high": 0.6, "mdd": 0.2, "n": 10},
+    ])
+    assert_real_png(head_to_head_chart(table, tmp_path / "h2h.png"))
+    (ax,) = figures[0].axes
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["dpo_offline\nvs sft_arbitrage\nn=190", "merged\nvs cluster_specialists\nn=140"]
+    assert error_bars(ax) == ci_spans(table.filter(pl.col("language") == "all"))
+    assert any("mdd 6.0" in t.get_text() for t in ax.texts)
+    with pytest.raises(ValueError, match="head-to-head"):
+        head_to_head_chart(table.filter(pl.col("language") == "xx"), tmp_path / "none.png")

@@ -39,3 +39,14 @@ def test_machine_facts_name_the_cpu_and_cores():
     assert facts["cpu"] and facts["cores"].split()[0].isdigit()
     assert all(isinstance(v, str) for v in facts.values())
     assert "cores" in describe_machine()
+
+
+def test_demo_summary_prints_the_step_and_head_to_head_tables(tmp_path):
+    from factory.summary import demo_summary
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "step_by_step.md").write_text("| stage | win_rate |\n|---|---|\n| sft_arbitrage | 0.54 |\n")
+    (reports / "head_to_head.md").write_text("| stage | opponent | win_rate |\n|---|---|---|\n| dpo_offline | sft_arbitrage | 0.52 |\n")
+    text = demo_summary(tmp_path)
+    assert text.index("| sft_arbitrage | 0.54 |") < text.index("Head to head") < text.index("| dpo_offline | sft_arbitrage |")

@@ -129,3 +129,31 @@ def test_minimum_detectable_difference_is_the_interval_half_width_and_shrinks_wi
         assert r["mdd"] == pytest.approx((r["ci_high"] - r["ci_low"]) / 2, abs=1e-9)
     assert 0 < large["mdd"] < small["mdd"] / 2  # 16x the judgments: about a quarter of the width
     assert row(win_rates(judgments({"de": ["win"] * 20})), "all")["mdd"] == 0.0  # no spread, nothing to detect
+
+
+def test_opponent_names_the_comparison_and_pooled_rows_span_opponents():
+    base = judgments({"en": ["win", "tie"], "fr": ["loss"]}, stage="merged", model="ck_merged", baseline="ck_b")
+    base = base.with_columns(opponent=pl.lit("sft_single_teacher"))
+    east = judgments({"ja": ["win", "win"], "ko": ["tie"]}, stage="merged", model="ck_merged", baseline="ck_east")
+    west = judgments({"de": ["loss", "tie"]}, stage="merged", model="ck_merged", baseline="ck_west")
+    east, west = east.with_columns(opponent=pl.lit("cluster_east")), west.with_columns(opponent=pl.lit("cluster_west"))
+    out = win_rates(pl.concat([base, east, west]), WinRateConfig(n_boot=100),
+                    pooled={"cluster_specialists": ["cluster_east", "cluster_west"]})
+    overall = {r["opponent"]: r for r in out.filter(pl.col("language") == "all").to_dicts()}
+    assert set(overall) == {"sft_single_teacher", "cluster_east", "cluster_west", "cluster_specialists"}
+    assert overall["cluster_east"]["baseline"] == "ck_east"
+    pooled = overall["cluster_specialists"]
+    assert pooled["baseline"] == "ck_east,ck_west" and pooled["n"] == 5
+    assert pooled["win_rate"] == pytest.approx((1.0 + 0.5 + 0.25) / 3)  # macro over ja, ko, de
+    assert pooled["ci_low"] <= pooled["win_rate"] <= pooled["ci_high"]
+    # The pooled name adds no per-language rows (those are under each cluster).
+    assert out.filter((pl.col("opponent") == "cluster_specialists") & (pl.col("language") != "all")).is_empty()
+
+
+def test_opponent_column_does_not_move_existing_rows():
+    plain = judgments({"en": ["win", "tie", "loss", "win"], "fr": ["tie", "win"]})
+    named = plain.with_columns(opponent=pl.lit("sft_single_teacher"))
+    a = win_rates(plain, WinRateConfig(n_boot=200)).drop("opponent")
+    b = win_rates(named, WinRateConfig(n_boot=200)).drop("opponent")
+    assert a.equals(b)  # same rates and the same bootstrap CIs
+    assert set(win_rates(plain, WinRateConfig(n_boot=10))["opponent"]) == {"baseline"}

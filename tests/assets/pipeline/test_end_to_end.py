@@ -84,6 +84,9 @@ def test_checkpoints_and_win_rates(pipeline_home):
     overall = rates.filter(pl.col("language") == "all")
     assert ((overall["ci_low"] <= overall["win_rate"]) & (overall["win_rate"] <= overall["ci_high"])).all()
     assert (pipeline_home / "reports" / "step_by_step.png").stat().st_size > 5000
+    # Head to head beside the baseline rows: offline DPO directly against arbitrage SFT.
+    assert {"sft_single_teacher", "sft_arbitrage"} <= set(overall["opponent"])
+    assert (pipeline_home / "reports" / "head_to_head.png").stat().st_size > 5000
 
 
 def test_lineage_and_publishing(pipeline_home):
