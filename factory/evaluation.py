@@ -100,11 +100,12 @@ def evaluate_models(judge, prompts: pl.DataFrame, models: dict[str, dict], sampl
 
 def judge_against_baseline(judge, prompts: pl.DataFrame, answers: pl.DataFrame, baseline_answers: pl.DataFrame,
                            model_id: str, baseline_id: str, stage: str, run_id: str,
-                           opponent: str = BASELINE_STAGE) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Judge model (A) vs baseline (B, the `opponent` stage) on every eval prompt both answered."""
+                           opponent: str = BASELINE_STAGE, split: str = "eval") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Judge model (A) vs baseline (B, the `opponent` stage) on every prompt of `split` both answered
+    (eval; the online rounds' decisions judge the dev split)."""
 
     both = (
-        prompts.filter(pl.col("split") == "eval")
+        prompts.filter(pl.col("split") == split)
         .join(answers.select("prompt_id", pl.col("text").alias("a")), on="prompt_id")
         .join(baseline_answers.select("prompt_id", pl.col("text").alias("b")), on="prompt_id")
         .sort("language", "prompt_id")

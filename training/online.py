@@ -130,10 +130,8 @@ def online_round(
 def judge_on_dev(judge, prompts: pl.DataFrame, new: pl.DataFrame, previous: pl.DataFrame, new_id: str,
                  previous_id: str, stage: str, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The new policy's dev answers (A) against the previous policy's (B), by the evaluation's judge
-    (`factory.evaluation.judge_against_baseline`, which judges the prompts marked eval: here the dev
-    prompts are handed to it under that mark; the eval prompts never are). (judgments, quarantine)."""
-    dev = dev_prompts(prompts).with_columns(pl.lit("eval").alias("split"))
-    return judge_against_baseline(judge, dev, new, previous, new_id, previous_id, stage, run_id)
+    (`factory.evaluation.judge_against_baseline` on the dev split; never the eval prompts). (judgments, quarantine)."""
+    return judge_against_baseline(judge, prompts, new, previous, new_id, previous_id, stage, run_id, split="dev")
 
 
 def dev_figures(judgments: pl.DataFrame, config: WinRateConfig | None = None) -> dict:
