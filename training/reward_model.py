@@ -13,12 +13,14 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from factory.ids import content_hash, normalize_text
+from factory.scoring.relevance import PMIScorer, Relevance, fit_weights
 from factory.scoring.sequence_classifier import SequenceClassifierScorer
 from factory.settings import Strict
 from factory.sources.chatterbot import Dialog
@@ -153,20 +155,35 @@ def _load_seqcls(base_dir: Path, seed: int):
     return model, tokenizer
 
 
-def heldout_accuracy(model_dir: Path, pairs: pl.DataFrame, max_length: int, batch_size: int = 64) -> dict[str, Any]:
-    """Share of pairs whose chosen reply outscores the rejected one, overall and per kind."""
-    if pairs.height == 0:
-        return {"accuracy": None, "accuracy_by_kind": {}}
-    scorer = SequenceClassifierScorer(model_dir, batch_size=batch_size, max_length=max_length)
-    prompts = pairs["prompt"].to_list()
-    chosen = scorer.score(prompts, [m[0]["content"] for m in pairs["chosen"].to_list()])
-    rejected = scorer.score(prompts, [m[0]["content"] for m in pairs["rejected"].to_list()])
+def _accuracy(pairs: pl.DataFrame, chosen: list[float], rejected: list[float]) -> dict[str, Any]:
     wins = pairs.select("kind").with_columns(win=pl.Series([c > r for c, r in zip(chosen, rejected, strict=True)]))
     by_kind = wins.group_by("kind").agg(pl.col("win").mean(), n=pl.len()).sort("kind")
     return {
         "accuracy": float(wins["win"].mean()),
         "accuracy_by_kind": {k: float(v) for k, v, _ in by_kind.iter_rows()},
         "n_by_kind": {k: int(n) for k, _, n in by_kind.iter_rows()},
+    }
+
+
+def heldout_accuracy(model_dir: Path, pairs: pl.DataFrame, max_length: int, batch_size: int = 64) -> dict[str, Any]:
+    """Share of pairs whose chosen reply outscores the rejected one, overall and per kind, under the
+    reward the scorer gives (with the folder's relevance combination when it has one). With a
+    combination, `components` holds the same figures for each feature alone (classifier, pmi)."""
+    if pairs.height == 0:
+        return {"accuracy": None, "accuracy_by_kind": {}}
+    scorer = SequenceClassifierScorer(model_dir, batch_size=batch_size, max_length=max_length)
+    prompts = pairs["prompt"].to_list()
+    chosen, _ = scorer.features(prompts, [m[0]["content"] for m in pairs["chosen"].to_list()])
+    rejected, _ = scorer.features(prompts, [m[0]["content"] for m in pairs["rejected"].to_list()])
+    if scorer.relevance is None:
+        return _accuracy(pairs, chosen["classifier"], rejected["classifier"])
+    combine = scorer.relevance.combine
+    return {
+        **_accuracy(pairs, combine(chosen["classifier"], chosen["pmi"]), combine(rejected["classifier"], rejected["pmi"])),
+        "components": {
+            name: {k: v for k, v in _accuracy(pairs, chosen[name], rejected[name]).items() if k != "n_by_kind"}
+            for name in chosen
+        },
     }
 
 
@@ -182,22 +199,49 @@ def kinds_at_chance(metrics: dict, z: float = 1.96) -> dict[str, str]:
     return out
 
 
+def pair_pmi(scorer: PMIScorer, pairs: pl.DataFrame) -> tuple[list[float], list[float]]:
+    """PMI of each pair's chosen and of its rejected reply with the pair's prompt."""
+    prompts = pairs["prompt"].to_list()
+    return (
+        scorer.pmi(prompts, [m[0]["content"] for m in pairs["chosen"].to_list()]),
+        scorer.pmi(prompts, [m[0]["content"] for m in pairs["rejected"].to_list()]),
+    )
+
+
+def fit_pmi_weight(chosen: list[float], rejected: list[float]) -> float:
+    """The Bradley-Terry weight PMI alone earns on these pairs (no intercept)."""
+    return float(fit_weights(np.subtract(chosen, rejected)[:, None])[0])
+
+
 def train_reward_model(
-    base_dir: Path, pairs: pl.DataFrame, out_dir: Path, cfg: RewardModelConfig | None = None
+    base_dir: Path, pairs: pl.DataFrame, out_dir: Path, cfg: RewardModelConfig | None = None,
+    relevance: Literal["pmi", "none"] = "none", relevance_max_length: int = 256,
 ) -> dict[str, Any]:
     """Train the Arbiter on the train split of `pairs`, save it atomically to `out_dir`, and return metrics.
 
+    With `relevance="pmi"` the reward is `classifier + w * PMI(reply; prompt)`, PMI from the base
+    causal LM (factory.scoring.relevance): w is the Bradley-Terry weight PMI alone earns on the
+    train pairs, and the classifier is trained on what PMI leaves (TRL's `margin` column carries
+    -w * (PMI chosen - PMI rejected), so the trainer's loss is the combined reward's loss). The LM
+    and the weights are saved in the folder (relevance_lm/, relevance.json), so every scorer of the
+    folder computes the same reward.
+
     Metrics: n_train (pairs trained on, after the max_steps*batch_size cap and the trainer's max_length
     filter), n_train_split, n_heldout, accuracy and
-    accuracy_by_kind on the heldout split, train_loss, seconds (training), eval_seconds.
-    A finished model of the same base, config and pairs is reused (training.run_dir.StageRun).
+    accuracy_by_kind on the heldout split (of the combined reward; `components` per feature), train_loss,
+    seconds (training), eval_seconds, and with PMI `relevance` (weights, pmi_seconds).
+    A finished model of the same base, config, relevance and pairs is reused (training.run_dir.StageRun).
     """
     import torch
-    from trl import RewardConfig, RewardTrainer
 
     cfg = cfg or RewardModelConfig()
     base_dir, out_dir = Path(base_dir), Path(out_dir)
-    run = StageRun(out_dir, fingerprint("reward_model", cfg, [base_dir], pairs.select("prompt", "chosen", "rejected").to_dicts()))
+    if relevance not in ("pmi", "none"):
+        raise ValueError(f"relevance must be 'pmi' or 'none', got {relevance!r}")
+    if relevance == "pmi" and not (base_dir / "config.json").exists():
+        raise ValueError(f"relevance 'pmi' needs a causal LM to compute PMI with, and {base_dir} has no config.json")
+    stage = "reward_model" if relevance == "none" else f"reward_model:{relevance}:{relevance_max_length}"
+    run = StageRun(out_dir, fingerprint(stage, cfg, [base_dir], pairs.select("prompt", "chosen", "rejected").to_dicts()))
     if (done := run.finished()) is not None:
         return done
     train = pairs.filter(pl.col("split") == "train")
@@ -212,6 +256,34 @@ def train_reward_model(
         heldout = heldout.sample(cfg.max_heldout_pairs, seed=cfg.seed)
 
     run.prepare()
+    threads = torch.get_num_threads()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _train(base_dir, train, heldout, run, cfg, relevance, relevance_max_length, n_train_split)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(base_dir: Path, train: pl.DataFrame, heldout: pl.DataFrame, run: StageRun, cfg: RewardModelConfig,
+           relevance: str, relevance_max_length: int, n_train_split: int) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    columns = ["prompt", "chosen", "rejected"]
+    combination = None
+    if relevance == "pmi":
+        start = time.perf_counter()
+        chosen, rejected = pair_pmi(PMIScorer(base_dir, batch_size=64, max_length=relevance_max_length), train)
+        weight = fit_pmi_weight(chosen, rejected)
+        train = train.with_columns(margin=pl.Series([-weight * (c - r) for c, r in zip(chosen, rejected, strict=True)]))
+        columns.append("margin")
+        combination = Relevance(
+            weights={"classifier": 1.0, "pmi": weight}, max_length=relevance_max_length,
+            fitted_on={"pairs": train.height, "pmi_accuracy": sum(c > r for c, r in zip(chosen, rejected, strict=True)) / train.height},
+        )  # fmt: skip
+        pmi_seconds = time.perf_counter() - start
     model, tokenizer = _load_seqcls(base_dir, cfg.seed)
     args = RewardConfig(
         output_dir=str(run.work_dir),
@@ -233,20 +305,12 @@ def train_reward_model(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    from datasets import Dataset
-
-    dataset = Dataset.from_list(train.select("prompt", "chosen", "rejected").to_dicts())
+    dataset = Dataset.from_list(train.select(columns).to_dicts())
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     quiet_progress(trainer)
-    threads = torch.get_num_threads()
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    try:
-        start = time.perf_counter()
-        result = trainer.train()
-        seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
     metrics = {
         "n_train": len(trainer.train_dataset),
         "n_train_split": n_train_split,  # before the steps cap and the max_length filter
@@ -257,8 +321,12 @@ def train_reward_model(
         "config_hash": run.fingerprint,
         "reused": False,
     }
+    if combination is not None:
+        metrics["relevance"] = {**combination.model_dump(exclude={"lm"}), "pmi_seconds": round(pmi_seconds, 2)}
 
     def measure(folder: Path) -> dict:  # on the written weights, before the folder is committed
+        if combination is not None:
+            combination.save(folder, lm_dir=base_dir)
         start = time.perf_counter()
         return {**heldout_accuracy(folder, heldout, cfg.max_length), "eval_seconds": round(time.perf_counter() - start, 2)}
 
@@ -284,6 +352,11 @@ class ArbiterConfig(Strict):
     # embedded:base, or any causal-LM reference (a folder, gguf:PATH, pkg:DIST/PATH).
     base_model: str = "embedded:base"
     train: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    # pmi: the reward adds the base LM's prompt-reply PMI, weighted as fitted on the train pairs
+    # (training.reward_model.train_reward_model). On the default demo's pairs it lifts held-out
+    # accuracy on replies to another prompt and in another language, at some cost on degenerate
+    # ones (docs/RESULTS.md, benchmarks/bench_arbiter.py). none: the classifier alone.
+    relevance: Literal["pmi", "none"] = "pmi"
     # The `arbiter_beats_chance` check fails when the Arbiter is at chance on a pair kind: a warning
     # by default; with stop_at_chance an error that stops everything downstream (it is blocking).
     stop_at_chance: bool = False

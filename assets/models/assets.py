@@ -78,8 +78,9 @@ def arbiter(
 ):
     """The Arbiter: the reward model that scores every teacher's completion. The embedded one is
     trained with TRL's RewardTrainer on corpus pairs (in-language reference reply preferred over a
-    reply in another language, a reply to another prompt, or a degenerate one); its accuracy on
-    held-out pairs is reported here."""
+    reply in another language, a reply to another prompt, or a degenerate one); with
+    `arbiter.relevance: pmi` its reward adds the base LM's prompt-reply PMI, weighted as fitted on
+    the train pairs. Its accuracy on held-out pairs (per kind, and per feature alone) is reported here."""
     cfg = env.settings()
     wh = env.warehouse()
     arb = cfg.arbiter
@@ -94,14 +95,17 @@ def arbiter(
         return
     base_path, parents = model_folder(arb.base_model, wh.home, embedded_pool)
     out = wh.dir("models") / "arbiter"
-    metrics = train_reward_model(base_path, pairs, out, arb.train)
+    metrics = train_reward_model(base_path, pairs, out, arb.train, relevance=arb.relevance, relevance_max_length=arb.max_length)
     frame = checkpoint_frame([{
         "stage": "reward_model", "name": "arbiter", "path": out, "parents": parents, "datasets": datasets,
-        "config": arb.train.model_dump(), "metrics": metrics,
+        "config": {**arb.train.model_dump(), "relevance": arb.relevance}, "metrics": metrics,
     }], context.run_id)
     yield dg.Output(frame, metadata={
         "heldout_accuracy": float(metrics.get("accuracy", float("nan"))),
         "accuracy_by_kind": dg.MetadataValue.json(metrics.get("accuracy_by_kind", {})),
+        # each feature alone (classifier, pmi) on the same held-out pairs, and the fitted weights
+        "components": dg.MetadataValue.json(metrics.get("components", {})),
+        "relevance": dg.MetadataValue.json((metrics.get("relevance") or {}).get("weights", {})),
         "n_train_pairs": int(metrics.get("n_train", 0)),
     })
     yield chance_check(metrics, arb.stop_at_chance)

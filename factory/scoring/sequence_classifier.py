@@ -4,6 +4,11 @@
 without truncation (so truncation can be recorded), cut to `max_length`
 (right side) and scored in batches. Batches are built from length-sorted inputs
 so each batch pads little; rewards come back in the caller's order.
+
+A model folder holding a `relevance.json` (the embedded Arbiter with `relevance: pmi`) scores
+with its saved combination: the classifier's score plus a weighted prompt-reply PMI from the
+causal LM saved beside it (factory.scoring.relevance), the same reward its held-out accuracy was
+measured on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from factory.generation.base import Message
 from factory.ids import weights_digest
+from factory.scoring.relevance import PMIScorer, Relevance
 
 
 class SequenceClassifierConfig(BaseModel):
@@ -57,6 +63,11 @@ class SequenceClassifierScorer:
         num_labels = AutoConfig.from_pretrained(self.model_path).num_labels
         if num_labels != 1:
             raise ValueError(f"{self.model_path} has num_labels={num_labels}; a reward model needs 1")
+        self.relevance = Relevance.load(self.model_path)
+        self.pmi_scorer = (
+            None if self.relevance is None else
+            PMIScorer(self.model_path / self.relevance.lm, batch_size, self.relevance.max_length, device)
+        )  # fmt: skip
 
     def config(self) -> SequenceClassifierConfig:
         """What rebuilds this scorer elsewhere (a Ray worker)."""
@@ -94,11 +105,14 @@ class SequenceClassifierScorer:
     @cached_property
     def identity(self) -> dict:
         """What decides the rewards (the score cache's key): the checkpoint's content hash and max_length."""
-        return {
+        identity = {
             "kind": "sequence_classifier",
             "weights": weights_digest(self.model_path),
             "max_length": self.max_length,
         }
+        if self.relevance is not None:
+            identity["relevance"] = {**self.relevance.model_dump(exclude={"fitted_on"}), "lm": self.pmi_scorer.identity}
+        return identity
 
     def encode(self, prompts: list[list[Message]], completions: list[str]) -> list[list[int]]:
         """Token ids of each chat-formatted (prompt, completion), untruncated."""
@@ -109,7 +123,23 @@ class SequenceClassifierScorer:
         return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def score_with_info(self, prompts: list[list[Message]], completions: list[str]) -> tuple[list[float], list[bool]]:
-        """(rewards, truncated): one reward per pair, and whether its input was cut to max_length."""
+        """(rewards, truncated): one reward per pair (with the folder's relevance combination when it
+        has one), and whether its classifier input was cut to max_length."""
+        features, truncated = self.features(prompts, completions)
+        if self.relevance is None:
+            return features["classifier"], truncated
+        return self.relevance.combine(features["classifier"], features["pmi"]), truncated
+
+    def features(self, prompts: list[list[Message]], completions: list[str]) -> tuple[dict[str, list[float]], list[bool]]:
+        """({"classifier": scores, and "pmi" where the folder has a relevance combination}, truncated)."""
+        rewards, truncated = self.classifier_scores(prompts, completions)
+        features = {"classifier": rewards}
+        if self.pmi_scorer is not None:
+            features["pmi"] = self.pmi_scorer.pmi(prompts, completions)
+        return features, truncated
+
+    def classifier_scores(self, prompts: list[list[Message]], completions: list[str]) -> tuple[list[float], list[bool]]:
+        """(the classifier head's scores, truncated), without any relevance combination."""
         import torch
 
         if len(prompts) != len(completions):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -124,3 +125,37 @@ def test_kinds_at_chance_flags_a_coin_flip_not_a_learned_kind():
     assert set(flagged) == {"other_prompt", "degenerate"}  # 0.62 on 10 pairs is not distinguishable from 0.5
     assert "131 held-out pairs" in flagged["other_prompt"]
     assert kinds_at_chance({"accuracy_by_kind": {"x": 0.9}, "n_by_kind": {"x": 200}}) == {}
+
+
+def test_pmi_relevance_is_fitted_on_train_pairs_saved_with_the_arbiter_and_used_when_scoring(base_dir, tmp_path):
+    import json
+
+    from factory.scoring.relevance import Relevance
+    from factory.scoring.sequence_classifier import SequenceClassifierScorer
+    from training.reward_model import heldout_accuracy
+
+    pairs = make_reward_pairs(dialogs(), heldout_fraction=0.3)
+    cfg = RewardModelConfig(max_steps=10, batch_size=8, lr=3e-3, max_length=64)
+    out = tmp_path / "arbiter"
+    metrics = train_reward_model(base_dir, pairs, out, cfg, relevance="pmi", relevance_max_length=64)
+
+    saved = Relevance.load(out)
+    assert saved is not None and saved.weights == metrics["relevance"]["weights"]
+    assert saved.weights["classifier"] == 1.0 and np.isfinite(saved.weights["pmi"])
+    assert saved.fitted_on["pairs"] == pairs.filter(pl.col("split") == "train").height  # train pairs only
+    assert (out / "relevance_lm" / "config.json").exists()
+    assert "relevance.json" in json.loads((out / "outputs.json").read_text())  # covered by the reuse check
+    # the reward the scores asset computes is the one measured on the held-out pairs
+    heldout = pairs.filter(pl.col("split") == "heldout")
+    again = heldout_accuracy(out, heldout, 64)
+    assert again["accuracy_by_kind"] == metrics["accuracy_by_kind"]
+    assert set(metrics["components"]) == {"classifier", "pmi"}
+    scorer = SequenceClassifierScorer(out, max_length=64)
+    prompts, replies = heldout["prompt"].to_list(), [m[0]["content"] for m in heldout["chosen"].to_list()]
+    features, _ = scorer.features(prompts, replies)
+    expected = [c + saved.weights["pmi"] * p for c, p in zip(features["classifier"], features["pmi"], strict=True)]
+    assert scorer.score(prompts, replies) == pytest.approx(expected, abs=1e-5)
+
+    assert train_reward_model(base_dir, pairs, out, cfg, relevance="pmi", relevance_max_length=64)["reused"]
+    with pytest.raises(ValueError, match="no config.json"):
+        train_reward_model(tmp_path / "nowhere", pairs, tmp_path / "other", cfg, relevance="pmi")
