@@ -355,8 +355,10 @@ class ArbiterConfig(Strict):
     # pmi: the reward adds the base LM's prompt-reply PMI, weighted as fitted on the train pairs
     # (training.reward_model.train_reward_model). On the default demo's pairs it lifts held-out
     # accuracy on replies to another prompt and in another language, at some cost on degenerate
-    # ones (docs/RESULTS.md, benchmarks/bench_arbiter.py). none: the classifier alone.
-    relevance: Literal["pmi", "none"] = "pmi"
+    # ones (docs/RESULTS.md, benchmarks/bench_arbiter.py), but not on unseen (dev) prompts, and a
+    # full demo with it judged offline DPO and the online rounds worse, so the default is none:
+    # the classifier alone.
+    relevance: Literal["pmi", "none"] = "none"
     # The `arbiter_beats_chance` check fails when the Arbiter is at chance on a pair kind: a warning
     # by default; with stop_at_chance an error that stops everything downstream (it is blocking).
     stop_at_chance: bool = False
