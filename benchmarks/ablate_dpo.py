@@ -78,6 +78,11 @@ VARIANTS: dict[str, tuple[dict, str, tuple[str, ...]]] = {
     "beta2.0": ({"beta": 2.0}, "arbiter", BOTH),
     "bw_only+beta1.0": ({"beta": 1.0}, "arbiter", ("best_worst",)),
     "oracle_bw+beta1.0": ({"beta": 1.0}, "oracle", ("best_worst",)),
+    # the spread of one recipe: the same variant with other training seeds (data order, init of nothing else)
+    "beta0.1+seed1": ({"seed": 1}, "arbiter", BOTH),
+    "beta0.1+seed2": ({"seed": 2}, "arbiter", BOTH),
+    "beta1.0+seed1": ({"beta": 1.0, "seed": 1}, "arbiter", BOTH),
+    "beta1.0+seed2": ({"beta": 1.0, "seed": 2}, "arbiter", BOTH),
 }
 
 
