@@ -33,8 +33,21 @@ class DPOStageConfig(TrainLoopConfig):
     beta: float = 0.1
     loss_type: str = Field("sigmoid", description="a TRL DPO loss: sigmoid, ipo, hinge, robust, apo_zero, ...")
     label_smoothing: float = 0.0
+    rpo_alpha: float | None = Field(
+        None, gt=0,
+        description="RPO: add this weight times the NLL of the chosen answer to the DPO loss (TRL's 'sft' loss "
+        "term); None trains on the preference loss alone",
+    )
     lr: float = 5e-5
     epochs: float = 1.0
+
+
+def dpo_loss_args(cfg: DPOStageConfig) -> dict[str, Any]:
+    """The DPOConfig loss fields of `cfg`. TRL 1.x has no `rpo_alpha`: RPO is the loss list
+    [loss_type, "sft"] weighted [1, rpo_alpha] (TRL's "sft" term is the mean token NLL of chosen)."""
+    if cfg.rpo_alpha is None:
+        return {"loss_type": [cfg.loss_type], "label_smoothing": cfg.label_smoothing}
+    return {"loss_type": [cfg.loss_type, "sft"], "loss_weights": [1.0, cfg.rpo_alpha], "label_smoothing": cfg.label_smoothing}
 
 
 def split_preference_rows(rows: pl.DataFrame | list[dict]) -> tuple[list[dict], pl.DataFrame]:
@@ -81,9 +94,7 @@ def _dpo_trainer(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    args, device = stage_args(
-        DPOConfig, cfg, work_dir, progress, beta=cfg.beta, loss_type=[cfg.loss_type], label_smoothing=cfg.label_smoothing
-    )
+    args, device = stage_args(DPOConfig, cfg, work_dir, progress, beta=cfg.beta, **dpo_loss_args(cfg))
     tokenizer = AutoTokenizer.from_pretrained(str(policy_dir))
     # Both models load from their folders, so a resumed run keeps the original
     # reference even though the policy weights come from the checkpoint.

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from training.dpo import DPOStageConfig, split_preference_rows, train_dpo
+from training.dpo import DPOStageConfig, dpo_loss_args, split_preference_rows, train_dpo
+from training.run_dir import stage_args
 
 TEXTS = ["hello how are you today", "bonjour comment ça va", "hola qué tal estás", "I am fine thanks a lot"]
 MSG = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
@@ -101,3 +102,21 @@ def test_split_preference_rows_quarantines_bad_pairs():
     assert quarantine["row_key"].to_list() == ["pair1", "pair2", "pair3"]
     assert quarantine["reason"][0] == "chosen and rejected are identical"
     assert "assistant" in quarantine["reason"][1] and "prompt" in quarantine["reason"][2]
+
+
+def test_rpo_alpha_reaches_trl_as_an_sft_loss_term(tmp_path):
+    from trl import DPOConfig
+
+    plain, _ = stage_args(DPOConfig, tiny_cfg(), tmp_path, False, beta=0.1, **dpo_loss_args(tiny_cfg()))
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights is None
+    cfg = tiny_cfg(rpo_alpha=0.5, loss_type="ipo")
+    args, _ = stage_args(DPOConfig, cfg, tmp_path, False, beta=cfg.beta, **dpo_loss_args(cfg))
+    assert args.loss_type == ["ipo", "sft"] and args.loss_weights == [1.0, 0.5]
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DPOStageConfig(rpo_alpha=0.0)
+
+
+def test_dpo_trains_with_rpo_alpha(models, tmp_path):
+    policy, _ = models
+    metrics = train_dpo(policy, pair_rows(), tmp_path / "rpo", tiny_cfg(rpo_alpha=1.0), progress=False)
+    assert metrics["steps"] == 4 and metrics["rewards/margins"] > 0
