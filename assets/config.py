@@ -52,6 +52,7 @@ from factory.scoring.score import ScoringConfig
 from factory.settings import Strict
 from factory.sources.chatterbot import CHATTERBOT_FOLDERS
 from training.config import TrainingConfig
+from training.merge import get_method
 from training.merge.config import MergeSettings
 from training.reward_model import ArbiterConfig
 from training.teachers import ModelsConfig
@@ -402,7 +403,10 @@ def _check_names(cfg: FactoryConfig) -> Problems:
         elif lang in cfg.languages and teacher not in teachers and teacher != cluster_of(lang):
             problems.append((f"arbitrage.routing.fixed_teachers.{lang}", f"{teacher!r} {not_teacher}"))
     merged = [c for c in CLUSTERS if set(own_languages(c)) & set(cfg.languages)]  # the cluster models merged
-    for name in cfg.merge.weights:
+    weight_keys = [(f"merge.weights.{n}", n) for n in cfg.merge.weights] + [
+        (f"merge.candidates.{i}.weights.{n}", n) for i, c in enumerate(cfg.merge.candidates) for n in c.weights or {}
+    ]
+    for key, name in weight_keys:
         if name not in merged:
             what = (
                 "no cluster model in this run (none of its own languages is in `languages`)"
@@ -410,8 +414,14 @@ def _check_names(cfg: FactoryConfig) -> Problems:
                 else "unknown cluster"
             )
             problems.append(
-                (f"merge.weights.{name}", f"{what}; this run merges {', '.join(merged) or 'no cluster models'}")
+                (key, f"{what}; this run merges {', '.join(merged) or 'no cluster models'}")
             )
+    for key, settings in [("merge.method", cfg.merge)] + [
+        (f"merge.candidates.{i}.method", c) for i, c in enumerate(cfg.merge.to_try())
+    ]:
+        n_models = get_method(settings.method).n_models
+        if n_models is not None and merged and len(merged) != n_models:
+            problems.append((key, f"{settings.method!r} merges exactly {n_models} models; this run merges {len(merged)}"))
     if cfg.evaluation.judge.name not in JUDGES:
         problems.append(
             ("evaluation.judge.name", f"unknown judge {cfg.evaluation.judge.name!r}; known: {', '.join(JUDGES)}")

@@ -11,9 +11,11 @@ from assets.common import arbiter_scorer, checkpoint_frame, model_folder, only
 from assets.evaluation.assets import configured_judge
 from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource, ModelServers
+from factory.languages import own_languages
 from training.clusters import train_cluster_models
 from training.dpo import train_dpo
-from training.merge import get_method, merge_with_settings
+from training.merge import get_method
+from training.merge_choice import candidates_table, choose_merge
 from training.online import (
     SKIPPED,
     STOP,
@@ -298,21 +300,47 @@ def cluster_models(
 
 @dg.asset(io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training", kinds={"pytorch"})
 def merged_model(
-    context: dg.AssetExecutionContext, env: FactoryResource, cluster_models: pl.DataFrame, embedded_pool: pl.DataFrame
+    context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, cluster_models: pl.DataFrame,
+    embedded_pool: pl.DataFrame, prompts: pl.DataFrame,
 ):
     """The cluster models merged into one (weighted linear averaging by default, the method Aya
-    kept; slerp, ties, dare_ties and dare_linear by config), streamed tensor by tensor."""
+    kept; slerp, ties, dare_ties and dare_linear by config), streamed tensor by tensor. With
+    merge.candidates, each candidate merge is judged against every cluster model on that cluster's
+    own languages' dev prompts (never eval) and the best pooled dev win rate is kept."""
     cfg = env.settings()
+    wh = env.warehouse()
     m = cfg.merge
     names = cluster_models["name"].to_list()
-    out = env.warehouse().dir("models") / "merged_model"
-    home = env.warehouse().home
-    base = model_folder(cfg.training.base_model, home, embedded_pool)[0] if get_method(m.method).needs_base else None
-    info = merge_with_settings(m, dict(zip(names, cluster_models["path"].to_list(), strict=True)), out, base=base)
-    context.add_output_metadata({"method": m.method, "inputs": dg.MetadataValue.json(names), "seconds": float(info.get("seconds", 0.0))})
+    out = wh.dir("models") / "merged_model"
+    needs_base = any(get_method(s.method).needs_base for s in [m, *m.to_try()])
+    base = model_folder(cfg.training.base_model, wh.home, embedded_pool)[0] if needs_base else None
+    models = dict(zip(names, cluster_models["path"].to_list(), strict=True))
+    judge = configured_judge(cfg, wh.home, servers) if m.candidates else None
+    choice = choose_merge(
+        m, models, {n: own_languages(n) for n in names}, out, wh.dir("staging", "merge_candidates"),
+        wh.dir("staging", "merge_dev"), prompts, judge, cfg.evaluation.sampling, context.run_id, base=base,
+        batch_size=cfg.evaluation.batch_size, winrates=cfg.evaluation.winrates,
+        model_ids=dict(zip(names, cluster_models["checkpoint_id"].to_list(), strict=True)),
+    )
+    info, kept = choice.info, choice.settings
+    meta = {"method": kept.method, "inputs": dg.MetadataValue.json(names), "seconds": float(info.get("seconds", 0.0))}
+    config = {**kept.recorded(), "models": names}
+    metrics = {k: v for k, v in info.items() if k != "config"}
+    if choice.record is not None:
+        wh.quarantine("merged_model", None, choice.quarantine, context.run_id)
+        best = choice.record["candidates"][choice.record["kept"]]["dev"]
+        meta |= {
+            "kept_merge": choice.record["kept_label"],
+            "dev_win_rate_vs_clusters": best["win_rate"] if best["win_rate"] is not None else float("nan"),
+            "dev_candidates": dg.MetadataValue.md(markdown_table(candidates_table(choice.record))),
+            "dev_choice": dg.MetadataValue.json(choice.record),
+        }
+        config["candidates"] = [c.model_dump(exclude_none=True) for c in m.candidates]
+        metrics["merge_choice"] = choice.record
+    context.add_output_metadata(meta)
     return checkpoint_frame([{
         "stage": "merged", "name": "merged_model", "path": out, "parents": cluster_models["checkpoint_id"].to_list(),
-        "datasets": {}, "config": {**m.model_dump(), "models": names}, "metrics": {k: v for k, v in info.items() if k != "config"},
+        "datasets": {}, "config": config, "metrics": metrics,
     }], context.run_id)
 
 

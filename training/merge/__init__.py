@@ -9,6 +9,7 @@ Importing this package does not import torch: the methods import it when they ru
 """
 
 from training.merge.config import (
+    MergeCandidate,
     MergeConfig,
     MergeParameters,
     MergeSettings,
@@ -23,6 +24,7 @@ from training.merge.run import merge_from_yaml, merge_models, merge_with_setting
 __all__ = [
     "METHODS",
     "METHOD_NAMES",
+    "MergeCandidate",
     "MergeConfig",
     "MergeMethod",
     "MergeParameters",

@@ -93,12 +93,28 @@ class MergeConfig(BaseModel):
         return self
 
 
+class MergeCandidate(BaseModel):
+    """One merge to try on dev: the `merge` section's fields to change (unset ones keep its values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: MethodName | None = None
+    weights: dict[str, float] | None = None
+    density: float | None = Field(default=None, gt=0.0, le=1.0)
+    t: float | None = None
+    seed: int | None = None
+
+
 class MergeSettings(BaseModel):
     """The run config's `merge` section: how merged_model merges the cluster models.
 
     `weights` maps a cluster name to its weight (default 1 each); `density` is every model's
     density for the methods that sparsify (`get_method(method).uses_densities`); `t` is slerp's.
     Whether the method needs a base model: `get_method(method).needs_base`.
+
+    `candidates`: merges to try, each a partial override of the fields above; merged_model makes
+    every one, judges each against the cluster models on their own languages' dev prompts and keeps
+    the best (training/merge_choice.py). Empty: the one merge the fields above describe.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -108,6 +124,42 @@ class MergeSettings(BaseModel):
     density: float = Field(0.5, gt=0.0, le=1.0)
     t: float = 0.5
     seed: int = 0  # DARE's random drops are seeded per (seed, tensor name)
+    candidates: list[MergeCandidate] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_candidates(self) -> MergeSettings:
+        seen: dict[str, int] = {}
+        for i, settings in enumerate(self.to_try()):
+            key = candidate_label(settings)
+            if key in seen:
+                raise ValueError(f"merge candidates {seen[key]} and {i} are the same merge ({key})")
+            seen[key] = i
+        return self
+
+    def to_try(self) -> list[MergeSettings]:
+        """Each candidate as complete settings (without candidates of its own); [] when there are none."""
+        plain = self.model_dump(exclude={"candidates"})
+        return [MergeSettings.model_validate(plain | c.model_dump(exclude_none=True)) for c in self.candidates]
+
+    def recorded(self) -> dict:
+        """The settings as a checkpoint's config records them (no `candidates` key when there are none,
+        so a config without candidates gives the same checkpoint id as before they existed)."""
+        return self.model_dump(exclude=set() if self.candidates else {"candidates"})
+
+
+def candidate_label(settings: MergeSettings) -> str:
+    """A short name for a merge: its method and the parameters that method uses (e.g. `ties density=0.5`)."""
+    method = get_method(settings.method)
+    parts = [method.name]
+    if method.uses_densities:
+        parts.append(f"density={settings.density:g}")
+    if "generator" in method.params:
+        parts.append(f"seed={settings.seed}")
+    if "t" in method.params:
+        parts.append(f"t={settings.t:g}")
+    if settings.weights and "weights" in method.params:
+        parts.append("weights=" + ",".join(f"{k}:{v:g}" for k, v in sorted(settings.weights.items())))
+    return " ".join(parts)
 
 
 def format_validation_error(error: ValidationError, source: str = "merge config") -> str:
