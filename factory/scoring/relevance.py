@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from factory.generation.base import Message
 from factory.ids import weights_digest
+from factory.scoring.base import LocalModel
 
 RELEVANCE_FILE = "relevance.json"
 RELEVANCE_LM = "relevance_lm"
@@ -90,7 +91,7 @@ def fit_weights(diffs: np.ndarray, l2: float = 1e-3, iters: int = 50) -> np.ndar
     return w
 
 
-class PMIScorer:
+class PMIScorer(LocalModel):
     """Per-token PMI of each reply with its prompt under a causal LM (fp32 on CPU, bf16 on CUDA).
     The LM is loaded on the first call."""
 
@@ -103,29 +104,10 @@ class PMIScorer:
             raise ValueError(f"max_length must be at least 4 tokens, got {max_length}")
 
     @cached_property
-    def device(self):
-        import torch
-
-        return torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if self._device == "auto" else self._device
-        )
-
-    @cached_property
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    @cached_property
     def model(self):
-        import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
+        return AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype).to(self.device).eval()
 
     @cached_property
     def identity(self) -> dict:

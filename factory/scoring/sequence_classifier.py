@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from factory.generation.base import Message
 from factory.ids import weights_digest
+from factory.scoring.base import LocalModel
 from factory.scoring.relevance import PMIScorer, Relevance
 
 
@@ -37,7 +38,7 @@ class SequenceClassifierConfig(BaseModel):
         return SequenceClassifierScorer(**self.model_dump())
 
 
-class SequenceClassifierScorer:
+class SequenceClassifierScorer(LocalModel):
     """RewardScorer over a sequence-classification reward model (num_labels=1); bf16 on CUDA, fp32 on CPU.
 
     The weights are loaded on the first score call, so a scorer whose rewards are all cached
@@ -77,26 +78,10 @@ class SequenceClassifierScorer:
         )  # fmt: skip
 
     @cached_property
-    def device(self):
-        import torch
-
-        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if self._device == "auto" else self._device)
-
-    @cached_property
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    @cached_property
     def model(self):
-        import torch
         from transformers import AutoModelForSequenceClassification
 
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        dtype = self.dtype
         model = AutoModelForSequenceClassification.from_pretrained(self.model_path, dtype=dtype)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
