@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 
 from factory import ids
-from factory.decontam import contamination_report, eval_prompts
+from factory.decontam import contamination_report, decontamination_gate, eval_prompts
 from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
 from factory.generation.serve import SERVE_PREFIX
 from factory.model_sources import parse_model_ref, read_source_record
@@ -158,3 +158,13 @@ def contamination_check(name: str, rows: pl.DataFrame, prompts: pl.DataFrame, ev
 def all_eval_prompts(wh, prompts: pl.DataFrame) -> pl.DataFrame:
     """Every language's eval prompts: the stored table's and those of this step's `prompts` input."""
     return eval_prompts(wh.read_table("prompts", columns=["prompt_id", "language", "text", "split"]) if wh.has("prompts") else None, prompts)
+
+
+def decontaminated_prompts(wh, prompts: pl.DataFrame, cfg) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`prompts` without the train prompts that match or overlap a held-out (eval or dev) prompt, as the
+    SFT data and the offline pairs are (the online rounds sample the train split themselves), and
+    those prompts as quarantine rows."""
+    train = prompts.filter(pl.col("split") == "train").select("prompt_id")
+    _, hits = decontamination_gate(train, prompts, all_eval_prompts(wh, prompts), cfg.arbitrage.decontam,
+                                   cfg.arbitrage.decontaminate)
+    return prompts.filter(~pl.col("prompt_id").is_in(hits["row_key"].to_list())), hits

@@ -1,6 +1,11 @@
-"""Decontamination: drop training prompts that match or overlap an evaluation prompt.
+"""Decontamination: drop training prompts that match or overlap a held-out prompt.
 
-Three tests, strongest first, each naming the eval prompt it matched:
+Held out: the eval split (what the win rates are measured on) and the dev split (what the
+online rounds, the offline DPO beta and the merge are chosen on): a training prompt that is
+one of them, or nearly, would let training see what those decisions are judged on. (On the
+default demo, before dev was included, 49 of 1,391 SFT rows matched a dev prompt.)
+
+Three tests, strongest first, each naming the held-out prompt it matched:
 1. exact match (after stripping surrounding whitespace);
 2. normalised match: NFKC, casefold, and every punctuation, separator and
    control character removed (so "What is AI?" == "what is ai");
@@ -78,7 +83,7 @@ class EvalIndex:
 
     def _name(self, i: int) -> str:
         text = self.texts[i].strip().replace("\n", " ")
-        return f"eval prompt {self.names[i] if self.names else f'#{i}'} {text[:80]!r}"
+        return f"held-out prompt {self.names[i] if self.names else f'#{i}'} {text[:80]!r}"
 
     def match(self, text: str) -> str | None:
         """The contamination reason for `text`, or None if it is clean."""
@@ -124,20 +129,25 @@ def decontaminate(
     return flagged.filter(pl.col("_reason").is_null()).drop("_reason"), quarantine
 
 
+HELD_OUT = ("eval", "dev")  # the splits training must not see
+
+
 def eval_prompts(stored: pl.DataFrame | None, prompts: pl.DataFrame) -> pl.DataFrame:
-    """Every eval prompt of every language [prompt_id, language, text]: the stored prompts table's
-    and those in `prompts`. The same text can carry two language labels (zh-Hans and zh-Hant, de and
-    nl), and a partitioned step's `prompts` holds only its own language, so training rows are
-    compared against all of them."""
-    cols = ["prompt_id", "language", "text"]
-    frames = [df.filter(pl.col("split") == "eval").select(cols) for df in (stored, prompts) if df is not None]
+    """Every held-out (eval and dev) prompt of every language [prompt_id, language, text, split]: the
+    stored prompts table's and those in `prompts`. The same text can carry two language labels
+    (zh-Hans and zh-Hant, de and nl), and a partitioned step's `prompts` holds only its own language,
+    so training rows are compared against all of them."""
+    cols = ["prompt_id", "language", "text", "split"]
+    frames = [df.filter(pl.col("split").is_in(HELD_OUT)).select(cols) for df in (stored, prompts) if df is not None]
     return pl.concat(frames, how="vertical_relaxed").unique("prompt_id", keep="first", maintain_order=True)
 
 
 def _against(rows: pl.DataFrame, prompts: pl.DataFrame, evals: pl.DataFrame, cfg: DecontamConfig):
     """decontaminate() of training rows [prompt_id, ...] by their prompt's text against `evals`."""
     with_text = rows.join(prompts.select("prompt_id", "text"), on="prompt_id", how="left")
-    names = [f"{pid} [{lang}]" for pid, lang in zip(evals["prompt_id"], evals["language"], strict=True)]
+    splits = evals["split"] if "split" in evals.columns else pl.repeat("eval", evals.height, eager=True)
+    names = [f"{pid} [{lang}{'' if split == 'eval' else ', ' + split}]"
+             for pid, lang, split in zip(evals["prompt_id"], evals["language"], splits, strict=True)]
     kept, hits = decontaminate(with_text, evals["text"].to_list(), cfg, eval_names=names)
     return with_text, kept, hits
 

@@ -197,7 +197,7 @@ def sft_data(
     generations: pl.DataFrame,
 ):
     """SFT targets in TRL's conversational prompt-completion format, for the configured strategy
-    (reward_routing by default) and for the single-teacher baseline, decontaminated against the eval split."""
+    (reward_routing by default) and for the single-teacher baseline, decontaminated against the held-out (eval and dev) prompts."""
     cfg = env.settings()
     wh = env.warehouse()
     strategies = list(dict.fromkeys([cfg.arbitrage.sft_strategy, cfg.arbitrage.baseline_strategy]))

@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import polars as pl
 
-from assets.common import arbiter_scorer, checkpoint_frame, model_folder, only
+from assets.common import arbiter_scorer, checkpoint_frame, decontaminated_prompts, model_folder, only
 from assets.evaluation.assets import configured_judge
 from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource, ModelServers
@@ -143,12 +143,14 @@ def online_round_assets(k: int, previous: str):
             yield dg.Output(schemas.empty(schemas.PREFERENCE_PAIRS), output_name=f"online_pairs_round_{k}",
                             metadata={"decision": note})
             return
+        prompts, contaminated = decontaminated_prompts(wh, prompts, cfg)
         result = online_round(
             k, f"online{k}@{pol['checkpoint_id']}", pol["path"], prompts, arbiter_scorer(cfg, arbiter)[0],
             cfg.scoring.fidelity, on.k, on.sampling, wh.dir("staging", f"online_round_{k}"), context.run_id, on.batch_size,
             cfg.pairs.best_worst.min_margin, on.dev_sampling, wh.dir("staging", "online_dev"),
         )
-        wh.quarantine(f"online_pairs_round_{k}", None, result.quarantine, context.run_id)
+        wh.quarantine(f"online_pairs_round_{k}", None, pl.concat([result.quarantine, contaminated], how="diagonal_relaxed"),
+                      context.run_id)
         yield dg.Output(result.generations, output_name=f"online_generations_round_{k}")
         yield dg.Output(result.scores, output_name=f"online_scores_round_{k}")
         yield dg.Output(with_heldout(result.pairs, result.heldout), output_name=f"online_pairs_round_{k}",

@@ -31,10 +31,10 @@ def test_exact_normalised_and_altered_variants_are_caught():
     kept, q = decontaminate(df, EVAL)
     assert kept["prompt_id"].to_list() == ["p4", "p5"]
     reasons = dict(zip(q["row_key"], q["reason"], strict=True))
-    assert reasons["p0"].startswith("contaminated: exact match of eval prompt #0")
-    assert reasons["p1"].startswith("contaminated: normalised match of eval prompt #0")
-    assert "n-gram overlap" in reasons["p2"] and "eval prompt #0" in reasons["p2"]
-    assert "eval prompt #1" in reasons["p3"]
+    assert reasons["p0"].startswith("contaminated: exact match of held-out prompt #0")
+    assert reasons["p1"].startswith("contaminated: normalised match of held-out prompt #0")
+    assert "n-gram overlap" in reasons["p2"] and "held-out prompt #0" in reasons["p2"]
+    assert "held-out prompt #1" in reasons["p3"]
     assert json.loads(q.filter(pl.col("row_key") == "p0")["payload"][0])["text"] == EVAL[0]
     assert kept.height + q.height == df.height
 
@@ -101,7 +101,7 @@ def test_eval_prompts_of_every_language_reach_a_partitioned_asset(home):
         kept, q = decontaminate(train, texts, DecontamConfig(), eval_names=names)
         assert planted not in kept["text"].to_list() and kept.height == 1
         (reason,) = q["reason"].to_list()
-        assert reason.startswith("contaminated: exact match of eval prompt p_") and ("[zh-Hans]" in reason or "[de]" in reason)
+        assert reason.startswith("contaminated: exact match of held-out prompt p_") and ("[zh-Hans]" in reason or "[de]" in reason)
         assert contamination_check("decontaminated", kept, partition, evals, cfg).passed
         unfiltered = contamination_check("decontaminated", train, partition, evals, cfg)
         assert not unfiltered.passed and unfiltered.metadata["contaminated_rows"].value == 1
@@ -157,3 +157,22 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     assert kept_texts == ["Wie ist das Wetter heute in Berlin?"]
     q = wh.sql("select reason from quarantine where asset = 'preference_pairs'")["reason"].to_list()
     assert any("Hallo" in r and "[nl]" in r for r in q)
+
+
+def test_dev_prompts_are_held_out_too():
+    """Training rows that match a dev prompt are removed like those that match an eval prompt, and
+    the reason says which split; train prompts are never held-out prompts."""
+    from factory.decontam import DecontamConfig, decontamination_gate, eval_prompts
+
+    prompts = pl.DataFrame({
+        "prompt_id": ["e1", "d1", "t1", "t2", "t3"],
+        "language": ["en"] * 5,
+        "text": ["What is your name?", "Do you like music?", "do you like MUSIC", "What is your name", "Tell me a joke"],
+        "split": ["eval", "dev", "train", "train", "train"],
+    })
+    held = eval_prompts(None, prompts)
+    assert sorted(held["prompt_id"]) == ["d1", "e1"]
+    kept, hits = decontamination_gate(pl.DataFrame({"prompt_id": ["t1", "t2", "t3"]}), prompts, held, DecontamConfig())
+    assert kept["prompt_id"].to_list() == ["t3"]
+    reasons = dict(zip(hits["row_key"], hits["reason"], strict=True))
+    assert "held-out prompt d1 [en, dev]" in reasons["t1"] and "held-out prompt e1 [en]" in reasons["t2"]
