@@ -188,9 +188,7 @@ def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev:
     if stopped is not None:
         rec = round_record(k, f"{SKIPPED}: stopped at round {stopped}", [], None, prev, stopped)
         rec["policy_path"] = wh.relative(str(rec["policy_path"]))
-        return ({"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
-                 "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}},
-                {"decision": rec["decision"], "policy": str(prev["path"])})
+        return previous_kept(stage, name, prev, rec), {"decision": rec["decision"], "policy": str(prev["path"])}
     judge = configured_judge(cfg, wh.home, servers)
     scorer = arbiter_scorer(cfg, arbiter)[0]
     fidelity, dev_dir, sampling = cfg.scoring.fidelity, wh.dir("staging", "online_dev"), on.dev_sampling
@@ -227,8 +225,13 @@ def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev:
         record["metrics"] = {**record["metrics"], "online": rec}
         meta |= train_metadata(record["metrics"])
         return record, meta
-    return ({"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
-             "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}}, meta)
+    return previous_kept(stage, name, prev, rec), meta
+
+
+def previous_kept(stage: str, name: str, prev: dict, rec: dict) -> dict:
+    """The checkpoint record of a round that stopped or was skipped: the previous policy, kept as it was."""
+    return {"stage": stage, "name": name, "path": prev["path"], "parents": [prev["checkpoint_id"]], "datasets": {},
+            "config": {"kept_policy": prev["checkpoint_id"]}, "metrics": {"online": rec}}
 
 
 def drift_summary(drift: dict) -> dict:
