@@ -34,6 +34,30 @@ def step_timings(wh: Warehouse, since: datetime | None = None, side_outputs: fro
     ).sort("seconds", descending=True)
 
 
+def steps_in_flight(wh: Warehouse, since: datetime | None = None, side_outputs: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Seconds from the first step's start to the last step's end (lineage timestamps, since `since`)
+    with no step, exactly one step, and two or more steps running (a step = the union of its lineage
+    rows' intervals, so a chained partition step counts once). Long "none" is start-up and scheduling
+    between steps (Dagster, process start); long "one" is the graph's serial chain, which more workers
+    cannot shorten. Empty without lineage rows."""
+    if not wh.has("lineage"):
+        return {}
+    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null() & ~pl.col("asset").is_in(list(side_outputs)))
+    if since is not None:
+        rows = rows.filter(pl.col("finished_at") >= since)
+    if not rows.height:
+        return {}
+    # one interval per (run, partition): a run's chained assets are one step
+    steps = rows.group_by("run_id", "partition").agg(pl.col("started_at").min(), pl.col("finished_at").max())
+    events = sorted([(s.timestamp(), 1) for s in steps["started_at"]] + [(e.timestamp(), -1) for e in steps["finished_at"]])
+    spent = {"none": 0.0, "one": 0.0, "two_or_more": 0.0}
+    running, last = 0, events[0][0]
+    for t, change in events:
+        spent["none" if running == 0 else "one" if running == 1 else "two_or_more"] += t - last
+        running, last = running + change, t
+    return {k: round(v, 1) for k, v in spent.items()}
+
+
 def demo_summary(
     home: Path, since: datetime | None = None, wall_s: float | None = None, tables: str | None = None,
     side_outputs: frozenset[str] = frozenset(),
@@ -60,7 +84,13 @@ def demo_summary(
         wall = (f"; the run took {wall_s:.0f}s wall: the difference is process and Dagster start-up, scheduling and "
                 "waits, less the overlap of parallel workers") if wall_s else ""
         lines += [f"Where the time went, per asset (from the lineage table; {inside:.0f}s inside steps{wall}):",
-                  markdown_table(timings), "", "This machine:", describe_machine(), ""]
+                  markdown_table(timings)]
+        flight = steps_in_flight(wh, since, side_outputs)
+        if flight:
+            lines += [f"Steps running, from the first step's start to the last one's end: none {flight['none']:.0f}s "
+                      f"(start-up and scheduling between steps), one {flight['one']:.0f}s (the serial chain: more workers "
+                      f"do not shorten it), two or more {flight['two_or_more']:.0f}s"]
+        lines += ["", "This machine:", describe_machine(), ""]
     lines += [
         "Where things are:",
         f"  tables      {tables or home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",

@@ -50,3 +50,19 @@ def test_demo_summary_prints_the_step_and_head_to_head_tables(tmp_path):
     (reports / "head_to_head.md").write_text("| stage | opponent | win_rate |\n|---|---|---|\n| dpo_offline | sft_arbitrage | 0.52 |\n")
     text = demo_summary(tmp_path)
     assert text.index("| sft_arbitrage | 0.54 |") < text.index("Head to head") < text.index("| dpo_offline | sft_arbitrage |")
+
+
+def test_steps_in_flight_splits_the_span_by_how_many_steps_ran(tmp_path):
+    from factory.summary import steps_in_flight
+
+    wh = Warehouse(tmp_path / "home")
+    assert steps_in_flight(wh) == {}
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    a = _lineage("generations", "es", t, 4.0)  # 0-4 s
+    b = _lineage("scores", "es", t + timedelta(seconds=4), 2.0)  # 4-6 s: the same run and partition, one step
+    c = _lineage("generations", "ja", t + timedelta(seconds=5), 3.0) | {"run_id": "r2"}  # 5-8 s
+    d = _lineage("sft_model", None, t + timedelta(seconds=10), 5.0) | {"run_id": "r3"}  # 10-15 s, after a 2 s gap
+    wh.append("lineage", pl.DataFrame([a, b, c, d]), "x")
+    flight = steps_in_flight(wh, since=t)
+    assert flight == {"none": 2.0, "one": 12.0, "two_or_more": 1.0}
+    assert sum(flight.values()) == 15.0  # the whole span from the first start to the last end
