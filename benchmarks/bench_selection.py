@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
 TEACHERS = ["west_european", "east_european", "middle_eastern", "east_asian", "generalist"]
-BEFORE = "c2a9cc7"  # the last commit with per-row BLAKE2b ids (pair_id, random_routing's pick)
+BEFORE = "6417232"  # the last commit with two passes (selections, then best_worst) and outputs sorted by prompt_id
 
 
 def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
@@ -90,12 +90,17 @@ def _digest(values) -> str:
     return hashlib.blake2b("\n".join(sorted(values)).encode(), digest_size=8).hexdigest()
 
 
-def _frame_digest(path: Path) -> str:
-    """A digest of a whole table, row order included (row hashes: comparable within one polars version)."""
+def _frame_digest(path: Path, ordered: bool = True) -> str:
+    """A digest of a whole table, row order included unless `ordered` is false (then the digest of
+    its sorted row hashes: the same rows in any order give the same digest). Row hashes are
+    comparable within one polars version."""
+    import numpy as np
     import polars as pl
 
     df = pl.read_parquet(path)
-    return hashlib.blake2b(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode(), digest_size=8).hexdigest()
+    rows = df.hash_rows(seed=0).to_numpy()
+    rows = rows if ordered else np.sort(rows)
+    return hashlib.blake2b(rows.tobytes() + str(df.schema).encode(), digest_size=8).hexdigest()
 
 
 def _peak_mib() -> float:
@@ -134,47 +139,75 @@ def reference_pair_ids(prompt_ids, method: str, round: int, chosen, rejected):
     return pl.Series("pair_id", [one(p, c, r) for p, c, r in rows], dtype=pl.String)
 
 
-def run_project(folder: str, stage: str, before: bool = False) -> dict:
+VARIANTS = {  # name: (one pass for selections and pair candidates, order of the outputs)
+    "engine": (True, "table"),
+    "one_pass_sorted": (True, "prompt_id"),
+    "two_pass": (False, "prompt_id"),
+}
+PROJECT = [*VARIANTS, "before"]
+
+
+def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     """One stage as its asset runs it, in its own process (Dagster runs the selections and the
-    preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`. `before`
-    runs the old package with the hashlib reference of the new ids patched in."""
+    preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`.
+
+    Variants of this project (VARIANTS): one pass (`select_with_candidates` writes the pair candidates
+    beside the selections, untimed like every write; the pairs stage reads them back, timed, and
+    builds the pairs with `best_worst_pairs`) or two passes (`select`, then `best_worst` over the
+    scored table, as until 2026-12-02), with outputs in table or prompt_id order. `before` runs the
+    old package; if its ids predate MD5 (no `factory.ids.pair_id_sql`), with the hashlib reference
+    of the MD5 ids patched in."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)
     import polars as pl
 
+    import factory.ids
     import factory.pairs
     import factory.routing
     from factory.pairs import best_worst
     from factory.routing import RoutingConfig, select
 
-    if before:
+    before = variant == "before"
+    if before and not hasattr(factory.ids, "pair_id_sql"):
         factory.routing.stable_index = reference_seeded_index
         factory.pairs.pair_ids = reference_pair_ids
-    out = Path(folder) / ("out_before" if before else "out_engine")
+    one_pass, order = VARIANTS.get(variant, (False, None))
+    out = Path(folder) / f"out_{variant}"
     out.mkdir(exist_ok=True)
     path = Path(folder) / "scored.parquet"
     result: dict = {"stages": {}}
     if stage == "select":
         t0 = time.perf_counter()
-        sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench")
+        if one_pass:
+            sel, quarantine, candidates = factory.routing.select_with_candidates(path, STRATEGIES, RoutingConfig(), run_id="bench", order=order)
+        else:
+            sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench", **({"order": order} if order else {}))
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
         quarantine.write_parquet(out / "quarantine.parquet")
+        if one_pass:
+            candidates.write_parquet(out / "candidates.parquet")
         result["counts"] = {s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES}
         result["digests"] = {s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES}
-        result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in ("selections", "quarantine")}
+        tables = ("selections", "quarantine")
     else:
         prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
         t0 = time.perf_counter()
-        pairs, stats = best_worst(path, prompts, run_id="bench")
+        if one_pass:  # the pairs step reads the candidates the selections step wrote
+            pairs, stats = factory.pairs.best_worst_pairs(pl.read_parquet(out / "candidates.parquet"), prompts, run_id="bench")
+        else:
+            pairs, stats = best_worst(path, prompts, run_id="bench", **({"order": order} if order else {}))
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         pairs.write_parquet(out / "pairs.parquet")
         result["counts"] = {"pairs": pairs.height}
         result["digests"] = {"pairs": _digest(pairs["pair_id"].to_list())}
-        result["tables"] = {"pairs": _frame_digest(out / "pairs.parquet"), "stats": json.dumps(stats, sort_keys=True)}
-        if not before:
+        result["stats"] = json.dumps(stats, sort_keys=True)
+        tables = ("pairs",)
+        if variant == "engine":
             result["stages"]["ids"] = _id_seconds(out)
+    result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in tables}
+    result["rows"] = {t: _frame_digest(out / f"{t}.parquet", ordered=False) for t in tables}
     return result
 
 
@@ -246,8 +279,8 @@ def run_pandas(folder: str) -> dict:
 
 def worker(impl: str, folder: str) -> None:
     name, _, stage = impl.partition(":")
-    if name in ("engine", "before"):
-        run = lambda f: run_project(f, stage, before=name == "before")  # noqa: E731
+    if name in PROJECT:
+        run = lambda f: run_project(f, stage, name)  # noqa: E731
     else:
         run = {"duckdb_argmax": run_duckdb_argmax, "pandas": run_pandas}[name]
     run(str(Path(folder) / "warmup"))  # imports, DuckDB's and polars' thread pools: not what is measured
@@ -266,7 +299,8 @@ def _combine(select: dict, pairs: dict) -> dict:
         "stages": {"select": select["seconds"], "best_worst": pairs["seconds"], **pairs["stages"]},
         "peak_rss_mib": max(select["peak_rss_mib"], pairs["peak_rss_mib"]),
         "stage_peaks": [select["peak_rss_mib"], pairs["peak_rss_mib"]],
-        **{k: select[k] | pairs[k] for k in ("counts", "digests", "tables")},
+        **{k: select[k] | pairs[k] for k in ("counts", "digests", "tables", "rows")},
+        "stats": pairs["stats"],
     }
 
 
@@ -297,8 +331,8 @@ def _checkout(rev: str, into: Path) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 2M prompts (x 5 teachers)")
-    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", "engine", "before", "pandas"], default="default",
-                    help="default: duckdb_argmax, engine, before; all: and pandas")
+    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", *PROJECT, "pandas"], default="default",
+                    help=f"default: duckdb_argmax, {', '.join(PROJECT)}; all: and pandas")
     ap.add_argument("--before", default=BEFORE, help="git revision of the implementation to compare with")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per implementation, seconds")
     ap.add_argument("--out", type=Path, help="append the figures to this Markdown file")
@@ -312,7 +346,7 @@ def main() -> None:
         return worker(a.worker, a.data)
 
     n_prompts = int(2_000_000 * a.scale)
-    impls = {"default": ["duckdb_argmax", "engine", "before"], "all": ["duckdb_argmax", "engine", "before", "pandas"]}.get(a.impl, [a.impl])
+    impls = {"default": ["duckdb_argmax", *PROJECT], "all": ["duckdb_argmax", *PROJECT, "pandas"]}.get(a.impl, [a.impl])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
         t = time.perf_counter()
@@ -328,7 +362,7 @@ def main() -> None:
                 results[impl] = {"error": f"no checkout of {a.before}"}
                 continue
             path = f"{old}{os.pathsep}{ROOT}" if impl == "before" else str(ROOT)
-            if impl in ("engine", "before"):
+            if impl in PROJECT:
                 stages = [_spawn(["--worker", f"{impl}:{stage}", "--data", tmp], a.timeout, path) for stage in ("select", "best_worst")]
                 results[impl] = _combine(*stages)
             else:
@@ -355,7 +389,7 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         "|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
-        name = f"{impl} ({before}, new ids by hashlib)" if impl == "before" else impl
+        name = f"{impl} ({before})" if impl == "before" else impl
         if "error" in r:
             lines.append(f"| {name} | - | - | - | - | - | {r['error'][:120]} |")
             continue
@@ -365,13 +399,20 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {peak} | ok |")
     eng, old, pan = results.get("engine", {}), results.get("before", {}), results.get("pandas", {})
     if "stages" in eng and "ids" in eng["stages"]:
-        lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, MD5 in DuckDB, "
+        lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, "
                       f"timed separately on the same outputs) takes {eng['stages']['ids']} s"
                       + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by." if bare else ".")]
-    if "tables" in eng and "tables" in old:
-        same = ", ".join(f"{k} {'yes' if eng['tables'][k] == old['tables'][k] else 'NO'}" for k in eng["tables"])
-        lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}; "
-                      f"outputs identical to before with the new ids (whole tables, row order included): {same}."]
+    if "rows" in old:
+        lines += ["", f"Outputs against before ({before}): same rows in any order (digests of sorted row hashes) / same rows in the same order:"]
+        for impl, r in results.items():
+            if impl == "before" or "rows" not in r:
+                continue
+            same = ", ".join(f"{k} {'yes' if r['rows'][k] == old['rows'][k] else 'NO'}/{'yes' if r['tables'][k] == old['tables'][k] else 'no'}"
+                             for k in r["rows"])
+            stats = "yes" if r.get("stats") == old.get("stats") else "NO"
+            lines.append(f"- {impl}: {same}; best_worst stats {stats}.")
+        if "seconds" in eng:
+            lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}."]
     if "digests" in eng and "digests" in pan:
         same = eng["digests"] == pan["digests"]
         lines += ["", f"pandas / engine: time x{pan['seconds'] / eng['seconds']:.1f}; selected ids and pair ids identical: {'yes' if same else 'NO'}."]
