@@ -5,27 +5,33 @@
     .venv/bin/python benchmarks/bench_selection.py --impl all      # adds the pandas version
 
 A generator subprocess writes a synthetic scored table and its prompts to Parquet; then each
-implementation runs in its own subprocess (fresh interpreter, so `ru_maxrss` is its own peak):
+implementation runs in its own subprocesses (fresh interpreters, so `ru_maxrss` is their own peak),
+one per stage as Dagster runs the `selections` and `preference_pairs` assets as separate steps:
 
 - duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
   reward (`arg_max` group-by over the Parquet file), fetched into polars.
-- engine: this project: `select(path, [reward, fixed, random, single_teacher])` and
-  `best_worst(path, prompts)`, each in its own process, as Dagster runs the two assets as
-  separate steps; each output is written to Parquet after the clock stops.
+- engine: what the assets run since 2026-12-02: `select_with_candidates(path, [reward, fixed,
+  random, single_teacher], order="table")` makes the selections and the pair candidates in one pass
+  over the scored table (the candidates are written to Parquet untimed, as the IO manager writes the
+  `pair_candidates` side output); the pairs stage reads them back (timed) and runs
+  `best_worst_pairs`. Outputs in the order of the prompts' first rows in the table.
+- one_pass_sorted: the same, outputs sorted by prompt_id (what dropping the sort buys).
+- two_pass: this project's `select(path, ...)`, then `best_worst(path, prompts)` over the scored
+  table again, sorted by prompt_id (what the one pass buys).
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
-  c2a9cc7, the last one with BLAKE2b pair ids), from a copy of its `factory/` package, with its two
-  id functions (`routing.stable_index`, `pairs.pair_ids`) replaced by a hashlib reference of the
-  new ids (MD5 of the same payloads, `reference_seeded_index` / `reference_pair_ids` below), so
-  that its whole outputs must equal the engine's: the only change allowed is the id migration.
+  6417232, the last with two passes), from a copy of its `factory/` package. A revision whose ids
+  predate MD5 (no `factory.ids.pair_id_sql`) gets a hashlib reference of the MD5 ids patched in
+  (`reference_seeded_index` / `reference_pair_ids` below), so its whole outputs must equal the
+  engine's.
 - pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
 
 Each worker first runs its work once on a 5,000-row table, so every figure is of a warm process.
 Time covers reading the Parquet file through the returned frames (writing them, the IO manager's
-work, is not timed; peak RSS includes it). The parent prints each row, the
-ratios to the bare group-by (all from this one run), and whether engine and before produced
-identical outputs: digests of the whole selections, quarantine and pairs tables and the
-best_worst stats (pandas: of the selected completion ids and the pair ids; it keeps the old
-ids re-implemented with hashlib, as `before`). --out appends it.
+work, is not timed; peak RSS includes it). The parent prints each row, the ratios to the bare
+group-by (all from this one run), and whether each variant produced the same outputs as before:
+digests of the whole selections, quarantine and pairs tables, order-insensitive (sorted row
+hashes) and with row order, and the best_worst stats (pandas: of the selected completion ids and
+the pair ids). --out appends it.
 """
 
 from __future__ import annotations
@@ -72,10 +78,11 @@ def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
             "reward": rng.normal(0, 1, n),
             "language_match": rng.random(n) < 0.95,
         }
-    ).with_columns(
-        ("p_" + pl.col("prompt_id")).alias("prompt_id"),
-        ("c_" + pl.col("completion_id")).alias("completion_id"),
-        pl.col("reward").alias("reward_z"),
+    ).with_columns(pl.col("reward").alias("reward_z"))
+    # ids in the producers' format (factory.ids): "p_" / "c_" + 16 hex digits
+    df = df.with_columns(
+        _hex_ids("p_", df["prompt_id"].cast(pl.UInt64).to_numpy()).alias("prompt_id"),
+        _hex_ids("c_", df["completion_id"].cast(pl.UInt64).to_numpy()).alias("completion_id"),
     )
     df.write_parquet(Path(folder) / "scored.parquet", row_group_size=1_000_000)
     prompts = df.select("prompt_id").unique(maintain_order=True).with_columns(pl.format("prompt {}", "prompt_id").alias("text"))
@@ -84,6 +91,46 @@ def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
     warm.mkdir()
     df.head(5_000).write_parquet(warm / "scored.parquet")
     prompts.head(1_000).write_parquet(warm / "prompts.parquet")
+
+
+def _hex_ids(prefix: str, values):
+    """`prefix` + 16 lower-case hex digits of each uint64, vectorised (a String Series)."""
+    import numpy as np
+    import polars as pl
+
+    pairs = np.array([f"{i:02x}".encode() for i in range(256)]).view(np.uint16)  # byte -> its two hex digits
+    digits = pairs[np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1, 8)]
+    out = np.empty((len(values), len(prefix) + 16), dtype=np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    out[:, len(prefix) :] = digits.view(np.uint8).reshape(-1, 16)
+    return pl.Series(out.view(f"S{len(prefix) + 16}").ravel()).cast(pl.String)
+
+
+def _splitmix_seconds(out: Path) -> float:
+    """What ids from a splitmix64 mix of the parsed 64-bit ids (numpy, wrap-around uint64) would cost
+    on the same inputs as `_id_seconds`: a prototype for comparison, not the project's ids."""
+    import numpy as np
+    import polars as pl
+
+    m = np.uint64
+
+    def mix(z):
+        z = (z ^ (z >> m(30))) * m(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> m(27))) * m(0x94D049BB133111EB)
+        return z ^ (z >> m(31))
+
+    def parse(ids):
+        return ids.str.slice(2).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
+
+    sel = pl.read_parquet(out.parent / "prompts.parquet", columns=["prompt_id"])
+    pairs = pl.read_parquet(out / "pairs.parquet", columns=["prompt_id", "chosen_completion_id", "rejected_completion_id"])
+    t = time.perf_counter()
+    with np.errstate(over="ignore"):
+        mix(parse(sel["prompt_id"]) ^ m(0x9E3779B97F4A7C15))  # random_routing's index
+        h = mix(parse(pairs["prompt_id"]) ^ m(0x2545F4914F6CDD1D))  # a constant per (method, round)
+        h = mix(mix(h ^ parse(pairs["chosen_completion_id"])) ^ parse(pairs["rejected_completion_id"]))
+        _hex_ids("pr_", h)
+    return time.perf_counter() - t
 
 
 def _digest(values) -> str:
@@ -206,6 +253,7 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
         tables = ("pairs",)
         if variant == "engine":
             result["stages"]["ids"] = _id_seconds(out)
+            result["stages"]["splitmix_ids"] = _splitmix_seconds(out)
     result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in tables}
     result["rows"] = {t: _frame_digest(out / f"{t}.parquet", ordered=False) for t in tables}
     return result
@@ -286,7 +334,7 @@ def worker(impl: str, folder: str) -> None:
     run(str(Path(folder) / "warmup"))  # imports, DuckDB's and polars' thread pools: not what is measured
     result = run(folder)
     result["seconds"] = round(result["seconds"], 2)
-    result["stages"] = {k: round(v, 2) for k, v in result["stages"].items()}
+    result["stages"] = {k: round(v, 3) for k, v in result["stages"].items()}
     print("RESULT " + json.dumps({"impl": impl, **result}))
 
 
@@ -401,7 +449,9 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
     if "stages" in eng and "ids" in eng["stages"]:
         lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, "
                       f"timed separately on the same outputs) takes {eng['stages']['ids']} s"
-                      + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by." if bare else ".")]
+                      + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by" if bare else "")
+                      + f"; the same ids from a splitmix64 mix of the parsed 64-bit ids in numpy (a prototype, not used) would take "
+                      f"{eng['stages'].get('splitmix_ids', '-')} s."]
     if "rows" in old:
         lines += ["", f"Outputs against before ({before}): same rows in any order (digests of sorted row hashes) / same rows in the same order:"]
         for impl, r in results.items():
