@@ -10,7 +10,7 @@ one per stage as Dagster runs the `selections` and `preference_pairs` assets as 
 
 - duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
   reward (`arg_max` group-by over the Parquet file), fetched into polars.
-- engine: what the assets run since 2026-12-02: `select_with_candidates(path, [reward, fixed,
+- engine: what the assets run since 2026-12-01: `select_with_candidates(path, [reward, fixed,
   random, single_teacher], order="table")` makes the selections and the pair candidates in one pass
   over the scored table (the candidates are written to Parquet untimed, as the IO manager writes the
   `pair_candidates` side output); the pairs stage reads them back (timed) and runs
@@ -201,7 +201,7 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     Variants of this project (VARIANTS): one pass (`select_with_candidates` writes the pair candidates
     beside the selections, untimed like every write; the pairs stage reads them back, timed, and
     builds the pairs with `best_worst_pairs`) or two passes (`select`, then `best_worst` over the
-    scored table, as until 2026-12-02), with outputs in table or prompt_id order. `before` runs the
+    scored table, as until 2026-12-01), with outputs in table or prompt_id order. `before` runs the
     old package; if its ids predate MD5 (no `factory.ids.pair_id_sql`), with the hashlib reference
     of the MD5 ids patched in."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)

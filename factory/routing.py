@@ -187,11 +187,14 @@ class ScoredTable:
                     out.append(part.select(columns)[pl.Series(want[idx] - start)])
             del part
         results = []
-        for (_, order, _), (_, columns), got in zip(plans, requests, pieces, strict=True):
+        for k, ((_, order, _), (_, columns)) in enumerate(zip(plans, requests, strict=True)):
+            got, pieces[k] = pieces[k], []  # one request's pieces at a time: at 10M rows they are hundreds of MB
             frame = pl.concat(got).rechunk() if got else pl.scan_parquet(self.files[0]).select(columns).head(0).collect()
+            del got
             inverse = np.empty_like(order)
             inverse[order] = np.arange(len(order))
             results.append(frame[pl.Series(inverse)])
+            del frame
         return results
 
     def _slices(self, rows: int = 1 << 20) -> list[tuple[int, str, int, int]]:
@@ -229,7 +232,7 @@ def per_prompt(
 ) -> pl.DataFrame:
     """One row per prompt, in `order`: "table", the order of each prompt's first row in the scored
     table (an integer sort), or "prompt_id" (a string sort, about half a bare group-by more; the
-    order until 2026-12-02). Columns: language, n_eligible, best_row (position of the
+    order until 2026-12-01). Columns: language, n_eligible, best_row (position of the
     eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
     highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
     completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
