@@ -27,7 +27,8 @@ call). One aggregate per prompt (`per_prompt`) gives the counts, the best eligib
 row with the top two rewards, and every row of the asked sample packed into one
 integer (row position, teacher, state); each strategy is then a vectorised pick
 over that per-prompt table, and only the picked rows' completion_id and reward
-are fetched. No Python runs per row: random_routing's seeded pick is MD5 computed by
+are fetched. `select_with_candidates` adds best_worst's candidates (factory.pairs) to the same
+aggregate and read, so selections and pairs take one pass. No Python runs per row: random_routing's seeded pick is MD5 computed by
 DuckDB (factory.ids.seeded_index; BLAKE2b before 2026-12, see the migration note in
 docs/bench/selection.md).
 """
@@ -230,9 +231,9 @@ def per_prompt(
     table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None,
     samples: bool = False, order: str = "prompt_id",
 ) -> pl.DataFrame:
-    """One row per prompt, in `order`: "table", the order of each prompt's first row in the scored
-    table (an integer sort), or "prompt_id" (a string sort, about half a bare group-by more; the
-    order until 2026-12-01). Columns: language, n_eligible, best_row (position of the
+    """One row per prompt, in `order`: "prompt_id" (the default; a string sort) or "table", the order
+    of each prompt's first row in the scored table (an integer sort, what the selections step uses:
+    0.2-1.0x a bare group-by cheaper, docs/bench/selection.md). Columns: language, n_eligible, best_row (position of the
     eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
     highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
     completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
