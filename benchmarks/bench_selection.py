@@ -5,27 +5,33 @@
     .venv/bin/python benchmarks/bench_selection.py --impl all      # adds the pandas version
 
 A generator subprocess writes a synthetic scored table and its prompts to Parquet; then each
-implementation runs in its own subprocess (fresh interpreter, so `ru_maxrss` is its own peak):
+implementation runs in its own subprocesses (fresh interpreters, so `ru_maxrss` is their own peak),
+one per stage as Dagster runs the `selections` and `preference_pairs` assets as separate steps:
 
 - duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
   reward (`arg_max` group-by over the Parquet file), fetched into polars.
-- engine: this project: `select(path, [reward, fixed, random, single_teacher])` and
-  `best_worst(path, prompts)`, each in its own process, as Dagster runs the two assets as
-  separate steps; each output is written to Parquet after the clock stops.
+- engine: what the assets run since 2026-12-01: `select_with_candidates(path, [reward, fixed,
+  random, single_teacher], order="table")` makes the selections and the pair candidates in one pass
+  over the scored table (the candidates are written to Parquet untimed, as the IO manager writes the
+  `pair_candidates` side output); the pairs stage reads them back (timed) and runs
+  `best_worst_pairs`. Outputs in the order of the prompts' first rows in the table.
+- one_pass_sorted: the same, outputs sorted by prompt_id (what dropping the sort buys).
+- two_pass: this project's `select(path, ...)`, then `best_worst(path, prompts)` over the scored
+  table again, sorted by prompt_id (what the one pass buys).
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
-  c2a9cc7, the last one with BLAKE2b pair ids), from a copy of its `factory/` package, with its two
-  id functions (`routing.stable_index`, `pairs.pair_ids`) replaced by a hashlib reference of the
-  new ids (MD5 of the same payloads, `reference_seeded_index` / `reference_pair_ids` below), so
-  that its whole outputs must equal the engine's: the only change allowed is the id migration.
+  6417232, the last with two passes), from a copy of its `factory/` package. A revision whose ids
+  predate MD5 (no `factory.ids.pair_id_sql`) gets a hashlib reference of the MD5 ids patched in
+  (`reference_seeded_index` / `reference_pair_ids` below), so its whole outputs must equal the
+  engine's.
 - pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
 
 Each worker first runs its work once on a 5,000-row table, so every figure is of a warm process.
 Time covers reading the Parquet file through the returned frames (writing them, the IO manager's
-work, is not timed; peak RSS includes it). The parent prints each row, the
-ratios to the bare group-by (all from this one run), and whether engine and before produced
-identical outputs: digests of the whole selections, quarantine and pairs tables and the
-best_worst stats (pandas: of the selected completion ids and the pair ids; it keeps the old
-ids re-implemented with hashlib, as `before`). --out appends it.
+work, is not timed; peak RSS includes it). The parent prints each row, the ratios to the bare
+group-by (all from this one run), and whether each variant produced the same outputs as before:
+digests of the whole selections, quarantine and pairs tables, order-insensitive (sorted row
+hashes) and with row order, and the best_worst stats (pandas: of the selected completion ids and
+the pair ids). --out appends it.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ["reward_routing", "fixed_routing", "random_routing", "single_teacher"]
 TEACHERS = ["west_european", "east_european", "middle_eastern", "east_asian", "generalist"]
-BEFORE = "c2a9cc7"  # the last commit with per-row BLAKE2b ids (pair_id, random_routing's pick)
+BEFORE = "6417232"  # the last commit with two passes (selections, then best_worst) and outputs sorted by prompt_id
 
 
 def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
@@ -72,10 +78,11 @@ def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
             "reward": rng.normal(0, 1, n),
             "language_match": rng.random(n) < 0.95,
         }
-    ).with_columns(
-        ("p_" + pl.col("prompt_id")).alias("prompt_id"),
-        ("c_" + pl.col("completion_id")).alias("completion_id"),
-        pl.col("reward").alias("reward_z"),
+    ).with_columns(pl.col("reward").alias("reward_z"))
+    # ids in the producers' format (factory.ids): "p_" / "c_" + 16 hex digits
+    df = df.with_columns(
+        _hex_ids("p_", df["prompt_id"].cast(pl.UInt64).to_numpy()).alias("prompt_id"),
+        _hex_ids("c_", df["completion_id"].cast(pl.UInt64).to_numpy()).alias("completion_id"),
     )
     df.write_parquet(Path(folder) / "scored.parquet", row_group_size=1_000_000)
     prompts = df.select("prompt_id").unique(maintain_order=True).with_columns(pl.format("prompt {}", "prompt_id").alias("text"))
@@ -86,16 +93,61 @@ def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
     prompts.head(1_000).write_parquet(warm / "prompts.parquet")
 
 
+def _hex_ids(prefix: str, values):
+    """`prefix` + 16 lower-case hex digits of each uint64, vectorised (a String Series)."""
+    import numpy as np
+    import polars as pl
+
+    pairs = np.array([f"{i:02x}".encode() for i in range(256)]).view(np.uint16)  # byte -> its two hex digits
+    digits = pairs[np.ascontiguousarray(values.astype(">u8")).view(np.uint8).reshape(-1, 8)]
+    out = np.empty((len(values), len(prefix) + 16), dtype=np.uint8)
+    out[:, : len(prefix)] = np.frombuffer(prefix.encode(), dtype=np.uint8)
+    out[:, len(prefix) :] = digits.view(np.uint8).reshape(-1, 16)
+    return pl.Series(out.view(f"S{len(prefix) + 16}").ravel()).cast(pl.String)
+
+
+def _splitmix_seconds(out: Path) -> float:
+    """What ids from a splitmix64 mix of the parsed 64-bit ids (numpy, wrap-around uint64) would cost
+    on the same inputs as `_id_seconds`: a prototype for comparison, not the project's ids."""
+    import numpy as np
+    import polars as pl
+
+    m = np.uint64
+
+    def mix(z):
+        z = (z ^ (z >> m(30))) * m(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> m(27))) * m(0x94D049BB133111EB)
+        return z ^ (z >> m(31))
+
+    def parse(ids):
+        return ids.str.slice(2).str.to_integer(base=16, dtype=pl.UInt64).to_numpy()
+
+    sel = pl.read_parquet(out.parent / "prompts.parquet", columns=["prompt_id"])
+    pairs = pl.read_parquet(out / "pairs.parquet", columns=["prompt_id", "chosen_completion_id", "rejected_completion_id"])
+    t = time.perf_counter()
+    with np.errstate(over="ignore"):
+        mix(parse(sel["prompt_id"]) ^ m(0x9E3779B97F4A7C15))  # random_routing's index
+        h = mix(parse(pairs["prompt_id"]) ^ m(0x2545F4914F6CDD1D))  # a constant per (method, round)
+        h = mix(mix(h ^ parse(pairs["chosen_completion_id"])) ^ parse(pairs["rejected_completion_id"]))
+        _hex_ids("pr_", h)
+    return time.perf_counter() - t
+
+
 def _digest(values) -> str:
     return hashlib.blake2b("\n".join(sorted(values)).encode(), digest_size=8).hexdigest()
 
 
-def _frame_digest(path: Path) -> str:
-    """A digest of a whole table, row order included (row hashes: comparable within one polars version)."""
+def _frame_digest(path: Path, ordered: bool = True) -> str:
+    """A digest of a whole table, row order included unless `ordered` is false (then the digest of
+    its sorted row hashes: the same rows in any order give the same digest). Row hashes are
+    comparable within one polars version."""
+    import numpy as np
     import polars as pl
 
     df = pl.read_parquet(path)
-    return hashlib.blake2b(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode(), digest_size=8).hexdigest()
+    rows = df.hash_rows(seed=0).to_numpy()
+    rows = rows if ordered else np.sort(rows)
+    return hashlib.blake2b(rows.tobytes() + str(df.schema).encode(), digest_size=8).hexdigest()
 
 
 def _peak_mib() -> float:
@@ -134,47 +186,76 @@ def reference_pair_ids(prompt_ids, method: str, round: int, chosen, rejected):
     return pl.Series("pair_id", [one(p, c, r) for p, c, r in rows], dtype=pl.String)
 
 
-def run_project(folder: str, stage: str, before: bool = False) -> dict:
+VARIANTS = {  # name: (one pass for selections and pair candidates, order of the outputs)
+    "engine": (True, "table"),
+    "one_pass_sorted": (True, "prompt_id"),
+    "two_pass": (False, "prompt_id"),
+}
+PROJECT = [*VARIANTS, "before"]
+
+
+def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     """One stage as its asset runs it, in its own process (Dagster runs the selections and the
-    preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`. `before`
-    runs the old package with the hashlib reference of the new ids patched in."""
+    preference_pairs assets as separate steps): `select` (4 strategies) or `best_worst`.
+
+    Variants of this project (VARIANTS): one pass (`select_with_candidates` writes the pair candidates
+    beside the selections, untimed like every write; the pairs stage reads them back, timed, and
+    builds the pairs with `best_worst_pairs`) or two passes (`select`, then `best_worst` over the
+    scored table, as until 2026-12-01), with outputs in table or prompt_id order. `before` runs the
+    old package; if its ids predate MD5 (no `factory.ids.pair_id_sql`), with the hashlib reference
+    of the MD5 ids patched in."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)
     import polars as pl
 
+    import factory.ids
     import factory.pairs
     import factory.routing
     from factory.pairs import best_worst
     from factory.routing import RoutingConfig, select
 
-    if before:
+    before = variant == "before"
+    if before and not hasattr(factory.ids, "pair_id_sql"):
         factory.routing.stable_index = reference_seeded_index
         factory.pairs.pair_ids = reference_pair_ids
-    out = Path(folder) / ("out_before" if before else "out_engine")
+    one_pass, order = VARIANTS.get(variant, (False, None))
+    out = Path(folder) / f"out_{variant}"
     out.mkdir(exist_ok=True)
     path = Path(folder) / "scored.parquet"
     result: dict = {"stages": {}}
     if stage == "select":
         t0 = time.perf_counter()
-        sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench")
+        if one_pass:
+            sel, quarantine, candidates = factory.routing.select_with_candidates(path, STRATEGIES, RoutingConfig(), run_id="bench", order=order)
+        else:
+            sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench", **({"order": order} if order else {}))
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
         quarantine.write_parquet(out / "quarantine.parquet")
+        if one_pass:
+            candidates.write_parquet(out / "candidates.parquet")
         result["counts"] = {s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES}
         result["digests"] = {s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES}
-        result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in ("selections", "quarantine")}
+        tables = ("selections", "quarantine")
     else:
         prompts = pl.read_parquet(Path(folder) / "prompts.parquet")
         t0 = time.perf_counter()
-        pairs, stats = best_worst(path, prompts, run_id="bench")
+        if one_pass:  # the pairs step reads the candidates the selections step wrote
+            pairs, stats = factory.pairs.best_worst_pairs(pl.read_parquet(out / "candidates.parquet"), prompts, run_id="bench")
+        else:
+            pairs, stats = best_worst(path, prompts, run_id="bench", **({"order": order} if order else {}))
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         pairs.write_parquet(out / "pairs.parquet")
         result["counts"] = {"pairs": pairs.height}
         result["digests"] = {"pairs": _digest(pairs["pair_id"].to_list())}
-        result["tables"] = {"pairs": _frame_digest(out / "pairs.parquet"), "stats": json.dumps(stats, sort_keys=True)}
-        if not before:
+        result["stats"] = json.dumps(stats, sort_keys=True)
+        tables = ("pairs",)
+        if variant == "engine":
             result["stages"]["ids"] = _id_seconds(out)
+            result["stages"]["splitmix_ids"] = _splitmix_seconds(out)
+    result["tables"] = {t: _frame_digest(out / f"{t}.parquet") for t in tables}
+    result["rows"] = {t: _frame_digest(out / f"{t}.parquet", ordered=False) for t in tables}
     return result
 
 
@@ -246,14 +327,14 @@ def run_pandas(folder: str) -> dict:
 
 def worker(impl: str, folder: str) -> None:
     name, _, stage = impl.partition(":")
-    if name in ("engine", "before"):
-        run = lambda f: run_project(f, stage, before=name == "before")  # noqa: E731
+    if name in PROJECT:
+        run = lambda f: run_project(f, stage, name)  # noqa: E731
     else:
         run = {"duckdb_argmax": run_duckdb_argmax, "pandas": run_pandas}[name]
     run(str(Path(folder) / "warmup"))  # imports, DuckDB's and polars' thread pools: not what is measured
     result = run(folder)
     result["seconds"] = round(result["seconds"], 2)
-    result["stages"] = {k: round(v, 2) for k, v in result["stages"].items()}
+    result["stages"] = {k: round(v, 3) for k, v in result["stages"].items()}
     print("RESULT " + json.dumps({"impl": impl, **result}))
 
 
@@ -266,7 +347,8 @@ def _combine(select: dict, pairs: dict) -> dict:
         "stages": {"select": select["seconds"], "best_worst": pairs["seconds"], **pairs["stages"]},
         "peak_rss_mib": max(select["peak_rss_mib"], pairs["peak_rss_mib"]),
         "stage_peaks": [select["peak_rss_mib"], pairs["peak_rss_mib"]],
-        **{k: select[k] | pairs[k] for k in ("counts", "digests", "tables")},
+        **{k: select[k] | pairs[k] for k in ("counts", "digests", "tables", "rows")},
+        "stats": pairs["stats"],
     }
 
 
@@ -297,8 +379,8 @@ def _checkout(rev: str, into: Path) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 2M prompts (x 5 teachers)")
-    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", "engine", "before", "pandas"], default="default",
-                    help="default: duckdb_argmax, engine, before; all: and pandas")
+    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", *PROJECT, "pandas"], default="default",
+                    help=f"default: duckdb_argmax, {', '.join(PROJECT)}; all: and pandas")
     ap.add_argument("--before", default=BEFORE, help="git revision of the implementation to compare with")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per implementation, seconds")
     ap.add_argument("--out", type=Path, help="append the figures to this Markdown file")
@@ -312,7 +394,7 @@ def main() -> None:
         return worker(a.worker, a.data)
 
     n_prompts = int(2_000_000 * a.scale)
-    impls = {"default": ["duckdb_argmax", "engine", "before"], "all": ["duckdb_argmax", "engine", "before", "pandas"]}.get(a.impl, [a.impl])
+    impls = {"default": ["duckdb_argmax", *PROJECT], "all": ["duckdb_argmax", *PROJECT, "pandas"]}.get(a.impl, [a.impl])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
         t = time.perf_counter()
@@ -328,7 +410,7 @@ def main() -> None:
                 results[impl] = {"error": f"no checkout of {a.before}"}
                 continue
             path = f"{old}{os.pathsep}{ROOT}" if impl == "before" else str(ROOT)
-            if impl in ("engine", "before"):
+            if impl in PROJECT:
                 stages = [_spawn(["--worker", f"{impl}:{stage}", "--data", tmp], a.timeout, path) for stage in ("select", "best_worst")]
                 results[impl] = _combine(*stages)
             else:
@@ -355,7 +437,7 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         "|---|---|---|---|---|---|---|",
     ]
     for impl, r in results.items():
-        name = f"{impl} ({before}, new ids by hashlib)" if impl == "before" else impl
+        name = f"{impl} ({before})" if impl == "before" else impl
         if "error" in r:
             lines.append(f"| {name} | - | - | - | - | - | {r['error'][:120]} |")
             continue
@@ -365,13 +447,22 @@ def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load
         lines.append(f"| {name} | {r['seconds']} | {st.get('select', '-')} | {st.get('best_worst', '-')} | {ratio} | {peak} | ok |")
     eng, old, pan = results.get("engine", {}), results.get("before", {}), results.get("pandas", {})
     if "stages" in eng and "ids" in eng["stages"]:
-        lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, MD5 in DuckDB, "
+        lines += ["", f"Of the engine's time, the ids alone (random_routing's seeded index over every prompt and the pair ids, "
                       f"timed separately on the same outputs) takes {eng['stages']['ids']} s"
-                      + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by." if bare else ".")]
-    if "tables" in eng and "tables" in old:
-        same = ", ".join(f"{k} {'yes' if eng['tables'][k] == old['tables'][k] else 'NO'}" for k in eng["tables"])
-        lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}; "
-                      f"outputs identical to before with the new ids (whole tables, row order included): {same}."]
+                      + (f" = {eng['stages']['ids'] / bare:.1f}x the bare group-by" if bare else "")
+                      + f"; the same ids from a splitmix64 mix of the parsed 64-bit ids in numpy (a prototype, not used) would take "
+                      f"{eng['stages'].get('splitmix_ids', '-')} s."]
+    if "rows" in old:
+        lines += ["", f"Outputs against before ({before}): same rows in any order (digests of sorted row hashes) / same rows in the same order:"]
+        for impl, r in results.items():
+            if impl == "before" or "rows" not in r:
+                continue
+            same = ", ".join(f"{k} {'yes' if r['rows'][k] == old['rows'][k] else 'NO'}/{'yes' if r['tables'][k] == old['tables'][k] else 'no'}"
+                             for k in r["rows"])
+            stats = "yes" if r.get("stats") == old.get("stats") else "NO"
+            lines.append(f"- {impl}: {same}; best_worst stats {stats}.")
+        if "seconds" in eng:
+            lines += ["", f"before / engine: time x{old['seconds'] / eng['seconds']:.1f}, peak memory x{old['peak_rss_mib'] / eng['peak_rss_mib']:.2f}."]
     if "digests" in eng and "digests" in pan:
         same = eng["digests"] == pan["digests"]
         lines += ["", f"pandas / engine: time x{pan['seconds'] / eng['seconds']:.1f}; selected ids and pair ids identical: {'yes' if same else 'NO'}."]

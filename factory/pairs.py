@@ -29,7 +29,7 @@ from factory.generation.base import Completion, GenerationBackend, Message, Samp
 from factory.generation.registry import TeacherConfig
 from factory.ids import completion_id, normalize_text, pair_ids
 from factory.languages import LANGUAGES
-from factory.routing import RoutingConfig, ScoredTable, Source, per_prompt
+from factory.routing import Source, pair_candidates
 from factory.scoring.base import RewardScorer
 from factory.settings import Strict
 from factory.sft_data import message
@@ -53,24 +53,21 @@ def best_worst_candidates(scored: Source, require_language_match: bool = True, m
     """Per prompt the best and worst eligible completion and a `status`: kept, or why it is dropped
     (single: < 2 eligible completions, tie, identical texts, margin below min_margin).
     Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?] (a frame or
-    Parquet files): one DuckDB aggregate per prompt (factory.routing.per_prompt), then the two rows'
+    Parquet files): one DuckDB aggregate per prompt (factory.routing.pair_candidates), then the two rows'
     columns are fetched."""
-    with ScoredTable(scored, CANDIDATE_COLUMNS, ["text"]) as table:
-        per = per_prompt(table, RoutingConfig(require_language_match=require_language_match), worst=True)
-        table.close()  # returns DuckDB's memory before the rows are fetched
-        cols = ["completion_id", "teacher", "reward", *(["text"] if "text" in table.columns else [])]
-        has = per["best_row"].is_not_null()
-        got = table.fetch(pl.concat([per["best_row"].filter(has), per["worst_row"].filter(has)]), cols)
-    n = int(has.sum())
-    # Every prompt is counted, even one with no eligible completion (status "single").
-    out = pl.concat([
-        pl.concat([per.filter(has).select("prompt_id", "language", "n_eligible"), got[:n].select(pl.all().name.prefix("chosen_")),
-                   got[n:].select(pl.all().name.prefix("rejected_"))], how="horizontal"),
-        per.filter(~has).select("prompt_id", "language", "n_eligible"),
-    ], how="diagonal")
-    out = out.with_columns((pl.col("chosen_reward") - pl.col("rejected_reward")).alias("margin"))
+    return candidate_status(pair_candidates(scored, require_language_match), min_margin)
+
+
+def candidate_status(candidates: pl.DataFrame, min_margin: float = 0.0) -> pl.DataFrame:
+    """`candidates` (factory.routing.pair_candidates, or the pair_candidates table) with `margin`
+    (chosen_reward - rejected_reward) and `status` (kept, single, tie, identical, margin)."""
+    missing = [c for c in ("prompt_id", "n_eligible", "chosen_completion_id", "chosen_reward", "rejected_completion_id", "rejected_reward")
+               if c not in candidates.columns]
+    if missing:
+        raise ValueError(f"pair candidates lack columns: {', '.join(missing)}")
+    out = candidates.with_columns((pl.col("chosen_reward") - pl.col("rejected_reward")).alias("margin"))
     status = pl.when(pl.col("n_eligible") < 2).then(pl.lit("single")).when(pl.col("margin") <= 0).then(pl.lit("tie"))
-    if "text" in cols:
+    if "chosen_text" in out.columns:
         same = pl.col("chosen_text").str.strip_chars() == pl.col("rejected_text").str.strip_chars()
         status = status.when(same).then(pl.lit("identical"))
     status = status.when(pl.col("margin") < min_margin).then(pl.lit("margin")).otherwise(pl.lit("kept"))
@@ -85,10 +82,20 @@ def best_worst(
     round: int = 0,
     require_language_match: bool = True,
     run_id: str = "",
+    order: str = "prompt_id",
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Highest- vs lowest-reward completion per prompt. Returns (pairs per PREFERENCE_PAIRS, stats) with
-    stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts."""
-    cand = best_worst_candidates(scored, require_language_match, min_margin)
+    stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts.
+    Pairs come in `order`: by prompt_id, or "table", the order of the prompts' first rows in `scored`."""
+    return best_worst_pairs(pair_candidates(scored, require_language_match, order), prompts, min_margin, method, round, run_id)
+
+
+def best_worst_pairs(
+    candidates: pl.DataFrame, prompts: pl.DataFrame, min_margin: float = 0.0, method: str = "best_worst", round: int = 0, run_id: str = ""
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """`best_worst` from its candidates (factory.routing.pair_candidates, e.g. the pair_candidates
+    table the selections step writes), in their order."""
+    cand = candidate_status(candidates, min_margin)
     counts, n_prompts = dict(cand.group_by("status").len().iter_rows()), cand.height
     kept = cand.filter(pl.col("status") == "kept").drop("status")
     del cand  # one copy of the candidates at a time: at 10M completions they are hundreds of MB
@@ -98,8 +105,6 @@ def best_worst(
         counts["no_prompt"], counts["kept"] = int(lacking.sum()), counts["kept"] - int(lacking.sum())
         kept = kept.filter(~lacking)
     stats = {"n_prompts": n_prompts, "n_pairs": counts.get("kept", 0)} | {f"dropped_{r}": counts.get(r, 0) for r in DROP_REASONS}
-    if not kept["prompt_id"].is_sorted():  # candidates come in prompt_id order; sort if that ever changes
-        kept = kept.sort("prompt_id", "chosen_completion_id")  # two keys: polars sorts them faster than one string key
     kept = kept.with_columns(pair_ids(kept["prompt_id"], method, round, kept["chosen_completion_id"], kept["rejected_completion_id"]))
     pairs = kept.select(
         "pair_id",

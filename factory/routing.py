@@ -27,7 +27,8 @@ call). One aggregate per prompt (`per_prompt`) gives the counts, the best eligib
 row with the top two rewards, and every row of the asked sample packed into one
 integer (row position, teacher, state); each strategy is then a vectorised pick
 over that per-prompt table, and only the picked rows' completion_id and reward
-are fetched. No Python runs per row: random_routing's seeded pick is MD5 computed by
+are fetched. `select_with_candidates` adds best_worst's candidates (factory.pairs) to the same
+aggregate and read, so selections and pairs take one pass. No Python runs per row: random_routing's seeded pick is MD5 computed by
 DuckDB (factory.ids.seeded_index; BLAKE2b before 2026-12, see the migration note in
 docs/bench/selection.md).
 """
@@ -161,24 +162,41 @@ class ScoredTable:
     def fetch(self, rows: pl.Series, columns: Sequence[str]) -> pl.DataFrame:
         """`columns` of the rows at positions `rows`, in that order. Parquet is read a slice of whole
         row groups (about 1M rows) at a time, so a large text column is never held whole."""
-        if self.frame is not None:
-            return self.frame.select(columns).rechunk().gather(rows)  # a gather across chunks is several times slower
-        want = rows.to_numpy()
+        return self.fetch_many([(rows, columns)])[0]
+
+    def fetch_many(self, requests: Sequence[tuple[pl.Series, Sequence[str]]]) -> list[pl.DataFrame]:
+        """`fetch` for several (rows, columns) requests, reading each slice of the table once."""
+        if self.frame is not None:  # a gather across chunks is several times slower
+            return [self.frame.select(columns).rechunk().gather(rows) for rows, columns in requests]
         slices = self._slices()
-        which = np.searchsorted(np.asarray([s[0] for s in slices]), want, side="right") - 1
-        order = np.argsort(which.astype(np.int16 if len(slices) < 2**15 else np.int32), kind="stable")  # a radix sort for int16
-        bounds = np.searchsorted(which[order], np.arange(len(slices) + 1))
-        pieces = []
+        starts = np.asarray([s[0] for s in slices])
+        plans = []
+        for rows, _ in requests:
+            want = rows.to_numpy()
+            which = np.searchsorted(starts, want, side="right") - 1
+            order = np.argsort(which.astype(np.int16 if len(slices) < 2**15 else np.int32), kind="stable")  # a radix sort for int16
+            plans.append((want, order, np.searchsorted(which[order], np.arange(len(slices) + 1))))
+        every = list(dict.fromkeys(c for _, columns in requests for c in columns))
+        pieces: list[list[pl.DataFrame]] = [[] for _ in requests]
         for i, (start, file, local, length) in enumerate(slices):
-            idx = order[bounds[i] : bounds[i + 1]]
-            if len(idx):
-                part = pl.scan_parquet(file).slice(local, length).select(columns).collect().rechunk()
-                pieces.append(part[pl.Series(want[idx] - start)])
-        got = pl.concat(pieces).rechunk() if pieces else pl.scan_parquet(self.files[0]).select(columns).head(0).collect()
-        del pieces
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return got[pl.Series(inverse)]
+            if not any(bounds[i + 1] > bounds[i] for _, _, bounds in plans):
+                continue
+            part = pl.scan_parquet(file).slice(local, length).select(every).collect().rechunk()
+            for (want, order, bounds), (_, columns), out in zip(plans, requests, pieces, strict=True):
+                idx = order[bounds[i] : bounds[i + 1]]
+                if len(idx):
+                    out.append(part.select(columns)[pl.Series(want[idx] - start)])
+            del part
+        results = []
+        for k, ((_, order, _), (_, columns)) in enumerate(zip(plans, requests, strict=True)):
+            got, pieces[k] = pieces[k], []  # one request's pieces at a time: at 10M rows they are hundreds of MB
+            frame = pl.concat(got).rechunk() if got else pl.scan_parquet(self.files[0]).select(columns).head(0).collect()
+            del got
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            results.append(frame[pl.Series(inverse)])
+            del frame
+        return results
 
     def _slices(self, rows: int = 1 << 20) -> list[tuple[int, str, int, int]]:
         """(global start, file, start in the file, length): runs of whole row groups of about `rows` rows."""
@@ -206,15 +224,21 @@ class ScoredTable:
         self.close()
 
 
+ORDERS = ("table", "prompt_id")  # the order of the per-prompt table, and so of selections and pairs
+
+
 def per_prompt(
-    table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None, samples: bool = False
+    table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None,
+    samples: bool = False, order: str = "prompt_id",
 ) -> pl.DataFrame:
-    """One row per prompt, sorted by prompt_id: language, n_eligible, best_row (position of the
+    """One row per prompt, in `order`: "prompt_id" (the default; a string sort) or "table", the order
+    of each prompt's first row in the scored table (an integer sort, what the selections step uses:
+    0.2-1.0x a bare group-by cheaper, docs/bench/selection.md). Columns: language, n_eligible, best_row (position of the
     eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
     highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
     completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
     n_completions, n_scored and n_language_match. With the teacher `pool`: best_tix (the best row's
-    teacher's place in the pool; len(pool): none) and, with samples, `samples`: every row of sample
+    teacher's place in the pool; len(pool): none; worst_tix likewise) and, with samples, `samples`: every row of sample
     cfg.sample_index packed into an integer (row position, teacher's place in the pool, state: 3
     eligible, 2 not in the prompt's language, 1 no reward)."""
     ok = eligible_sql(cfg)
@@ -233,16 +257,23 @@ def per_prompt(
         state = f"CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END"
         aggs.append(f"list(({ref} << 2) | {state}) FILTER (sample_index = {int(cfg.sample_index)} AND teacher IS NOT NULL) AS samples")
         out.append("samples")
+    if order not in ORDERS:
+        raise ValueError(f"per_prompt: order must be one of {', '.join(ORDERS)}, got {order!r}")
     # Aggregate and sort in one query: faster than materialising the aggregate first (a temp table
-    # costs as much as the aggregate) and than sorting a frame by a string column in polars.
-    per = table.sql(f"SELECT {', '.join(out)} FROM (SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id) ORDER BY prompt_id")
+    # costs as much as the aggregate) and than sorting a frame by a string column in polars. The
+    # group-by's own order varies with threads; a sort makes the same input give the same rows.
+    aggs.append("min(_row) AS _first")
+    per = table.sql(
+        f"SELECT {', '.join(out)} FROM (SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id) "
+        f"ORDER BY {'_first' if order == 'table' else 'prompt_id'}"
+    )
     per = _break_ties(table, per, ok, ref, "best", "top", "arg_min")
     if worst:
         per = _break_ties(table, per, ok, ref, "worst", "bottom", "arg_max")
     refs = ["best", *(["worst"] if worst else [])]
     decoded = [(pl.col(c) // 2**bits).alias(f"{c}_row") for c in refs]
     if pool is not None:
-        decoded.append((pl.col("best") % 2**bits).cast(pl.Int16).alias("best_tix"))
+        decoded += [(pl.col(c) % 2**bits).cast(pl.Int16).alias(f"{c}_tix") for c in refs]
     return per.with_columns(decoded).drop(refs)
 
 
@@ -423,22 +454,65 @@ def select(
     run_id: str = "",
     router: Router | pl.DataFrame | None = None,
     prompts: pl.DataFrame | None = None,
+    order: str = "prompt_id",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Run `strategies` over `scored`; returns (selections per SELECTIONS, quarantine [row_key, reason, payload]).
-    `router`: a trained Router, or its predictions [prompt_id, teacher] for learned_routing."""
-    picked, missed = _route(scored, strategies, cfg or RoutingConfig(), router, prompts)
-    selections = conform(picked.with_columns(pl.lit(run_id).alias("run_id")), SELECTIONS)
-    return selections, _quarantine(missed)
+    """Run `strategies` over `scored`; returns (selections per SELECTIONS, quarantine [row_key, reason, payload]),
+    by strategy, then prompt in `order` (see `per_prompt`). `router`: a trained Router, or its predictions
+    [prompt_id, teacher] for learned_routing."""
+    picked, missed, _ = _route(scored, strategies, cfg or RoutingConfig(), router, prompts, order=order)
+    return _selections(picked, run_id), _quarantine(missed)
 
 
-def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=None, prompts=None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def select_with_candidates(
+    scored: Source,
+    strategies: list[str],
+    cfg: RoutingConfig | None = None,
+    run_id: str = "",
+    router: Router | pl.DataFrame | None = None,
+    prompts: pl.DataFrame | None = None,
+    pairs_require_language_match: bool = True,
+    order: str = "prompt_id",
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """`select` and `pair_candidates` from one pass over `scored` (one aggregate, one read of the
+    picked rows): (selections, quarantine, candidates). When the pairs' language rule differs from
+    routing's, the eligible rows differ and the candidates take a second pass."""
+    cfg = cfg or RoutingConfig()
+    if pairs_require_language_match != cfg.require_language_match:
+        sel, quarantine = select(scored, strategies, cfg, run_id, router, prompts, order)
+        return sel, quarantine, pair_candidates(scored, pairs_require_language_match, order)
+    picked, missed, candidates = _route(scored, strategies, cfg, router, prompts, candidates=True, order=order)
+    return _selections(picked, run_id), _quarantine(missed), candidates  # type: ignore[return-value]
+
+
+def pair_candidates(scored: Source, require_language_match: bool = True, order: str = "prompt_id") -> pl.DataFrame:
+    """Per prompt the best and worst eligible completion (factory.pairs.best_worst's candidates),
+    every prompt of `scored` once, in `order`: PAIR_CANDIDATES (warehouse.schemas) [prompt_id, language,
+    n_eligible, chosen_/rejected_ completion_id, teacher, reward and text (when scored has text)];
+    the chosen_/rejected_ columns are null for a prompt without an eligible completion. Ties: the
+    best is the smallest completion_id of the top reward, the worst the largest of the lowest.
+    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?]."""
+    return _route(scored, [], RoutingConfig(require_language_match=require_language_match), candidates=True, order=order)[2]  # type: ignore[return-value]
+
+
+def _selections(picked: pl.DataFrame, run_id: str) -> pl.DataFrame:
+    return conform(picked.with_columns(pl.lit(run_id).alias("run_id")), SELECTIONS)
+
+
+PAIR_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")  # what pair candidates read (and text)
+
+
+def _route(
+    scored: Source, strategies: list[str], cfg: RoutingConfig, router=None, prompts=None, *, candidates: bool = False, order: str = "prompt_id"
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None, pl.DataFrame | None]:
     """(picked [prompt_id, language, strategy, completion_id, teacher, reward, margin], unpicked [prompt_id,
-    language, teacher, reason, strategy, n_completions, n_scored, n_language_match]), by strategy and prompt_id."""
+    language, teacher, reason, strategy, n_completions, n_scored, n_language_match], pair candidates),
+    by strategy and prompt in `order`; the first two None without strategies, the third None unless `candidates`."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown routing strategies {unknown}; known: {', '.join(STRATEGIES)}")
     learned = "learned_routing" in strategies
-    with ScoredTable(scored, SCORED_COLUMNS, ["prompt_text"] if learned else []) as table:
+    optional = [*(["prompt_text"] if learned else []), *(["text"] if candidates else [])]
+    with ScoredTable(scored, SCORED_COLUMNS if strategies else PAIR_COLUMNS, optional) as table:
         if learned and router is None:
             raise ValueError("learned_routing needs a trained router (factory.learned_router.train_router)")
         texts = None
@@ -452,7 +526,7 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
         mean = _best_mean_teacher(table) if "single_teacher" in strategies and not cfg.single_teacher else None
         pool = table.teachers()
         one = any(s != "reward_routing" for s in strategies)
-        per = per_prompt(table, cfg, counts=True, pool=pool, samples=one)
+        per = per_prompt(table, cfg, counts=bool(strategies), worst=candidates, pool=pool, samples=one, order=order)
         table.close()  # the rest is polars over the per-prompt table, and fetching the picked rows
         samples = _samples(per, pool) if one else None
         r = Routing(per.drop("samples", strict=False), cfg, pool, router, texts, mean)
@@ -465,32 +539,63 @@ def _route(scored: Source, strategies: list[str], cfg: RoutingConfig, router=Non
             picked.append(p.with_columns(pl.lit(i, pl.UInt8).alias("strategy")))
             missed.append(m.with_columns(pl.lit(name).alias("strategy")))
         del samples
-        picks = pl.concat(picked)
+        # One read of the table for the picked rows of every strategy and the pair candidates' two rows.
+        requests: list[tuple[pl.Series, list[str]]] = []
+        picks = pl.concat(picked) if picked else None
         del picked
-        per = r.per = r.per.select("prompt_id", "language", "n_completions", "n_scored", "n_language_match")  # all that is still needed
-        got = table.fetch(picks["_row"], ["completion_id", "reward"])
-        picks = picks.drop("_row")
+        if picks is not None:
+            requests.append((picks["_row"], ["completion_id", "reward"]))
+            picks = picks.drop("_row")
+        counts = ["n_completions", "n_scored", "n_language_match"] if strategies else []
+        has = r.per["best_row"].is_not_null()
+        if candidates:
+            requests.append((pl.concat([r.per["best_row"].filter(has), r.per["worst_row"].filter(has)]),
+                             ["completion_id", *(["text"] if "text" in table.columns else [])]))
+        keep = ["prompt_id", "language", *counts, *(["n_eligible", "best_tix", "worst_tix", "top1", "bottom1"] if candidates else [])]
+        per = r.per = r.per.select(keep)  # all that is still needed
+        got = table.fetch_many(requests)
+    teachers = pl.Series([*pool, None], dtype=pl.String)
+    pairs = _candidates(per, has, teachers, got[-1]) if candidates else None
+    if picks is None:
+        return None, None, pairs
     rows = pl.DataFrame({
         "prompt_id": per["prompt_id"].gather(picks["pidx"]),
         "language": per["language"].gather(picks["pidx"]),
         "strategy": pl.Series(names, dtype=pl.String).gather(picks["strategy"]),
-        "completion_id": got["completion_id"],
-        "teacher": pl.Series([*pool, None], dtype=pl.String).gather(picks["best_tix"]),
-        "reward": got["reward"],
+        "completion_id": got[0]["completion_id"],
+        "teacher": teachers.gather(picks["best_tix"]),
+        "reward": got[0]["reward"],
         "margin": picks["margin"].fill_null(0.0),
     })
     missed = pl.concat(missed)
     del picks, got
-    counts = per[missed["pidx"]]
-    missed = pl.concat([counts, missed.drop("pidx")], how="horizontal")
-    return rows, missed.select(*_MISSED, "strategy", "n_completions", "n_scored", "n_language_match")
+    unpicked = pl.concat([per.select("prompt_id", "language", *counts)[missed["pidx"]], missed.drop("pidx")], how="horizontal")
+    return rows, unpicked.select(*_MISSED, "strategy", *counts), pairs
+
+
+def _candidates(per: pl.DataFrame, has: pl.Series, teachers: pl.Series, got: pl.DataFrame) -> pl.DataFrame:
+    """PAIR_CANDIDATES from the per-prompt table and the fetched [completion_id, text?] of the best
+    rows, then the worst rows, of the prompts that `has` an eligible one (those prompts first)."""
+    n, best = int(has.sum()), per.filter(has)
+
+    def side(prefix: str, rows: pl.DataFrame, tix: str, reward: str) -> pl.DataFrame:
+        cols = {"completion_id": rows["completion_id"], "teacher": teachers.gather(best[tix]), "reward": best[reward]}
+        if "text" in rows.columns:
+            cols["text"] = rows["text"]
+        return pl.DataFrame({f"{prefix}{k}": v for k, v in cols.items()})
+
+    return pl.concat([
+        pl.concat([best.select("prompt_id", "language", "n_eligible"), side("chosen_", got[:n], "best_tix", "top1"),
+                   side("rejected_", got[n:], "worst_tix", "bottom1")], how="horizontal"),
+        per.filter(~has).select("prompt_id", "language", "n_eligible"),
+    ], how="diagonal")
 
 
 def reward_routing(scored: Source, cfg: RoutingConfig | None = None, router=None, prompts=None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """reward_routing alone: (picked [prompt_id, language, completion_id, teacher, reward, margin],
     unpicked [prompt_id, language, teacher, reason]) as LazyFrames."""
-    picked, missed = _route(scored, ["reward_routing"], cfg or RoutingConfig())
-    return picked.drop("strategy").lazy(), missed.select(_MISSED).lazy()
+    picked, missed, _ = _route(scored, ["reward_routing"], cfg or RoutingConfig())
+    return picked.drop("strategy").lazy(), missed.select(_MISSED).lazy()  # type: ignore[union-attr]
 
 
 def _quarantine(missed: pl.DataFrame) -> pl.DataFrame:

@@ -89,6 +89,17 @@ PREFERENCE_PAIRS = {
     "rule": pl.String,  # reward | language | translation (see PAIR_RULE_DEFAULT)
 }
 
+# Per prompt the best and worst eligible completion, written by the selections step beside the
+# selections (one pass over the scored table) and read by preference_pairs for best_worst.
+PAIR_CANDIDATES = {
+    "prompt_id": pl.String,
+    "language": pl.String,
+    "n_eligible": pl.Int64,
+    **{f"{side}_{c}": t for side in ("chosen", "rejected") for c, t in
+       (("completion_id", pl.String), ("teacher", pl.String), ("reward", pl.Float64), ("text", pl.String))},
+    "run_id": pl.String,
+}
+
 SFT_DATA = {  # TRL's conversational prompt-completion format, plus ids
     "prompt": MESSAGES,
     "completion": MESSAGES,
@@ -169,6 +180,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "scores": SCORES,
     "selections": SELECTIONS,
     "preference_pairs": PREFERENCE_PAIRS,
+    "pair_candidates": PAIR_CANDIDATES,
     "sft_data": SFT_DATA,
     "checkpoints": CHECKPOINTS,
     "judgments": JUDGMENTS,
@@ -324,6 +336,17 @@ TABLE_COLUMN_DOCS: dict[str, dict[str, str]] = {
         "teacher": "Teacher whose completion was selected.",
     },
     "preference_pairs": {"margin": "chosen_reward minus rejected_reward."},
+    "pair_candidates": {
+        "n_eligible": "Completions of the prompt a pair may use (scored, and in the prompt's language when required).",
+        "chosen_completion_id": "completion_id of the highest-reward eligible completion (null: none is eligible).",
+        "rejected_completion_id": "completion_id of the lowest-reward eligible completion (null: none is eligible).",
+        "chosen_teacher": "Teacher of the highest-reward eligible completion.",
+        "rejected_teacher": "Teacher of the lowest-reward eligible completion.",
+        "chosen_reward": "Reward of the highest-reward eligible completion.",
+        "rejected_reward": "Reward of the lowest-reward eligible completion.",
+        "chosen_text": "Text of the highest-reward eligible completion.",
+        "rejected_text": "Text of the lowest-reward eligible completion.",
+    },
     "sft_data": {"reward": "Reward of the selected completion.", "teacher": "Teacher whose completion is the target."},
     "win_rates": {
         "language": "Language code, or 'all' for the macro average over languages.",

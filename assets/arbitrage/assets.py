@@ -27,8 +27,8 @@ from factory.decontam import decontamination_gate
 from factory.generation.registry import TeacherConfig
 from factory.generation.runner import generate_completions
 from factory.learned_router import Router, evaluate_router, train_router
-from factory.pairs import best_worst, check_pairs, native_vs_translated, pair_counts, weakest_teacher
-from factory.routing import best_mean_teacher, reward_routing, scored_frame, select, strategy_comparison
+from factory.pairs import best_worst_pairs, check_pairs, native_vs_translated, pair_counts, weakest_teacher
+from factory.routing import best_mean_teacher, reward_routing, scored_frame, select_with_candidates, strategy_comparison
 from factory.routing import routing_stats as stats
 from factory.scoring.score import score_generations, teacher_table
 from factory.sft_data import sft_rows
@@ -148,26 +148,39 @@ def router(
     }], context.run_id)
 
 
-@dg.asset(partitions_def=language_partitions, io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
+SELECTION_OUTS = {
+    "selections": dg.AssetOut(io_manager_key="warehouse", kinds={"polars"}, description=(
+        "One selected completion per training prompt of the language for every routing strategy: reward_routing (the "
+        "Arbiter's argmax), fixed_routing, random_routing, single_teacher (the baseline) and learned_routing (the "
+        "router's pick from the prompt alone).")),
+    "pair_candidates": dg.AssetOut(
+        io_manager_key="warehouse", metadata={SIDE_OUTPUT: True}, kinds={"polars"},
+        description=("Per prompt the best and worst eligible completion (ids, teachers, rewards, texts), from the same pass "
+                     "over the scored table as the selections: what preference_pairs makes its best_worst pairs of.")),
+}
+
+
+@dg.multi_asset(outs=SELECTION_OUTS, partitions_def=language_partitions, group_name="arbitrage")
 def selections(
     context: dg.AssetExecutionContext, env: FactoryResource, scores: pl.DataFrame, generations: pl.DataFrame,
     prompts: pl.DataFrame, router: pl.DataFrame,
-) -> pl.DataFrame:
-    """One selected completion per training prompt of the language for every routing strategy:
-    reward_routing (the Arbiter's argmax), fixed_routing, random_routing, single_teacher (the
-    baseline) and learned_routing (the router's pick from the prompt alone)."""
-
-
+):
     cfg = env.settings()
     arb = cfg.arbitrage
     row = only(router)
     routing = arb.routing.model_copy(update={"single_teacher": json.loads(row["config"])["single_teacher"]})
     model = Router.load(row["path"]) if row["path"] else None
-    sel, quarantine = select(scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts)
+    # One pass over the scored table for the selections and the best_worst candidates; rows in the
+    # order of the prompts' first rows in it (an integer sort, not a string sort by prompt_id).
+    sel, quarantine, candidates = select_with_candidates(
+        scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts,
+        pairs_require_language_match=cfg.pairs.best_worst.require_language_match, order="table",
+    )
     env.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
     summary = strategy_comparison(sel)  # mean reward on the prompts every strategy selected
-    context.add_output_metadata({"strategies": dg.MetadataValue.md(markdown_table(summary)), "quarantined": quarantine.height})
-    return sel
+    yield dg.Output(sel, output_name="selections", metadata={"strategies": dg.MetadataValue.md(markdown_table(summary)),
+                                                             "quarantined": quarantine.height})
+    yield dg.Output(candidates.with_columns(pl.lit(context.run_id).alias("run_id")), output_name="pair_candidates")
 
 
 @dg.asset(io_manager_key="warehouse", group_name="arbitrage", kinds={"polars"})
@@ -235,14 +248,14 @@ PAIR_OUTS = {
 )
 def preference_pairs(
     context: dg.AssetExecutionContext, env: FactoryResource, servers: ModelServers, scores: pl.DataFrame, generations: pl.DataFrame,
-    prompts: pl.DataFrame, selections: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
+    prompts: pl.DataFrame, selections: pl.DataFrame, pair_candidates: pl.DataFrame, embedded_pool: pl.DataFrame, arbiter: pl.DataFrame,
 ):
     cfg = env.settings()
     wh = env.warehouse()
     lang = context.partition_key
     scored = scored_frame(scores, generations, primary_scorer(cfg))
-    bw = cfg.pairs.best_worst
-    pairs, stats = best_worst(scored, prompts, bw.min_margin, require_language_match=bw.require_language_match, run_id=context.run_id)
+    # best_worst from the candidates the selections step found in its pass (no second pass over scored)
+    pairs, stats = best_worst_pairs(pair_candidates, prompts, cfg.pairs.best_worst.min_margin, run_id=context.run_id)
     nvt = cfg.pairs.native_vs_translated
     translated, quarantined = None, []
     if nvt.enabled and lang not in nvt.skip_languages and scored.height:

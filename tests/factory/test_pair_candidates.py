@@ -1,0 +1,100 @@
+"""One pass for selections and best_worst: `select_with_candidates` and the pair candidates it writes
+beside the selections give what `select` and `best_worst` give on their own; outputs come in a fixed
+order (the prompts' first rows in the scored table, or prompt_id)."""
+
+from __future__ import annotations
+
+import random
+
+import polars as pl
+import pytest
+
+from factory.pairs import best_worst, best_worst_pairs, candidate_status
+from factory.routing import RoutingConfig, pair_candidates, select, select_with_candidates
+from warehouse.schemas import PAIR_CANDIDATES
+
+STRATEGIES = ["fixed_routing", "random_routing", "reward_routing", "single_teacher"]
+
+
+def _random_scored(seed: int, n_prompts: int = 30) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Few reward values (ties), null/NaN/inf rewards, null language_match, two rows of one sample,
+    identical texts; prompts in a shuffled order, so table order differs from prompt_id order."""
+    rng = random.Random(seed)
+    rows = []
+    for i in rng.sample(range(n_prompts), n_prompts):
+        lang = rng.choice(["de", "ja", "xx"])
+        for t in rng.sample(["a", "b", "c"], 3):
+            for k in range(rng.choice([0, 1, 2])):
+                for _ in range(rng.choice([1, 1, 1, 2])):
+                    reward = rng.choice([0.0, 1.0, -1.0, None, float("nan"), float("inf")]) if rng.random() < 0.5 else rng.gauss(0, 1)
+                    rows.append({"prompt_id": f"p{i:02d}", "language": lang, "completion_id": f"c{rng.getrandbits(24):06x}", "teacher": t,
+                                 "sample_index": k, "reward": reward, "language_match": rng.choice([True, True, False, None]),
+                                 "text": rng.choice(["x", "y", " x ", "z"])})
+    scored = pl.DataFrame(rows, schema_overrides={"sample_index": pl.Int32, "reward": pl.Float64})
+    prompts = scored.select("prompt_id").unique().sort("prompt_id").with_columns(pl.format("q {}", "prompt_id").alias("text"))
+    return scored, prompts.head(n_prompts - 2)  # two prompts without a text: dropped_no_prompt
+
+
+def _first_seen(scored: pl.DataFrame) -> list[str]:
+    return scored["prompt_id"].unique(maintain_order=True).to_list()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_one_pass_equals_select_and_best_worst(seed, tmp_path):
+    scored, prompts = _random_scored(seed)
+    cfg = RoutingConfig(require_language_match=seed % 2 == 0, seed=seed, fixed_teachers={"de": "a", "ja": "zz"})
+    path = tmp_path / "scored.parquet"
+    scored.write_parquet(path, row_group_size=7)  # many row groups: fetching crosses them
+    for order in ("prompt_id", "table"):
+        sel, q = select(scored, STRATEGIES, cfg, order=order)
+        pairs, stats = best_worst(scored, prompts, require_language_match=cfg.require_language_match, order=order)
+        for source in (scored, path):
+            sel1, q1, cand = select_with_candidates(source, STRATEGIES, cfg, pairs_require_language_match=cfg.require_language_match, order=order)
+            assert sel1.equals(sel) and q1.equals(q)
+            pairs1, stats1 = best_worst_pairs(cand, prompts)
+            assert pairs1.equals(pairs) and stats1 == stats
+        # the pairs' language rule differs from routing's: still the same pairs (the candidates take a second pass)
+        other = not cfg.require_language_match
+        _, _, cand = select_with_candidates(scored, STRATEGIES, cfg, pairs_require_language_match=other, order=order)
+        (got, got_stats), (want, want_stats) = best_worst_pairs(cand, prompts), best_worst(scored, prompts, require_language_match=other, order=order)
+        assert got.equals(want) and got_stats == want_stats
+
+
+def test_order_is_the_tables_or_prompt_id_and_does_not_vary():
+    scored, prompts = _random_scored(7, n_prompts=60)
+    sel, _, cand = select_with_candidates(scored, STRATEGIES, order="table")
+    first = _first_seen(scored)
+    has = set(cand.filter(pl.col("chosen_completion_id").is_not_null())["prompt_id"])
+    assert cand["prompt_id"].to_list() == [p for p in first if p in has] + [p for p in first if p not in has]  # those with a pair first
+    for s in STRATEGIES:
+        got = sel.filter(pl.col("strategy") == s)["prompt_id"].to_list()
+        assert got == [p for p in first if p in set(got)]
+    assert sel["strategy"].to_list() == sorted(sel["strategy"].to_list())  # by strategy, then prompt
+    pairs, _ = best_worst_pairs(cand, prompts)
+    assert pairs["prompt_id"].to_list() == [p for p in first if p in set(pairs["prompt_id"])]
+    for _ in range(3):  # the same input gives the same rows in the same order, whatever the threads did
+        again = select_with_candidates(scored, STRATEGIES, order="table")
+        assert again[0].equals(sel) and again[2].equals(cand)
+    by_id = pair_candidates(scored, order="prompt_id")
+    assert by_id["prompt_id"].to_list() == sorted(has) + sorted(set(by_id["prompt_id"]) - has)
+    assert by_id.sort("prompt_id").equals(cand.sort("prompt_id"))
+    with pytest.raises(ValueError, match="order must be one of"):
+        pair_candidates(scored, order="random")
+
+
+def test_candidates_hold_every_prompt_with_its_best_and_worst(make_scored):
+    scored = make_scored([
+        ("de", "a", 0, 3.0, True, "gut"), ("de", "b", 0, 5.0, False, "good"), ("de", "c", 0, 1.0, True, "schlecht"),
+        ("ja", "a", 0, None, True, "x"), ("ja", "b", 0, 2.0, False, "y"),  # nothing eligible
+    ])
+    cand = pair_candidates(scored)
+    assert list(cand.columns) == [c for c in PAIR_CANDIDATES if c != "run_id"]
+    assert cand["prompt_id"].n_unique() == cand.height == scored["prompt_id"].n_unique()
+    de = cand.filter(pl.col("language") == "de").row(0, named=True)
+    assert (de["n_eligible"], de["chosen_reward"], de["rejected_reward"], de["chosen_teacher"], de["rejected_teacher"]) == (2, 3.0, 1.0, "a", "c")
+    assert (de["chosen_text"], de["rejected_text"]) == ("gut", "schlecht")
+    ja = cand.filter(pl.col("language") == "ja").row(0, named=True)
+    assert ja["n_eligible"] == 0 and ja["chosen_completion_id"] is None and ja["rejected_completion_id"] is None
+    assert candidate_status(cand)["status"].to_list() == ["kept", "single"]
+    with pytest.raises(ValueError, match="lack columns: chosen_reward"):
+        candidate_status(cand.drop("chosen_reward"))
