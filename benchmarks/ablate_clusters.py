@@ -9,7 +9,9 @@ what the cluster_models asset runs, with the home's sft_data and offline pairs),
      base is the variant's start (the common ancestor);
   2. an absolute guard: the picked merge against the arbitrage SFT model (`sft_model`) on every dev
      prompt (`training.online.dev_answers` / `judge_on_dev` / `dev_figures`), so a variant cannot win
-     "vs specialists" merely because its specialists got worse.
+     "vs specialists" merely because its specialists got worse;
+  3. for the record: each cluster model against sft_model on its own languages' dev prompts, pooled
+     (does the cluster training add anything over the model it could have started from?).
 
 Variants (start, cluster SFT):
   base_sft_dpo        the pretrained base, SFT on the cluster's rows, DPO on its pairs (the old recipe)
@@ -42,9 +44,10 @@ from ablate_merge import Home, choose_among, eval_report, figures_line, open_hom
 
 from assets.io_manager import partition_for
 from assets.training.assets import cluster_start_model
+from factory.languages import own_languages
 from training.clusters import train_cluster_models
 from training.config import ClusterTrainingConfig
-from training.merge_choice import candidates_table
+from training.merge_choice import candidates_table, pooled_figures
 from training.online import dev_answers, dev_figures, judge_on_dev
 
 RUN_ID = "ablate_clusters"
@@ -96,6 +99,16 @@ def run_variant(h: Home, name: str, clusters_cfg: ClusterTrainingConfig, work: P
     judged, _ = judge_on_dev(
         h.judge, dev, merged, theirs, f"{name}:merged", sft["checkpoint_id"], "dev_merged_vs_sft", RUN_ID
     )
+    # the specialists themselves against sft_model on their own languages: does cluster training add anything?
+    own = []
+    for c in clusters:
+        mine = dev.filter(pl.col("language").is_in(list(own_languages(c["name"]))))
+        answers, _ = dev_answers(c["path"], mine, ev.sampling, dev_dir, RUN_ID, ev.batch_size)
+        own.append(
+            judge_on_dev(
+                h.judge, mine, answers, theirs, c["checkpoint_id"], sft["checkpoint_id"], "dev_cluster_vs_sft", RUN_ID
+            )[0]
+        )
     kept = choice.record["candidates"][choice.record["kept"]]
     return {
         "variant": name,
@@ -107,6 +120,7 @@ def run_variant(h: Home, name: str, clusters_cfg: ClusterTrainingConfig, work: P
         "vs_specialists": kept["dev"],
         "vs_specialists_by_cluster": kept["dev_by_cluster"],
         "vs_sft": dev_figures(judged, ev.winrates),
+        "specialists_vs_sft": pooled_figures(own, ev.winrates),
     }
 
 
@@ -122,6 +136,7 @@ def dev_table(results: list[dict]) -> pl.DataFrame:
         }
         row |= {f"vs_{c}": f.get("win_rate") for c, f in r["vs_specialists_by_cluster"].items()}
         row |= {"vs_sft W/T/L": f"{t['wins']}/{t['ties']}/{t['losses']}", "vs_sft": t["win_rate"]}
+        row |= {"specialists_vs_sft": r["specialists_vs_sft"]["win_rate"]}
         row |= {"train_s": r["train_seconds"]}
         rows.append(row)
     return pl.DataFrame(rows)

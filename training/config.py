@@ -20,20 +20,23 @@ OFFLINE_PAIR_METHODS = [m for m in PAIR_BUILDERS if m != "online"]
 class ClusterTrainingConfig(Strict):
     """How each language-cluster model is trained before the merge.
 
-    `start`: the checkpoint every cluster model starts from: `base` (the pretrained
-    `training.base_model`; four models fine-tuned from it on disjoint data drift apart) or `sft_model`
-    (the arbitrage SFT model, trained on every language: a shared, already-good common ancestor, which
-    is what Aya Expanse merges from). `sft`: SFT on the cluster's own rows (its languages plus
-    en/es/fr) before its DPO; false runs DPO only, which needs `start: sft_model` (DPO from the
-    pretrained base would have no instruction-following policy to start from). The task-vector merges
-    (ties, dare_*) take the cluster models' start as their base: task vectors are measured from it."""
+    `start`: the checkpoint every cluster model starts from: `sft_model` (the arbitrage SFT model,
+    trained on every language: a shared, already-good common ancestor, which is what Aya Expanse merges
+    from) or `base` (the pretrained `training.base_model`; four models fine-tuned from it on disjoint
+    data drift apart). `sft`: SFT on the cluster's own rows (its languages plus en/es/fr) before its DPO;
+    unset, it is true from `base` (DPO needs an instruction-following policy) and false from `sft_model`
+    (that model already had SFT on those rows). The task-vector merges (ties, dare_*) take the cluster
+    models' start as their base: task vectors are measured from it. The default was chosen on the dev
+    split (docs/RESULTS.md "Cluster models from the SFT model")."""
 
-    start: Literal["base", "sft_model"] = "base"
-    sft: bool = True
+    start: Literal["sft_model", "base"] = "sft_model"
+    sft: bool | None = None
 
     @model_validator(mode="after")
-    def _dpo_needs_a_policy(self) -> ClusterTrainingConfig:
-        if self.start == "base" and not self.sft:
+    def _resolve_sft(self) -> ClusterTrainingConfig:
+        if self.sft is None:
+            self.sft = self.start == "base"
+        elif self.start == "base" and not self.sft:
             raise ValueError(
                 "training.clusters: `start: base` with `sft: false` would run DPO on the pretrained base model; "
                 "set `sft: true`, or `start: sft_model` to run DPO from the arbitrage SFT model"

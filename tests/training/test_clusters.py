@@ -18,7 +18,9 @@ TEXTS = ["hello, how are you?", "I am fine, thank you.", "what is your name?", "
 
 
 def test_the_setting_is_validated():
-    assert ClusterTrainingConfig() == ClusterTrainingConfig(start="base", sft=True)  # the old recipe
+    assert ClusterTrainingConfig() == ClusterTrainingConfig(start="sft_model", sft=False)  # chosen on dev
+    assert ClusterTrainingConfig(start="base").sft is True  # the old recipe: DPO needs an SFT policy
+    assert ClusterTrainingConfig(start="sft_model", sft=True).sft is True
     assert TrainingConfig.model_validate({"clusters": {"start": "sft_model", "sft": False}}).clusters.start == "sft_model"
     with pytest.raises(ValidationError, match="sft_model"):
         ClusterTrainingConfig(start="dpo_offline_model")
@@ -34,7 +36,7 @@ def test_the_recipe_is_in_the_checkpoint_config_so_ids_change_with_it():
 
     recipes = [
         TrainingConfig.model_validate({"clusters": c})
-        for c in ({"start": "base"}, {"start": "sft_model"}, {"start": "sft_model", "sft": False})
+        for c in ({"start": "base"}, {"start": "sft_model", "sft": True}, {"start": "sft_model"})
     ]
     configs = [cluster_recipe(r) for r in recipes]
     assert [c["start"] for c in configs] == ["base", "sft_model", "sft_model"] and configs[2]["sft"] is None
