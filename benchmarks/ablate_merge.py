@@ -152,7 +152,7 @@ def main() -> None:
     if not clusters.height:
         sys.exit(f"no cluster models in {h.wh.home}: run `factory demo` there first")
     # the task vectors' base: the cluster models' common start, as merged_model finds it
-    base = merge_base(clusters) or model_folder(h.cfg.training.base_model, h.wh.home, h.checkpoints)[0]
+    base = merge_base(clusters, h.wh) or model_folder(h.cfg.training.base_model, h.wh.home, h.checkpoints)[0]
     names = clusters["name"].to_list()
     print(
         f"home {args.home}: clusters {names}; judge {h.judge.name}; {len(settings.candidates)} candidates", flush=True

@@ -299,7 +299,7 @@ def cluster_models(
     datasets = {"preference_pairs": wh.version("preference_pairs")}
     if cfg.training.clusters.sft:
         datasets["sft_data"] = wh.version("sft_data")
-    started = {"model": cfg.training.clusters.start, "checkpoint_ids": parents, "path": str(start)}
+    started = {"model": cfg.training.clusters.start, "checkpoint_ids": parents, "path": wh.relative(str(start))}
     context.add_output_metadata({"start": cfg.training.clusters.start, "start_path": str(start),
                                  "clusters": dg.MetadataValue.md(markdown_table(pl.DataFrame(summary)))})
     return checkpoint_frame([
@@ -317,11 +317,12 @@ def cluster_start_model(cfg, home, embedded_pool: pl.DataFrame, sft_model: pl.Da
     return model_folder(cfg.training.base_model, home, embedded_pool)
 
 
-def merge_base(cluster_models: pl.DataFrame) -> str | None:
-    """The base of the task-vector merges: the cluster models' common start (metrics.start.path), the
-    checkpoint their task vectors are measured from. None for cluster rows that do not record one
-    (made before the start was recorded: they started from training.base_model)."""
+def merge_base(cluster_models: pl.DataFrame, wh) -> str | None:
+    """The base of the task-vector merges: the cluster models' common start (metrics.start.path, stored
+    relative to the home `wh`), the checkpoint their task vectors are measured from. None for cluster
+    rows that do not record one (made before the start was recorded: they started from training.base_model)."""
     starts = {json.loads(m or "{}").get("start", {}).get("path") for m in cluster_models["metrics"].to_list()}
+    starts = {wh.resolve(s) for s in starts}
     if len(starts) > 1:
         raise ValueError(f"the cluster models start from different models, so a task-vector merge has no one base: "
                          f"{sorted(map(str, starts))}")
@@ -346,7 +347,7 @@ def merged_model(
     needs_base = any(get_method(s.method).needs_base for s in [m, *m.to_try()])
     base = None
     if needs_base:  # task vectors are measured from the cluster models' common start (the base or sft_model)
-        base = merge_base(cluster_models) or model_folder(cfg.training.base_model, wh.home, embedded_pool)[0]
+        base = merge_base(cluster_models, wh) or model_folder(cfg.training.base_model, wh.home, embedded_pool)[0]
     models = dict(zip(names, cluster_models["path"].to_list(), strict=True))
     judge = configured_judge(cfg, wh.home, servers) if m.candidates else None
     choice = choose_merge(

@@ -133,3 +133,20 @@ def test_cluster_models_start_from_the_configured_model_and_ties_uses_it_as_base
     merged = ck.filter(pl.col("stage") == "merged").row(0, named=True)
     assert merged["parents"] == cluster["checkpoint_id"].to_list()
     assert json.loads(merged["metrics"])["base"] == str(start)  # the task vectors' base is the start
+
+
+def test_merge_base_is_the_common_start_stored_relative_to_the_home(home):
+    from assets.training.assets import merge_base
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(home)
+    (wh.home / "models" / "sft_model").mkdir(parents=True)
+
+    def rows(*paths):
+        return pl.DataFrame({"metrics": [json.dumps({"start": {"path": p}} if p else {}) for p in paths]})
+
+    assert wh.relative(str(wh.home / "models" / "sft_model")) == "models/sft_model"  # so the home can move
+    assert merge_base(rows("models/sft_model", "models/sft_model"), wh) == str(wh.home / "models" / "sft_model")
+    assert merge_base(rows(None, None), wh) is None  # older rows: the caller falls back to training.base_model
+    with pytest.raises(ValueError, match="different models"):
+        merge_base(rows("models/sft_model", "/elsewhere/base"), wh)
