@@ -3,7 +3,9 @@ training.merge.config.MergeSettings)."""
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from factory.pairs import PAIR_BUILDERS
 from factory.settings import Strict
@@ -15,6 +17,33 @@ from training.sft import SFTStageConfig
 OFFLINE_PAIR_METHODS = [m for m in PAIR_BUILDERS if m != "online"]
 
 
+class ClusterTrainingConfig(Strict):
+    """How each language-cluster model is trained before the merge.
+
+    `start`: the checkpoint every cluster model starts from: `sft_model` (the arbitrage SFT model,
+    trained on every language: a shared, already-good common ancestor, which is what Aya Expanse merges
+    from) or `base` (the pretrained `training.base_model`; four models fine-tuned from it on disjoint
+    data drift apart). `sft`: SFT on the cluster's own rows (its languages plus en/es/fr) before its DPO;
+    unset, it is true from `base` (DPO needs an instruction-following policy) and false from `sft_model`
+    (that model already had SFT on those rows). The task-vector merges (ties, dare_*) take the cluster
+    models' start as their base: task vectors are measured from it. The default was chosen on the dev
+    split (docs/RESULTS.md "Cluster models from the SFT model")."""
+
+    start: Literal["sft_model", "base"] = "sft_model"
+    sft: bool | None = None
+
+    @model_validator(mode="after")
+    def _resolve_sft(self) -> ClusterTrainingConfig:
+        if self.sft is None:
+            self.sft = self.start == "base"
+        elif self.start == "base" and not self.sft:
+            raise ValueError(
+                "training.clusters: `start: base` with `sft: false` would run DPO on the pretrained base model; "
+                "set `sft: true`, or `start: sft_model` to run DPO from the arbitrage SFT model"
+            )
+        return self
+
+
 class TrainingConfig(Strict):
     base_model: str = "embedded:base"  # or any causal-LM folder / name
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
@@ -22,6 +51,7 @@ class TrainingConfig(Strict):
     # which `preference_pairs` methods offline DPO and the cluster models train on
     dpo_methods: list[str] = Field(default_factory=lambda: list(OFFLINE_PAIR_METHODS))
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+    clusters: ClusterTrainingConfig = Field(default_factory=ClusterTrainingConfig)
 
     @field_validator("dpo_methods")
     @classmethod

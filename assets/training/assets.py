@@ -285,22 +285,48 @@ ONLINE_ASSETS = (
 @dg.asset(io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training", kinds={"pytorch"})
 def cluster_models(
     context: dg.AssetExecutionContext, env: FactoryResource, sft_data: pl.DataFrame, preference_pairs: pl.DataFrame,
-    embedded_pool: pl.DataFrame,
+    embedded_pool: pl.DataFrame, sft_model: pl.DataFrame,
 ):
-    """One model per language cluster (its languages plus en/es/fr), trained with the same recipe
-    (SFT, then offline DPO) on that cluster's data: diverse checkpoints to merge."""
+    """One model per language cluster (its languages plus en/es/fr): diverse checkpoints to merge. Each
+    starts from training.clusters.start (the pretrained base, or sft_model: a common ancestor), does SFT
+    on its cluster's rows (unless training.clusters.sft is false), then offline DPO on its cluster's pairs."""
     cfg = env.settings()
     wh = env.warehouse()
-    base, parents = model_folder(cfg.training.base_model, wh.home, embedded_pool)
+    start, parents = cluster_start_model(cfg, wh.home, embedded_pool, sft_model)
     records, summary = train_cluster_models(
-        base, sft_data, preference_pairs, cfg.languages, wh.dir("models", "clusters"), cfg.training, cfg.arbitrage.sft_strategy
+        start, sft_data, preference_pairs, cfg.languages, wh.dir("models", "clusters"), cfg.training, cfg.arbitrage.sft_strategy
     )
-    datasets = {"sft_data": wh.version("sft_data"), "preference_pairs": wh.version("preference_pairs")}
-    context.add_output_metadata({"clusters": dg.MetadataValue.md(markdown_table(pl.DataFrame(summary)))})
+    datasets = {"preference_pairs": wh.version("preference_pairs")}
+    if cfg.training.clusters.sft:
+        datasets["sft_data"] = wh.version("sft_data")
+    started = {"model": cfg.training.clusters.start, "checkpoint_ids": parents, "path": wh.relative(str(start))}
+    context.add_output_metadata({"start": cfg.training.clusters.start, "start_path": str(start),
+                                 "clusters": dg.MetadataValue.md(markdown_table(pl.DataFrame(summary)))})
     return checkpoint_frame([
-        {"stage": "cluster", "parents": parents, "datasets": {**datasets, "languages": r.pop("languages")}, **r}
+        {"stage": "cluster", "parents": parents, "datasets": {**datasets, "languages": r.pop("languages")}, **r,
+         "metrics": {**r["metrics"], "start": started}}
         for r in records
     ], context.run_id)
+
+
+def cluster_start_model(cfg, home, embedded_pool: pl.DataFrame, sft_model: pl.DataFrame) -> tuple[str, list[str]]:
+    """(folder, parent checkpoint ids) of the model every cluster model starts from (training.clusters.start)."""
+    if cfg.training.clusters.start == "sft_model":
+        row = only(sft_model)
+        return row["path"], [row["checkpoint_id"]]
+    return model_folder(cfg.training.base_model, home, embedded_pool)
+
+
+def merge_base(cluster_models: pl.DataFrame, wh) -> str | None:
+    """The base of the task-vector merges: the cluster models' common start (metrics.start.path, stored
+    relative to the home `wh`), the checkpoint their task vectors are measured from. None for cluster
+    rows that do not record one (made before the start was recorded: they started from training.base_model)."""
+    starts = {json.loads(m or "{}").get("start", {}).get("path") for m in cluster_models["metrics"].to_list()}
+    starts = {wh.resolve(s) for s in starts}
+    if len(starts) > 1:
+        raise ValueError(f"the cluster models start from different models, so a task-vector merge has no one base: "
+                         f"{sorted(map(str, starts))}")
+    return next(iter(starts), None)
 
 
 @dg.asset(io_manager_key="warehouse", metadata=CHECKPOINTS, group_name="training", kinds={"pytorch"})
@@ -309,16 +335,19 @@ def merged_model(
     embedded_pool: pl.DataFrame, prompts: pl.DataFrame,
 ):
     """The cluster models merged into one (weighted linear averaging by default, the method Aya
-    kept; slerp, ties, dare_ties and dare_linear by config), streamed tensor by tensor. With
-    merge.candidates, each candidate merge is judged against every cluster model on that cluster's
-    own languages' dev prompts (never eval) and the best pooled dev win rate is kept."""
+    kept; slerp, ties, dare_ties and dare_linear by config, with task vectors measured from the cluster
+    models' common start), streamed tensor by tensor. With merge.candidates, each candidate merge is
+    judged against every cluster model on that cluster's own languages' dev prompts (never eval) and
+    the best pooled dev win rate is kept."""
     cfg = env.settings()
     wh = env.warehouse()
     m = cfg.merge
     names = cluster_models["name"].to_list()
     out = wh.dir("models") / "merged_model"
     needs_base = any(get_method(s.method).needs_base for s in [m, *m.to_try()])
-    base = model_folder(cfg.training.base_model, wh.home, embedded_pool)[0] if needs_base else None
+    base = None
+    if needs_base:  # task vectors are measured from the cluster models' common start (the base or sft_model)
+        base = merge_base(cluster_models, wh) or model_folder(cfg.training.base_model, wh.home, embedded_pool)[0]
     models = dict(zip(names, cluster_models["path"].to_list(), strict=True))
     judge = configured_judge(cfg, wh.home, servers) if m.candidates else None
     choice = choose_merge(
