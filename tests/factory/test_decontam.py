@@ -5,6 +5,7 @@ import json
 import polars as pl
 
 from factory.decontam import DecontamConfig, char_ngrams, decontaminate, normalize
+from factory.routing import pair_candidates, scored_frame
 
 EVAL = [
     "What is the capital city of France and why is it famous?",
@@ -140,6 +141,9 @@ def test_preference_pairs_drop_a_cross_label_duplicate_and_the_blocking_check_pa
     wh.write_table("generations", _rows("generations", gens), part)
     wh.write_table("scores", _rows("scores", scores), part)
     wh.write_table("selections", _rows("selections", sel), part)
+    # what the selections step writes beside the selections: each prompt's best and worst completion
+    scored = scored_frame(_rows("scores", scores), _rows("generations", gens))
+    wh.write_table("pair_candidates", pair_candidates(scored).with_columns(run_id=pl.lit("r")), part)
     for asset in ("embedded_pool", "arbiter"):
         wh.write_table("checkpoints", _rows("checkpoints", [{"checkpoint_id": f"ck_{asset}", "stage": asset}]),
                        {"producer": asset})
