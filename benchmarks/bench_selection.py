@@ -11,11 +11,12 @@ one per stage as Dagster runs the `selections` and `preference_pairs` assets as 
 - duckdb_argmax: the floor, one DuckDB statement: per prompt the completion_id with the highest
   reward (`arg_max` group-by over the Parquet file), fetched into polars.
 - engine: what the assets run since 2026-12-01: `select_with_candidates(path, [reward, fixed,
-  random, single_teacher], order="table")` makes the selections and the pair candidates in one pass
+  random, single_teacher])` (outputs sorted by prompt_id) makes the selections and the pair candidates in one pass
   over the scored table (the candidates are written to Parquet untimed, as the IO manager writes the
   `pair_candidates` side output); the pairs stage reads them back (timed) and runs
-  `best_worst_pairs`. Outputs in the order of the prompts' first rows in the table.
-- one_pass_sorted: the same, outputs sorted by prompt_id (what dropping the sort buys).
+  `best_worst_pairs`.
+- one_pass_table_order: the same, outputs in the order of the prompts' first rows in the table
+  (what dropping the sort would buy; not used by the assets: see docs/bench/selection.md).
 - two_pass: this project's `select(path, ...)`, then `best_worst(path, prompts)` over the scored
   table again, sorted by prompt_id (what the one pass buys).
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
@@ -187,8 +188,8 @@ def reference_pair_ids(prompt_ids, method: str, round: int, chosen, rejected):
 
 
 VARIANTS = {  # name: (one pass for selections and pair candidates, order of the outputs)
-    "engine": (True, "table"),
-    "one_pass_sorted": (True, "prompt_id"),
+    "engine": (True, "prompt_id"),
+    "one_pass_table_order": (True, "table"),
     "two_pass": (False, "prompt_id"),
 }
 PROJECT = [*VARIANTS, "before"]

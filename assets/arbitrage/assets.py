@@ -170,11 +170,13 @@ def selections(
     row = only(router)
     routing = arb.routing.model_copy(update={"single_teacher": json.loads(row["config"])["single_teacher"]})
     model = Router.load(row["path"]) if row["path"] else None
-    # One pass over the scored table for the selections and the best_worst candidates; rows in the
-    # order of the prompts' first rows in it (an integer sort, not a string sort by prompt_id).
+    # One pass over the scored table for the selections and the best_worst candidates, rows sorted by
+    # prompt_id: the scored frame's row order is not the same from run to run (a join), and the DPO
+    # trainers' seeded shuffles start from the pairs' order, so "table" order moved DPO results between
+    # identical demos (docs/bench/selection.md).
     sel, quarantine, candidates = select_with_candidates(
         scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts,
-        pairs_require_language_match=cfg.pairs.best_worst.require_language_match, order="table",
+        pairs_require_language_match=cfg.pairs.best_worst.require_language_match, order="prompt_id",
     )
     env.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
     summary = strategy_comparison(sel)  # mean reward on the prompts every strategy selected
