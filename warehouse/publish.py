@@ -16,6 +16,7 @@ languages, methods and rounds in every config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -123,6 +124,16 @@ def _write_shards(df: pl.DataFrame, folder: Path, split: str, max_rows: int) -> 
     return names
 
 
+def _files_digest(paths: list[Path]) -> str:
+    """sha256 over the files' bytes, in order: 16 hex digits."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _config_order(config: str) -> tuple:
     """Data configs by name, then the online rounds by round number."""
     round_ = config.removeprefix(ONLINE_PREFIX)
@@ -143,6 +154,10 @@ def config_summary(parts: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"config": pl.String, "rows": pl.Int64, **dict.fromkeys(listed, pl.String)})
 
 
+def _rows_of(summary: pl.DataFrame, config: str) -> int:
+    return int(summary.filter(pl.col("config") == config)["rows"][0])
+
+
 def dataset_card(
     *,
     name: str,
@@ -155,11 +170,16 @@ def dataset_card(
     languages: list[str],
     columns: dict[str, str],
     source_info: dict[str, Any],
+    digests: dict[str, str] | None = None,
 ) -> str:
     """README.md text: YAML front matter (configs, language, license, ...) and a readable card body.
 
     `summary` is `config_summary` of the configs as written, in card order; an `all` row among
-    them becomes the default config, reading every other config's files.
+    them becomes the default config, reading every other config's files. `digests` (config -> a
+    digest of its data files) go into each config's `description`: the `datasets` library keys its
+    cache of a local folder by the card's configs, not by the folder's path or files, so without
+    them a second folder of the same layout (another home's, or a republished one) loaded the
+    first one's cached rows.
     """
     import yaml
 
@@ -183,6 +203,7 @@ def dataset_card(
         {
             "config_name": c,
             "data_files": [{"split": split, "path": files(c)}],
+            **({"description": f"{_rows_of(summary, c)} rows; data sha256 {digests[c]}"} if digests and c in digests else {}),
             **({"default": True} if c == default else {}),
         }
         for c in configs
@@ -298,8 +319,13 @@ def publish_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        written = {}
         for config, part in parts.items():
-            _write_shards(part, tmp / "data" / config, split, max_rows_per_shard)
+            folder = tmp / "data" / config
+            written[config] = [folder / n for n in _write_shards(part, folder, split, max_rows_per_shard)]
+        digests = {c: _files_digest(paths) for c, paths in written.items()}
+        if config_column is not None:  # `all` reads every config's files
+            digests[ALL_CONFIG] = _files_digest([p for c in parts for p in written[c]])
         card = dataset_card(
             name=name,
             description=description,
@@ -311,6 +337,7 @@ def publish_dataset(
             languages=sorted(df["language"].drop_nulls().unique().to_list()) if "language" in df.columns else [],
             columns={c: str(t) for c, t in df.schema.items()},
             source_info=source_info,
+            digests=digests,
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         old = out.with_name(out.name + ".old")

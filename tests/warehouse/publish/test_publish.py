@@ -153,3 +153,24 @@ def test_unsafe_config_names_and_pipes_in_provenance(pairs, tmp_path):
         publish(pairs.with_columns(language=pl.lit("../evil")), tmp_path / "a")
     folder = publish(pairs, tmp_path / "b", source_info={"strategy": "a|b"})
     assert "| strategy | a\\|b |" in (folder / "README.md").read_text(encoding="utf-8")
+
+
+def test_another_folder_of_the_same_layout_is_not_served_from_the_cache(pairs, tmp_path):
+    """`datasets` caches a local folder by its card's configs (not its path or files): two homes'
+    folders of the same layout once shared a cache entry, and the second load returned the first's
+    rows. Each config's description carries a digest of its files, so different data is a new entry."""
+    from datasets import load_dataset
+
+    cache = str(tmp_path / "hf_cache")
+    first = publish(pairs, tmp_path / "home_a" / "preference_pairs")
+    fewer = pairs.filter(pl.col("language") != "en").vstack(pairs.filter(pl.col("language") == "en").head(1))
+    second = publish(fewer, tmp_path / "home_b" / "preference_pairs")
+    a = load_dataset(str(first), name="en", split="train", cache_dir=cache)
+    b = load_dataset(str(second), name="en", split="train", cache_dir=cache)
+    assert a.num_rows == pairs.filter(pl.col("language") == "en").height and b.num_rows == 1
+    assert load_dataset(str(second), split="train", cache_dir=cache).num_rows == fewer.height
+    described = {c["config_name"]: c["description"] for c in front_matter(second)["configs"]}
+    assert described["en"].startswith("1 rows; data sha256 ") and described["all"].startswith(f"{fewer.height} rows;")
+    # the same data published again gives the same card (the digest is of content, not of time)
+    again = publish(fewer, tmp_path / "home_c" / "preference_pairs")
+    assert (again / "README.md").read_text() == (second / "README.md").read_text()
