@@ -13,17 +13,24 @@ from warehouse.status import markdown_table, table_status
 from warehouse.store import Warehouse
 
 
+def step_rows(wh: Warehouse, since: datetime | None = None, side_outputs: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """The lineage rows of steps (with a start time) finished since `since`, side outputs left out
+    (their step is counted once, under its main asset). Empty without a lineage table."""
+    if not wh.has("lineage"):
+        return pl.DataFrame()
+    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null() & ~pl.col("asset").is_in(list(side_outputs)))
+    return rows if since is None else rows.filter(pl.col("finished_at") >= since)
+
+
 def step_timings(wh: Warehouse, since: datetime | None = None, side_outputs: frozenset[str] = frozenset()) -> pl.DataFrame:
     """Per asset, from the lineage table: how many partitions were written (since `since`), their
     total and longest seconds (from the step's first input read to its output written), the share
     of the total, slowest first. Excludes Dagster's and the process's own start-up. `side_outputs`
     (tables a step writes beside its main output) are left out: their step is counted once, under
     its main asset."""
-    if not wh.has("lineage"):
+    rows = step_rows(wh, since, side_outputs)
+    if not rows.height:
         return pl.DataFrame()
-    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null() & ~pl.col("asset").is_in(list(side_outputs)))
-    if since is not None:
-        rows = rows.filter(pl.col("finished_at") >= since)
     seconds = (pl.col("finished_at") - pl.col("started_at")).dt.total_milliseconds() / 1000
     per = rows.with_columns(seconds=seconds).group_by("asset").agg(
         partitions=pl.len(), seconds=pl.col("seconds").sum(), slowest=pl.col("seconds").max(),
@@ -40,11 +47,7 @@ def steps_in_flight(wh: Warehouse, since: datetime | None = None, side_outputs: 
     rows' intervals, so a chained partition step counts once). Long "none" is start-up and scheduling
     between steps (Dagster, process start); long "one" is the graph's serial chain, which more workers
     cannot shorten. Empty without lineage rows."""
-    if not wh.has("lineage"):
-        return {}
-    rows = wh.read_table("lineage").filter(pl.col("started_at").is_not_null() & ~pl.col("asset").is_in(list(side_outputs)))
-    if since is not None:
-        rows = rows.filter(pl.col("finished_at") >= since)
+    rows = step_rows(wh, since, side_outputs)
     if not rows.height:
         return {}
     # one interval per (run, partition): a run's chained assets are one step
