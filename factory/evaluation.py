@@ -28,7 +28,7 @@ from factory.judges import JudgeConfig
 from factory.judges.base import judgments_frame
 from factory.languages import own_languages
 from factory.settings import Strict
-from factory.winrates import WinRateConfig
+from factory.winrates import BASELINE_STAGE, WinRateConfig
 
 # (stage label, model asset) in the order of the step-by-step picture.
 STAGES: list[tuple[str, str]] = [
@@ -40,7 +40,6 @@ STAGES: list[tuple[str, str]] = [
     ("merged", "merged_model"),
 ]
 BASELINE = "sft_model_single_teacher"
-BASELINE_STAGE = "sft_single_teacher"  # the baseline's name as an opponent
 EVALUATED = [BASELINE, *(name for _, name in STAGES)]  # every model that answers the eval split
 # (stage, opponent stage) judged directly against each other, beside both against the baseline.
 HEAD_TO_HEAD: list[tuple[str, str]] = [("dpo_offline", "sft_arbitrage")]

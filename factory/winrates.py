@@ -29,7 +29,9 @@ from warehouse.schemas import QUARANTINE, WIN_RATES, conform
 
 SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 GROUP = ("stage", "opponent", "model", "baseline", "judge")
-DEFAULT_OPPONENT = "baseline"  # judgments written before `opponent` existed were all against the baseline
+# The single-teacher baseline's name as an opponent; judgments written before `opponent` existed were all
+# against it.
+BASELINE_STAGE = "sft_single_teacher"
 
 
 class WinRateConfig(BaseModel):
@@ -50,7 +52,8 @@ def validate_judgments(judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     if "judge" not in df.columns:
         df = df.with_columns(judge=pl.lit(""))
     if "opponent" not in df.columns:
-        df = df.with_columns(opponent=pl.lit(DEFAULT_OPPONENT))
+        df = df.with_columns(opponent=pl.lit(BASELINE_STAGE))
+    df = df.with_columns(pl.col("opponent").fill_null(BASELINE_STAGE))
     df = df.with_columns(
         pl.col("verdict").replace_strict(SCORES, default=None, return_dtype=pl.Float64).alias("_expected")
     )

@@ -27,7 +27,7 @@ from factory.generation.base import SamplingConfig
 from factory.winrates import WinRateConfig
 from training.merge import MergeSettings, merge_with_settings
 from training.merge.config import candidate_label
-from training.online import dev_answers, dev_figures, judge_on_dev, pick_candidate
+from training.online import dev_answers, dev_counts, dev_figures, judge_on_dev, pick_candidate
 
 DEV_STAGE = "dev_merged"  # the judgments' stage of a candidate's dev head-to-heads
 POOLED = ("n", "wins", "ties", "losses", "win_rate")
@@ -105,11 +105,12 @@ def choose_merge(
                     model_ids.get(name, name),
                     DEV_STAGE,
                     run_id,
+                    opponent=cluster_opponent(name),
                 )
-                j = j.with_columns(pl.lit(cluster_opponent(name)).alias("opponent"), pl.lit(i).alias("candidate"))
+                j = j.with_columns(pl.lit(i).alias("candidate"))
                 judged.append(j)
                 quarantined.append(q)
-                by_cluster[name] = {k: v for k, v in dev_figures(j, winrates).items() if k in POOLED}
+                by_cluster[name] = dev_counts(j)
             verdicts += judged
             rows.append(
                 {

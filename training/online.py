@@ -36,6 +36,7 @@ from training.dpo import DPOStageConfig
 CONTINUE = "continue"
 STOP = "stop: dev judge fell"
 NO_DEV = "continue: no dev verdicts"  # no dev prompts (or no verdicts): nothing to decide on
+PREVIOUS_POLICY = "previous_policy"  # the opponent of a round's dev judgments
 SKIPPED = "skipped"  # a round after a stop: "skipped: stopped at round j"
 DEV_TEACHER = "online_dev"  # one name for every policy's dev answers: ids differ by the weights' hash
 
@@ -104,8 +105,9 @@ def online_round(
     run_id: str,
     batch_size: int = 32,
     min_margin: float = 0.0,
-    dev_sampling: SamplingConfig | None = None,
-    dev_dir: Path | None = None,
+    *,
+    dev_sampling: SamplingConfig,
+    dev_dir: Path,
 ) -> OnlineRound:
     """Generate, score and pair (language guard) for round `round`; `policy_name` goes into completion
     ids, so a different policy never reuses another's resumable shards. The policy's drift report is
@@ -117,8 +119,7 @@ def online_round(
     scored = scores.join(gens.select("completion_id", "sample_index", "text"), on="completion_id")
     pairs, stats = language_guarded_pairs(scored, prompts, min_margin, method="online", round=round, run_id=run_id)
 
-    greedy = dev_sampling or SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=sampling.max_new_tokens, seed=sampling.seed)
-    answers, q_dev = dev_answers(policy_path, prompts, greedy, Path(dev_dir or Path(shard_dir) / "dev"), run_id, batch_size)
+    answers, q_dev = dev_answers(policy_path, prompts, dev_sampling, Path(dev_dir), run_id, batch_size)
     heldout, q_dev_score = dev_drift(answers, prompts, scorer, fidelity, run_id)
     quarantine = pl.concat([q_gen, q_score, q_dev, q_dev_score], how="diagonal_relaxed")
     return OnlineRound(gens, scores, pairs, quarantine, stats, heldout)
@@ -128,21 +129,27 @@ def online_round(
 
 
 def judge_on_dev(judge, prompts: pl.DataFrame, new: pl.DataFrame, previous: pl.DataFrame, new_id: str,
-                 previous_id: str, stage: str, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 previous_id: str, stage: str, run_id: str, opponent: str = PREVIOUS_POLICY) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The new policy's dev answers (A) against the previous policy's (B), by the evaluation's judge
-    (`factory.evaluation.judge_against_baseline` on the dev split; never the eval prompts). (judgments, quarantine)."""
-    return judge_against_baseline(judge, prompts, new, previous, new_id, previous_id, stage, run_id, split="dev")
+    (`factory.evaluation.judge_against_baseline` on the dev split; never the eval prompts); `opponent`
+    names B in the judgments. (judgments, quarantine)."""
+    return judge_against_baseline(judge, prompts, new, previous, new_id, previous_id, stage, run_id, opponent=opponent, split="dev")
 
 
-def dev_figures(judgments: pl.DataFrame, config: WinRateConfig | None = None) -> dict:
-    """The head-to-head on dev: n, wins, ties, losses and win_rate (ties half) pooled over every dev
-    prompt (what the decision uses: each prompt weighs the same, languages have 1-15 dev prompts), and
-    the macro average over languages with its bootstrap CI and mdd (as the eval table reports)."""
+def dev_counts(judgments: pl.DataFrame) -> dict:
+    """n, wins, ties, losses and win_rate (ties half) pooled over every judged dev prompt."""
     v = judgments["verdict"] if judgments.height else pl.Series([], dtype=pl.String)
     wins, ties, losses = int((v == "win").sum()), int((v == "tie").sum()), int((v == "loss").sum())
     n = wins + ties + losses
-    out = {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / n if n else None}
-    if n:
+    return {"n": n, "wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / n if n else None}
+
+
+def dev_figures(judgments: pl.DataFrame, config: WinRateConfig | None = None) -> dict:
+    """The head-to-head on dev: `dev_counts` pooled over every dev prompt (what the decision uses: each
+    prompt weighs the same, languages have 1-15 dev prompts), and the macro average over languages with
+    its bootstrap CI and mdd (as the eval table reports)."""
+    out = dev_counts(judgments)
+    if out["n"]:
         macro = win_rates(judgments, config).filter(pl.col("language") == "all").row(0, named=True)
         out |= {f"macro_{c}": float(macro[c]) for c in ("win_rate", "ci_low", "ci_high", "mdd")}
     return out

@@ -89,8 +89,7 @@ def win_rates(context: dg.AssetExecutionContext, env: FactoryResource, judgments
     wh = env.warehouse()
     valid, quarantine = validate_judgments(judgments)
     wh.quarantine("win_rates", None, quarantine, context.run_id)
-    clusters = sorted(o for o in valid["opponent"].unique().to_list() if o and o.startswith(CLUSTER_PREFIX)) \
-        if "opponent" in valid.columns else []
+    clusters = sorted(o for o in valid["opponent"].unique().to_list() if o and o.startswith(CLUSTER_PREFIX))
     rates = compute(valid, cfg.evaluation.winrates, run_id=context.run_id,
                     pooled={CLUSTER_SPECIALISTS: clusters} if clusters else None)
     order = [s for s, _ in STAGES]

@@ -147,7 +147,7 @@ def online_round_assets(k: int, previous: str):
         result = online_round(
             k, f"online{k}@{pol['checkpoint_id']}", pol["path"], prompts, arbiter_scorer(cfg, arbiter)[0],
             cfg.scoring.fidelity, on.k, on.sampling, wh.dir("staging", f"online_round_{k}"), context.run_id, on.batch_size,
-            cfg.pairs.best_worst.min_margin, on.dev_sampling, wh.dir("staging", "online_dev"),
+            cfg.pairs.best_worst.min_margin, dev_sampling=on.dev_sampling, dev_dir=wh.dir("staging", "online_dev"),
         )
         wh.quarantine(f"online_pairs_round_{k}", None, pl.concat([result.quarantine, contaminated], how="diagonal_relaxed"),
                       context.run_id)

@@ -15,6 +15,7 @@ from typing import Literal, Protocol, TypedDict
 import polars as pl
 
 from factory.ids import judgment_id
+from factory.winrates import BASELINE_STAGE
 from warehouse.schemas import JUDGMENTS, conform, rejected, rejected_frame
 
 Outcome = Literal["a_wins", "tie", "b_wins", "unparsed"]
@@ -88,7 +89,7 @@ def judgments_frame(
     stage: str,
     run_id: str = "",
     order: str = "ab",
-    opponent: str = "baseline",
+    opponent: str = BASELINE_STAGE,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Turn verdicts (A = model, B = baseline) into JUDGMENTS rows and quarantine rows.
 

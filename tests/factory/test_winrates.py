@@ -156,4 +156,4 @@ def test_opponent_column_does_not_move_existing_rows():
     a = win_rates(plain, WinRateConfig(n_boot=200)).drop("opponent")
     b = win_rates(named, WinRateConfig(n_boot=200)).drop("opponent")
     assert a.equals(b)  # same rates and the same bootstrap CIs
-    assert set(win_rates(plain, WinRateConfig(n_boot=10))["opponent"]) == {"baseline"}
+    assert set(win_rates(plain, WinRateConfig(n_boot=10))["opponent"]) == {"sft_single_teacher"}  # the baseline's name
