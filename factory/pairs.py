@@ -280,9 +280,10 @@ def _drop_failed(todo: list[dict], stages: list[list[Completion]], reason: str, 
 
 
 def _top(scored: pl.DataFrame, language_match: bool) -> pl.DataFrame:
-    """Per prompt the highest-reward completion whose language_match is `language_match` (ties by id)."""
+    """Per prompt the highest-reward completion whose language_match is `language_match` (ties by id),
+    among finite rewards (the eligibility rule of best_worst: a NaN or inf reward ranks nothing)."""
     return (
-        scored.filter((pl.col("language_match") == language_match) & pl.col("reward").is_not_null())
+        scored.filter((pl.col("language_match") == language_match) & pl.col("reward").is_finite())
         .sort(["prompt_id", "reward", "completion_id"], descending=[False, True, False])
         .group_by("prompt_id", maintain_order=True).first()
     )

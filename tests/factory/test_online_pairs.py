@@ -58,3 +58,15 @@ def test_check_pairs_by_rule(scored, prompts):
     assert any("without chosen_language_match" in p for p in check_pairs(pairs.drop("chosen_language_match")))
     assert any("unknown pair rule" in p for p in check_pairs(pairs.with_columns(pl.lit("vibes").alias("rule"))))
     assert check_pairs(pairs.drop("rule").filter(~pl.col("margin").lt(0))) == []  # no rule column: the default
+
+
+def test_a_non_finite_reward_never_makes_a_language_pair(make_scored, prompts):
+    """NaN sorts above every number: a wrong-language answer with a NaN (or inf) reward must not
+    replace the right-language reward pair, as best_worst's own eligibility rule (finite) says."""
+    scored = make_scored([
+        ("de", "a", 0, 3.0, True, "Sonnig."), ("de", "b", 0, 2.0, True, "Gut."), ("de", "c", 0, float("nan"), False, "Sunny."),
+        ("ja", "a", 0, 3.0, True, "晴れ"), ("ja", "b", 0, 1.0, True, "雨"), ("ja", "c", 0, float("inf"), False, "Rainy."),
+    ])
+    pairs, stats = language_guarded_pairs(scored, prompts, round=1)
+    assert set(pairs["rule"]) == {"reward"} and stats["by_rule"]["language"] == 0
+    assert sorted(pairs["rejected_reward"].to_list()) == [1.0, 2.0]
