@@ -15,8 +15,6 @@ one per stage as Dagster runs the `selections` and `preference_pairs` assets as 
   over the scored table (the candidates are written to Parquet untimed, as the IO manager writes the
   `pair_candidates` side output); the pairs stage reads them back (timed) and runs
   `best_worst_pairs`.
-- one_pass_table_order: the same, outputs in the order of the prompts' first rows in the table
-  (what dropping the sort would buy; not used by the assets: see docs/bench/selection.md).
 - two_pass: this project's `select(path, ...)`, then `best_worst(path, prompts)` over the scored
   table again, sorted by prompt_id (what the one pass buys).
 - before: the same two calls on the project as it was at `--before` (a git revision, by default
@@ -187,11 +185,7 @@ def reference_pair_ids(prompt_ids, method: str, round: int, chosen, rejected):
     return pl.Series("pair_id", [one(p, c, r) for p, c, r in rows], dtype=pl.String)
 
 
-VARIANTS = {  # name: (one pass for selections and pair candidates, order of the outputs)
-    "engine": (True, "prompt_id"),
-    "one_pass_table_order": (True, "table"),
-    "two_pass": (False, "prompt_id"),
-}
+VARIANTS = {"engine": True, "two_pass": False}  # name: one pass for selections and pair candidates
 PROJECT = [*VARIANTS, "before"]
 
 
@@ -202,7 +196,7 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     Variants of this project (VARIANTS): one pass (`select_with_candidates` writes the pair candidates
     beside the selections, untimed like every write; the pairs stage reads them back, timed, and
     builds the pairs with `best_worst_pairs`) or two passes (`select`, then `best_worst` over the
-    scored table, as until 2026-12-01), with outputs in table or prompt_id order. `before` runs the
+    scored table, as until 2026-12-01). `before` runs the
     old package; if its ids predate MD5 (no `factory.ids.pair_id_sql`), with the hashlib reference
     of the MD5 ids patched in."""
     import duckdb  # noqa: F401  (imported before the clock starts, as for duckdb_argmax)
@@ -218,7 +212,7 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     if before and not hasattr(factory.ids, "pair_id_sql"):
         factory.routing.stable_index = reference_seeded_index
         factory.pairs.pair_ids = reference_pair_ids
-    one_pass, order = VARIANTS.get(variant, (False, None))
+    one_pass = VARIANTS.get(variant, False)
     out = Path(folder) / f"out_{variant}"
     out.mkdir(exist_ok=True)
     path = Path(folder) / "scored.parquet"
@@ -226,9 +220,9 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
     if stage == "select":
         t0 = time.perf_counter()
         if one_pass:
-            sel, quarantine, candidates = factory.routing.select_with_candidates(path, STRATEGIES, RoutingConfig(), run_id="bench", order=order)
+            sel, quarantine, candidates = factory.routing.select_with_candidates(path, STRATEGIES, RoutingConfig(), run_id="bench")
         else:
-            sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench", **({"order": order} if order else {}))
+            sel, quarantine = select(path, STRATEGIES, RoutingConfig(), run_id="bench")
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         sel.write_parquet(out / "selections.parquet")  # writes are the IO manager's work: not timed
@@ -244,7 +238,7 @@ def run_project(folder: str, stage: str, variant: str = "engine") -> dict:
         if one_pass:  # the pairs step reads the candidates the selections step wrote
             pairs, stats = factory.pairs.best_worst_pairs(pl.read_parquet(out / "candidates.parquet"), prompts, run_id="bench")
         else:
-            pairs, stats = best_worst(path, prompts, run_id="bench", **({"order": order} if order else {}))
+            pairs, stats = best_worst(path, prompts, run_id="bench")
         result["seconds"] = time.perf_counter() - t0
         result["peak_rss_mib"] = _peak_mib()
         pairs.write_parquet(out / "pairs.parquet")

@@ -29,14 +29,13 @@ from factory.generation.base import Completion, GenerationBackend, Message, Samp
 from factory.generation.registry import TeacherConfig
 from factory.ids import completion_id, normalize_text, pair_ids
 from factory.languages import LANGUAGES
-from factory.routing import Source, pair_candidates
+from factory.routing import PAIR_COLUMNS, Source, pair_candidates
 from factory.scoring.base import RewardScorer
 from factory.settings import Strict
 from factory.sft_data import message
 from warehouse.schemas import GENERATIONS, PAIR_RULE_DEFAULT, PREFERENCE_PAIRS, conform, rejected, rejected_frame
 
 DROP_REASONS = ("single", "tie", "identical", "margin", "no_prompt")
-CANDIDATE_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "language_match")
 
 
 class BestWorstConfig(BaseModel):
@@ -47,15 +46,6 @@ class BestWorstConfig(BaseModel):
 
 
 # --- best_worst -------------------------------------------------------------------------------
-
-
-def best_worst_candidates(scored: Source, require_language_match: bool = True, min_margin: float = 0.0) -> pl.DataFrame:
-    """Per prompt the best and worst eligible completion and a `status`: kept, or why it is dropped
-    (single: < 2 eligible completions, tie, identical texts, margin below min_margin).
-    Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?] (a frame or
-    Parquet files): one DuckDB aggregate per prompt (factory.routing.pair_candidates), then the two rows'
-    columns are fetched."""
-    return candidate_status(pair_candidates(scored, require_language_match), min_margin)
 
 
 def candidate_status(candidates: pl.DataFrame, min_margin: float = 0.0) -> pl.DataFrame:
@@ -82,12 +72,11 @@ def best_worst(
     round: int = 0,
     require_language_match: bool = True,
     run_id: str = "",
-    order: str = "prompt_id",
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Highest- vs lowest-reward completion per prompt. Returns (pairs per PREFERENCE_PAIRS, stats) with
     stats n_prompts, n_pairs and dropped_<single|tie|identical|margin|no_prompt>, which add up to n_prompts.
-    Pairs come in `order`: by prompt_id, or "table", the order of the prompts' first rows in `scored`."""
-    return best_worst_pairs(pair_candidates(scored, require_language_match, order), prompts, min_margin, method, round, run_id)
+    Pairs come by prompt_id."""
+    return best_worst_pairs(pair_candidates(scored, require_language_match), prompts, min_margin, method, round, run_id)
 
 
 def best_worst_pairs(
@@ -313,7 +302,7 @@ def language_guarded_pairs(
     replaced), dropped_identical_language, and best_worst's own stats under `reward_rule`.
     A language pair's margin is negative: the Arbiter preferred the rejected answer.
     """
-    missing = [c for c in (*CANDIDATE_COLUMNS, "text") if c not in scored.columns]
+    missing = [c for c in (*PAIR_COLUMNS, "text") if c not in scored.columns]
     if missing:
         raise ValueError(f"language_guarded_pairs: scored lacks columns {', '.join(missing)}")
     reward_pairs, bw_stats = best_worst(scored, prompts, min_margin, method=method, round=round,

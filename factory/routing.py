@@ -45,7 +45,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.ids import seeded_index
+from factory.ids import seeded_index, sql_str
 from factory.languages import LANGUAGES, cluster_of
 from warehouse.schemas import SELECTIONS, conform, rejected_frame
 
@@ -92,10 +92,6 @@ def eligible_sql(cfg: RoutingConfig) -> str:
     return ok + (" AND coalesce(language_match, false)" if cfg.require_language_match else "")
 
 
-def _sql_str(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def parquet_files(source: str | Path | Sequence[str | Path]) -> list[str]:
     """The Parquet files a path, a glob or a list of them names, sorted within each glob."""
     items = [source] if isinstance(source, str | Path) else list(source)
@@ -128,7 +124,7 @@ class ScoredTable:
             names = scored.collect_schema().names()
         else:
             self.files = parquet_files(scored)
-            names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_str(self.files[0])})").fetchall()]
+            names = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_str(self.files[0])})").fetchall()]
         missing = [c for c in required if c not in names]
         if missing:
             self.close()
@@ -144,7 +140,7 @@ class ScoredTable:
             counts = dict(self.con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [self.files]).fetchall())
             self.offsets = np.cumsum([0, *(counts[f] for f in self.files)])
             view = " UNION ALL ".join(
-                f"SELECT {cols}, file_row_number + {int(off)} AS _row FROM read_parquet({_sql_str(f)}, file_row_number = true)"
+                f"SELECT {cols}, file_row_number + {int(off)} AS _row FROM read_parquet({sql_str(f)}, file_row_number = true)"
                 for f, off in zip(self.files, self.offsets, strict=False)
             )
         self.con.execute(f"CREATE TEMP VIEW scored AS {view}")
@@ -224,16 +220,12 @@ class ScoredTable:
         self.close()
 
 
-ORDERS = ("table", "prompt_id")  # the order of the per-prompt table, and so of selections and pairs
-
-
 def per_prompt(
     table: ScoredTable, cfg: RoutingConfig, *, counts: bool = False, worst: bool = False, pool: list[str] | None = None,
-    samples: bool = False, order: str = "prompt_id",
+    samples: bool = False,
 ) -> pl.DataFrame:
-    """One row per prompt, in `order`: "prompt_id" (the default; a string sort) or "table", the order
-    of each prompt's first row in the scored table (an integer sort, what the selections step uses:
-    0.2-1.0x a bare group-by cheaper, docs/bench/selection.md). Columns: language, n_eligible, best_row (position of the
+    """One row per prompt, sorted by prompt_id (canonical whatever order the scored rows come in: the
+    pairs' order reaches DPO's seeded shuffle, docs/bench/selection.md). Columns: language, n_eligible, best_row (position of the
     eligible row with the highest reward; ties: smallest completion_id), top1 and top2 (the two
     highest eligible rewards, for the margin). worst adds worst_row (lowest reward; ties: largest
     completion_id, the last of the best-first order), bottom1 and bottom2; counts adds
@@ -257,15 +249,12 @@ def per_prompt(
         state = f"CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END"
         aggs.append(f"list(({ref} << 2) | {state}) FILTER (sample_index = {int(cfg.sample_index)} AND teacher IS NOT NULL) AS samples")
         out.append("samples")
-    if order not in ORDERS:
-        raise ValueError(f"per_prompt: order must be one of {', '.join(ORDERS)}, got {order!r}")
     # Aggregate and sort in one query: faster than materialising the aggregate first (a temp table
     # costs as much as the aggregate) and than sorting a frame by a string column in polars. The
     # group-by's own order varies with threads; a sort makes the same input give the same rows.
-    aggs.append("min(_row) AS _first")
     per = table.sql(
         f"SELECT {', '.join(out)} FROM (SELECT prompt_id, {', '.join(aggs)} FROM scored GROUP BY prompt_id) "
-        f"ORDER BY {'_first' if order == 'table' else 'prompt_id'}"
+        "ORDER BY prompt_id"
     )
     per = _break_ties(table, per, ok, ref, "best", "top", "arg_min")
     if worst:
@@ -282,7 +271,7 @@ def _teacher_bits(pool: list[str] | None) -> int:
 
 
 def _sql_list(values: list[str] | None) -> str:
-    return "[" + ", ".join(_sql_str(v) for v in values or []) + "]"
+    return "[" + ", ".join(sql_str(v) for v in values or []) + "]"
 
 
 def _break_ties(table: ScoredTable, per: pl.DataFrame, ok: str, ref: str, col: str, values: str, pick: str) -> pl.DataFrame:
@@ -454,12 +443,11 @@ def select(
     run_id: str = "",
     router: Router | pl.DataFrame | None = None,
     prompts: pl.DataFrame | None = None,
-    order: str = "prompt_id",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Run `strategies` over `scored`; returns (selections per SELECTIONS, quarantine [row_key, reason, payload]),
-    by strategy, then prompt in `order` (see `per_prompt`). `router`: a trained Router, or its predictions
+    by strategy, then prompt_id. `router`: a trained Router, or its predictions
     [prompt_id, teacher] for learned_routing."""
-    picked, missed, _ = _route(scored, strategies, cfg or RoutingConfig(), router, prompts, order=order)
+    picked, missed, _ = _route(scored, strategies, cfg or RoutingConfig(), router, prompts)
     return _selections(picked, run_id), _quarantine(missed)
 
 
@@ -471,27 +459,26 @@ def select_with_candidates(
     router: Router | pl.DataFrame | None = None,
     prompts: pl.DataFrame | None = None,
     pairs_require_language_match: bool = True,
-    order: str = "prompt_id",
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """`select` and `pair_candidates` from one pass over `scored` (one aggregate, one read of the
     picked rows): (selections, quarantine, candidates). When the pairs' language rule differs from
     routing's, the eligible rows differ and the candidates take a second pass."""
     cfg = cfg or RoutingConfig()
     if pairs_require_language_match != cfg.require_language_match:
-        sel, quarantine = select(scored, strategies, cfg, run_id, router, prompts, order)
-        return sel, quarantine, pair_candidates(scored, pairs_require_language_match, order)
-    picked, missed, candidates = _route(scored, strategies, cfg, router, prompts, candidates=True, order=order)
+        sel, quarantine = select(scored, strategies, cfg, run_id, router, prompts)
+        return sel, quarantine, pair_candidates(scored, pairs_require_language_match)
+    picked, missed, candidates = _route(scored, strategies, cfg, router, prompts, candidates=True)
     return _selections(picked, run_id), _quarantine(missed), candidates  # type: ignore[return-value]
 
 
-def pair_candidates(scored: Source, require_language_match: bool = True, order: str = "prompt_id") -> pl.DataFrame:
+def pair_candidates(scored: Source, require_language_match: bool = True) -> pl.DataFrame:
     """Per prompt the best and worst eligible completion (factory.pairs.best_worst's candidates),
-    every prompt of `scored` once, in `order`: PAIR_CANDIDATES (warehouse.schemas) [prompt_id, language,
+    every prompt of `scored` once, by prompt_id: PAIR_CANDIDATES (warehouse.schemas) [prompt_id, language,
     n_eligible, chosen_/rejected_ completion_id, teacher, reward and text (when scored has text)];
     the chosen_/rejected_ columns are null for a prompt without an eligible completion. Ties: the
     best is the smallest completion_id of the top reward, the worst the largest of the lowest.
     Reads scored [prompt_id, language, completion_id, teacher, reward, language_match, text?]."""
-    return _route(scored, [], RoutingConfig(require_language_match=require_language_match), candidates=True, order=order)[2]  # type: ignore[return-value]
+    return _route(scored, [], RoutingConfig(require_language_match=require_language_match), candidates=True)[2]  # type: ignore[return-value]
 
 
 def _selections(picked: pl.DataFrame, run_id: str) -> pl.DataFrame:
@@ -502,11 +489,11 @@ PAIR_COLUMNS = ("prompt_id", "language", "completion_id", "teacher", "reward", "
 
 
 def _route(
-    scored: Source, strategies: list[str], cfg: RoutingConfig, router=None, prompts=None, *, candidates: bool = False, order: str = "prompt_id"
+    scored: Source, strategies: list[str], cfg: RoutingConfig, router=None, prompts=None, *, candidates: bool = False
 ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, pl.DataFrame | None]:
     """(picked [prompt_id, language, strategy, completion_id, teacher, reward, margin], unpicked [prompt_id,
     language, teacher, reason, strategy, n_completions, n_scored, n_language_match], pair candidates),
-    by strategy and prompt in `order`; the first two None without strategies, the third None unless `candidates`."""
+    by strategy and prompt_id; the first two None without strategies, the third None unless `candidates`."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown routing strategies {unknown}; known: {', '.join(STRATEGIES)}")
@@ -526,7 +513,7 @@ def _route(
         mean = _best_mean_teacher(table) if "single_teacher" in strategies and not cfg.single_teacher else None
         pool = table.teachers()
         one = any(s != "reward_routing" for s in strategies)
-        per = per_prompt(table, cfg, counts=bool(strategies), worst=candidates, pool=pool, samples=one, order=order)
+        per = per_prompt(table, cfg, counts=bool(strategies), worst=candidates, pool=pool, samples=one)
         table.close()  # the rest is polars over the per-prompt table, and fetching the picked rows
         samples = _samples(per, pool) if one else None
         r = Routing(per.drop("samples", strict=False), cfg, pool, router, texts, mean)

@@ -176,7 +176,7 @@ def selections(
     # identical demos (docs/bench/selection.md).
     sel, quarantine, candidates = select_with_candidates(
         scored_frame(scores, generations, primary_scorer(cfg)), arb.strategies, routing, context.run_id, router=model, prompts=prompts,
-        pairs_require_language_match=cfg.pairs.best_worst.require_language_match, order="prompt_id",
+        pairs_require_language_match=cfg.pairs.best_worst.require_language_match,
     )
     env.warehouse().quarantine("selections", context.partition_key, quarantine, context.run_id)
     summary = strategy_comparison(sel)  # mean reward on the prompts every strategy selected
@@ -255,12 +255,12 @@ def preference_pairs(
     cfg = env.settings()
     wh = env.warehouse()
     lang = context.partition_key
-    scored = scored_frame(scores, generations, primary_scorer(cfg))
     # best_worst from the candidates the selections step found in its pass (no second pass over scored)
     pairs, stats = best_worst_pairs(pair_candidates, prompts, cfg.pairs.best_worst.min_margin, run_id=context.run_id)
     nvt = cfg.pairs.native_vs_translated
     translated, quarantined = None, []
-    if nvt.enabled and lang not in nvt.skip_languages and scored.height:
+    scored = scored_frame(scores, generations, primary_scorer(cfg)) if nvt.enabled and lang not in nvt.skip_languages else None
+    if scored is not None and scored.height:
         best = selections.filter(pl.col("strategy") == "reward_routing")
         nvt_pairs, translated, q = native_vs_translated_pairs(cfg, scored, best, prompts, embedded_pool, arbiter, context.run_id, wh.home, servers)
         pairs, quarantined = pl.concat([pairs, nvt_pairs], how="diagonal_relaxed"), [q]

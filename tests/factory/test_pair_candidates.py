@@ -1,6 +1,6 @@
 """One pass for selections and best_worst: `select_with_candidates` and the pair candidates it writes
-beside the selections give what `select` and `best_worst` give on their own; outputs come in a fixed
-order (the prompts' first rows in the scored table, or prompt_id)."""
+beside the selections give what `select` and `best_worst` give on their own; outputs come sorted by
+prompt_id whatever order the scored rows come in."""
 
 from __future__ import annotations
 
@@ -35,51 +35,40 @@ def _random_scored(seed: int, n_prompts: int = 30) -> tuple[pl.DataFrame, pl.Dat
     return scored, prompts.head(n_prompts - 2)  # two prompts without a text: dropped_no_prompt
 
 
-def _first_seen(scored: pl.DataFrame) -> list[str]:
-    return scored["prompt_id"].unique(maintain_order=True).to_list()
-
-
 @pytest.mark.parametrize("seed", range(2))
 def test_one_pass_equals_select_and_best_worst(seed, tmp_path):
     scored, prompts = _random_scored(seed)
     cfg = RoutingConfig(require_language_match=seed % 2 == 0, seed=seed, fixed_teachers={"de": "a", "ja": "zz"})
     path = tmp_path / "scored.parquet"
     scored.write_parquet(path, row_group_size=7)  # many row groups: fetching crosses them
-    for order in ("prompt_id", "table"):
-        sel, q = select(scored, STRATEGIES, cfg, order=order)
-        pairs, stats = best_worst(scored, prompts, require_language_match=cfg.require_language_match, order=order)
-        for source in (scored, path):
-            sel1, q1, cand = select_with_candidates(source, STRATEGIES, cfg, pairs_require_language_match=cfg.require_language_match, order=order)
-            assert sel1.equals(sel) and q1.equals(q)
-            pairs1, stats1 = best_worst_pairs(cand, prompts)
-            assert pairs1.equals(pairs) and stats1 == stats
-        # the pairs' language rule differs from routing's: still the same pairs (the candidates take a second pass)
-        other = not cfg.require_language_match
-        _, _, cand = select_with_candidates(scored, STRATEGIES, cfg, pairs_require_language_match=other, order=order)
-        (got, got_stats), (want, want_stats) = best_worst_pairs(cand, prompts), best_worst(scored, prompts, require_language_match=other, order=order)
-        assert got.equals(want) and got_stats == want_stats
+    sel, q = select(scored, STRATEGIES, cfg)
+    pairs, stats = best_worst(scored, prompts, require_language_match=cfg.require_language_match)
+    for source in (scored, path):
+        sel1, q1, cand = select_with_candidates(source, STRATEGIES, cfg, pairs_require_language_match=cfg.require_language_match)
+        assert sel1.equals(sel) and q1.equals(q)
+        pairs1, stats1 = best_worst_pairs(cand, prompts)
+        assert pairs1.equals(pairs) and stats1 == stats
+    # the pairs' language rule differs from routing's: still the same pairs (the candidates take a second pass)
+    other = not cfg.require_language_match
+    _, _, cand = select_with_candidates(scored, STRATEGIES, cfg, pairs_require_language_match=other)
+    (got, got_stats), (want, want_stats) = best_worst_pairs(cand, prompts), best_worst(scored, prompts, require_language_match=other)
+    assert got.equals(want) and got_stats == want_stats
 
 
-def test_order_is_the_tables_or_prompt_id_and_does_not_vary():
-    scored, prompts = _random_scored(7, n_prompts=60)
-    sel, _, cand = select_with_candidates(scored, STRATEGIES, order="table")
-    first = _first_seen(scored)
+def test_outputs_are_sorted_by_prompt_id_whatever_the_row_order():
+    scored, prompts = _random_scored(7, n_prompts=60)  # prompts in a shuffled order
+    sel, _, cand = select_with_candidates(scored, STRATEGIES)
     has = set(cand.filter(pl.col("chosen_completion_id").is_not_null())["prompt_id"])
-    assert cand["prompt_id"].to_list() == [p for p in first if p in has] + [p for p in first if p not in has]  # those with a pair first
+    assert cand["prompt_id"].to_list() == sorted(has) + sorted(set(cand["prompt_id"]) - has)  # those with a pair first
     for s in STRATEGIES:
         got = sel.filter(pl.col("strategy") == s)["prompt_id"].to_list()
-        assert got == [p for p in first if p in set(got)]
+        assert got == sorted(got)
     assert sel["strategy"].to_list() == sorted(sel["strategy"].to_list())  # by strategy, then prompt
     pairs, _ = best_worst_pairs(cand, prompts)
-    assert pairs["prompt_id"].to_list() == [p for p in first if p in set(pairs["prompt_id"])]
-    for _ in range(3):  # the same input gives the same rows in the same order, whatever the threads did
-        again = select_with_candidates(scored, STRATEGIES, order="table")
-        assert again[0].equals(sel) and again[2].equals(cand)
-    by_id = pair_candidates(scored, order="prompt_id")
-    assert by_id["prompt_id"].to_list() == sorted(has) + sorted(set(by_id["prompt_id"]) - has)
-    assert by_id.sort("prompt_id").equals(cand.sort("prompt_id"))
-    with pytest.raises(ValueError, match="order must be one of"):
-        pair_candidates(scored, order="random")
+    assert pairs["prompt_id"].to_list() == sorted(pairs["prompt_id"])
+    # the same rows in another order give the same outputs in the same order
+    again = select_with_candidates(scored.sample(fraction=1.0, shuffle=True, seed=1), STRATEGIES)
+    assert again[0].equals(sel) and again[2].equals(cand)
 
 
 def test_candidates_hold_every_prompt_with_its_best_and_worst(make_scored):
