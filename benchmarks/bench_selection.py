@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_selection.py --scale 0.1     # 200k prompts x 5 teachers = 1M completions
     .venv/bin/python benchmarks/bench_selection.py                 # 2M prompts x 5 teachers = 10M completions
     .venv/bin/python benchmarks/bench_selection.py --impl all      # adds the pandas version
+    .venv/bin/python benchmarks/bench_selection.py --scale 0.3 --text-bytes 1000   # distinct 1 KB texts: memory with long texts
 
 A generator subprocess writes a synthetic scored table and its prompts to Parquet; then each
 implementation runs in its own subprocesses (fresh interpreters, so `ru_maxrss` is their own peak),
@@ -54,7 +55,7 @@ TEACHERS = ["west_european", "east_european", "middle_eastern", "east_asian", "g
 BEFORE = "6417232"  # the last commit with two passes (selections, then best_worst) and outputs sorted by prompt_id
 
 
-def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
+def generate(folder: str, n_prompts: int, seed: int = 0, text_bytes: int = 0) -> None:
     import numpy as np
     import polars as pl
 
@@ -83,7 +84,10 @@ def generate(folder: str, n_prompts: int, seed: int = 0) -> None:
         _hex_ids("p_", df["prompt_id"].cast(pl.UInt64).to_numpy()).alias("prompt_id"),
         _hex_ids("c_", df["completion_id"].cast(pl.UInt64).to_numpy()).alias("completion_id"),
     )
-    df.write_parquet(Path(folder) / "scored.parquet", row_group_size=1_000_000)
+    if text_bytes:  # long texts, distinct as completions are (no identical pairs then): filler + completion_id + the short text
+        df = df.with_columns(pl.concat_str(pl.lit(("lorem ipsum " * (text_bytes // 12 + 1))[:text_bytes]), "completion_id", "text").alias("text"))
+    # long texts: the warehouse's row groups (polars' default), as the slices that fetching reads follow them
+    df.write_parquet(Path(folder) / "scored.parquet", **({} if text_bytes else {"row_group_size": 1_000_000}))
     prompts = df.select("prompt_id").unique(maintain_order=True).with_columns(pl.format("prompt {}", "prompt_id").alias("text"))
     prompts.write_parquet(Path(folder) / "prompts.parquet")
     warm = Path(folder) / "warmup"  # each worker runs its work on this first: every figure is of a warm process
@@ -379,12 +383,14 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, help="git revision of the implementation to compare with")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per implementation, seconds")
     ap.add_argument("--out", type=Path, help="append the figures to this Markdown file")
+    ap.add_argument("--text-bytes", type=int, default=0,
+                    help="make every completion text distinct and this many bytes longer (default: 1-2 byte texts), for memory with long texts")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.generate:
-        return generate(a.data, a.generate)
+        return generate(a.data, a.generate, text_bytes=a.text_bytes)
     if a.worker:
         return worker(a.worker, a.data)
 
@@ -393,7 +399,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
         t = time.perf_counter()
-        gen = subprocess.run([sys.executable, __file__, "--generate", str(n_prompts), "--data", tmp], env=os.environ | {"PYTHONPATH": str(ROOT)})
+        gen = subprocess.run([sys.executable, __file__, "--generate", str(n_prompts), "--data", tmp, "--text-bytes", str(a.text_bytes)], env=os.environ | {"PYTHONPATH": str(ROOT)})
         if gen.returncode:
             sys.exit("data generation failed")
         size = (Path(tmp) / "scored.parquet").stat().st_size / 2**20
@@ -411,7 +417,7 @@ def main() -> None:
             else:
                 results[impl] = _spawn(["--worker", impl, "--data", tmp], a.timeout, path)
             print(impl, json.dumps(results[impl]), flush=True)
-    report = _report(n_prompts, results, a.before, load_before, os.getloadavg())
+    report = _report(n_prompts, results, a.before, load_before, os.getloadavg(), a.text_bytes)
     print(report)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -419,11 +425,12 @@ def main() -> None:
             f.write(report + "\n")
 
 
-def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load_after: tuple) -> str:
+def _report(n_prompts: int, results: dict, before: str, load_before: tuple, load_after: tuple, text_bytes: int = 0) -> str:
     bare = results.get("duckdb_argmax", {}).get("seconds")
     load = lambda la: ", ".join(f"{x:.2f}" for x in la)  # noqa: E731
     lines = [
-        f"## {dt.date.today().isoformat()}: {n_prompts * len(TEACHERS):,} completions ({n_prompts:,} prompts x {len(TEACHERS)} teachers)",
+        f"## {dt.date.today().isoformat()}: {n_prompts * len(TEACHERS):,} completions ({n_prompts:,} prompts x {len(TEACHERS)} teachers)"
+        + (f", texts {text_bytes:,} bytes longer" if text_bytes else ""),
         "",
         f"Machine: {platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}; "
         f"load average (1, 5, 15 min) {load(load_before)} before, {load(load_after)} after.",

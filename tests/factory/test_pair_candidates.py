@@ -87,3 +87,39 @@ def test_candidates_hold_every_prompt_with_its_best_and_worst(make_scored):
     assert candidate_status(cand)["status"].to_list() == ["kept", "single"]
     with pytest.raises(ValueError, match="lack columns: chosen_reward"):
         candidate_status(cand.drop("chosen_reward"))
+
+
+def _text_buffer_bytes(column: pl.Series) -> int:
+    """Bytes of the data buffers a string column keeps alive (polars' strings are views into them)."""
+    arrow = column.to_arrow(compat_level=pl.CompatLevel.newest())
+    return sum(b.size for b in arrow.buffers()[2:] if b is not None)
+
+
+def test_candidates_from_parquet_do_not_hold_every_text(tmp_path, monkeypatch):
+    """Fetching two texts per prompt from Parquet keeps only those texts, not the whole text column of
+    each slice it read (a string gathered from a slice points into the slice's buffer)."""
+    import factory.routing as routing
+
+    n_prompts, teachers = 40, ["a", "b", "c", "d", "e"]
+    scored = pl.DataFrame({
+        "prompt_id": [f"p{i:03d}" for i in range(n_prompts) for _ in teachers],
+        "language": "de",
+        "completion_id": [f"c{i:03d}{t}" for i in range(n_prompts) for t in teachers],
+        "teacher": teachers * n_prompts,
+        "reward": [float(k) for _ in range(n_prompts) for k in range(len(teachers))],
+        "language_match": True,
+        "text": [f"{i:03d}{t} " + "lorem ipsum " * 40 for i in range(n_prompts) for t in teachers],  # distinct, 484 bytes
+    })
+    path = tmp_path / "scored.parquet"
+    scored.write_parquet(path)
+    whole = int(scored["text"].str.len_bytes().sum())
+    held = {}
+    for name, limit in (("kept whole", 1 << 40), ("copied out", routing._LONG_BYTES)):
+        monkeypatch.setattr(routing, "_LONG_BYTES", limit)  # 1 << 40: every column read by slices
+        cand = pair_candidates(path)
+        assert cand["chosen_text"].to_list() == [f"{i:03d}e " + "lorem ipsum " * 40 for i in range(n_prompts)]
+        assert cand["rejected_text"].to_list() == [f"{i:03d}a " + "lorem ipsum " * 40 for i in range(n_prompts)]
+        held[name] = _text_buffer_bytes(cand["chosen_text"]) + _text_buffer_bytes(cand["rejected_text"])
+    needed = 2 * whole // len(teachers)
+    assert held["kept whole"] >= whole  # what the copy prevents: each side holds every text it read
+    assert held["copied out"] <= 2 * needed
