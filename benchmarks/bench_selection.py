@@ -23,6 +23,8 @@ one per stage as Dagster runs the `selections` and `preference_pairs` assets as 
   predate MD5 (no `factory.ids.pair_id_sql`) gets a hashlib reference of the MD5 ids patched in
   (`reference_seeded_index` / `reference_pair_ids` below), so its whole outputs must equal the
   engine's.
+- sql: the same outputs as DuckDB SQL alone (one aggregate carrying the strings it needs, then the
+  strategies, quarantine and pairs as SQL), a reference for what one engine query costs.
 - pandas (--impl all): a straightforward pandas version of the same selections and pair ids.
 
 Each worker first runs its work once on a 5,000-row table, so every figure is of a warm process.
@@ -273,6 +275,98 @@ def _id_seconds(out: Path) -> float:
     return time.perf_counter() - t
 
 
+def run_sql(folder: str) -> dict:
+    """The same outputs as DuckDB SQL alone, a reference for what an engine query costs: one aggregate
+    per prompt carrying the strings it needs (best and worst with their texts, each teacher's sample
+    0 as a struct), then the strategies, their quarantine and the best_worst pairs (MD5 ids,
+    messages) as SQL over that per-prompt table, in one process. No tie-breaking by completion_id and
+    no duplicate samples, which the synthetic table does not have; its outputs are checked against
+    the others'."""
+    import duckdb
+    import polars as pl
+
+    from factory.ids import pair_id_sql, seeded_index_sql, sql_str
+    from factory.languages import LANGUAGES, cluster_of
+    from warehouse.schemas import PREFERENCE_PAIRS, SELECTIONS, conform
+
+    out = Path(folder) / "out_sql"
+    out.mkdir(exist_ok=True)
+    path, prompts = sql_str(str(Path(folder) / "scored.parquet")), sql_str(str(Path(folder) / "prompts.parquet"))
+    t0 = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"CREATE VIEW s AS SELECT prompt_id, language, completion_id, teacher, sample_index, reward, language_match, text FROM read_parquet({path})")
+    pool = sorted(t for (t,) in con.sql("SELECT DISTINCT teacher FROM s WHERE teacher IS NOT NULL").fetchall())
+    single = con.sql("SELECT teacher FROM (SELECT teacher, language, avg(reward) AS m FROM s WHERE coalesce(isfinite(reward), false) GROUP BY ALL) "
+                     "GROUP BY teacher ORDER BY avg(m) DESC, teacher LIMIT 1").fetchall()[0][0]
+    ok = "coalesce(isfinite(reward), false) AND coalesce(language_match, false)"
+    state = f"(CASE WHEN {ok} THEN 3 WHEN coalesce(isfinite(reward), false) THEN 2 ELSE 1 END)"
+    samples = ", ".join(f"arg_max({{'c': completion_id, 'r': reward, 's': {state}}}, {state}) FILTER (sample_index = 0 AND teacher = {sql_str(t)}) AS t{i}"
+                        for i, t in enumerate(pool))
+    side = "{'c': completion_id, 't': teacher, 'x': text}"
+    per = con.sql(f"""
+        SELECT prompt_id, min(language) AS language, count(*) AS n_completions, count(reward) AS n_scored,
+               count_if(coalesce(language_match, false))::BIGINT AS n_language_match, count_if({ok})::BIGINT AS n_eligible,
+               arg_max({side}, reward) FILTER ({ok}) AS best, max(reward, 2) FILTER ({ok}) AS top,
+               arg_min({side}, reward) FILTER ({ok}) AS worst, min(reward, 2) FILTER ({ok}) AS bottom, {samples}
+        FROM s GROUP BY prompt_id ORDER BY prompt_id""").to_arrow_table()
+    con.execute("SET preserve_insertion_order = true")  # each strategy's rows in prompt order, strategy after strategy
+    con.register("per", per)
+    fixed = "CASE language " + " ".join(f"WHEN {sql_str(code)} THEN {sql_str(cluster_of(code))}" for code in LANGUAGES) + " END"
+    chosen = f"[{', '.join(sql_str(t) for t in pool)}][({seeded_index_sql('prompt_id', 0)} % {len(pool)})::BIGINT + 1]"
+    con.execute(f"CREATE TEMP VIEW p AS SELECT *, {fixed} AS fixed_t, {chosen} AS random_t, {sql_str(single)} AS single_t FROM per")
+    picked, missed = [], []
+    for name, col in {"fixed_routing": "fixed_t", "random_routing": "random_t", "reward_routing": None, "single_teacher": "single_t"}.items():
+        if col is None:
+            picked.append("SELECT prompt_id, language, 'reward_routing', best.c, best.t, top[1], top[1] - coalesce(top[2], top[1]) FROM p WHERE best IS NOT NULL")
+            missed.append("SELECT prompt_id, language, 'reward_routing', NULL::VARCHAR, 'no completion with a reward in the prompt''s language', "
+                          "n_completions, n_scored, n_language_match FROM p WHERE best IS NULL")
+            continue
+        pick = f"CASE {col} " + " ".join(f"WHEN {sql_str(t)} THEN t{i}" for i, t in enumerate(pool)) + " END"
+        rows = f"(SELECT *, {col} AS t, {pick} AS f FROM p)"
+        picked.append(f"SELECT prompt_id, language, {sql_str(name)}, f.c, t, f.r, 0.0 FROM {rows} WHERE f.s = 3")
+        where = "'teacher ' || t || '''s sample 0'"
+        missed.append(f"SELECT prompt_id, language, {sql_str(name)}, t, CASE WHEN t IS NULL THEN 'no teacher assigned to the prompt' "
+                      f"WHEN f IS NULL THEN {where} || ' does not exist' WHEN f.s = 1 THEN {where} || ' has no reward' "
+                      f"ELSE {where} || ' is not in the prompt''s language' END, n_completions, n_scored, n_language_match "
+                      f"FROM {rows} WHERE f IS NULL OR f.s <> 3")
+    cols = "prompt_id, language, strategy, completion_id, teacher, reward, margin"
+    sel = conform(con.sql(f"SELECT * FROM ({' UNION ALL '.join(picked)}) AS u({cols})").pl().with_columns(pl.lit("bench").alias("run_id")), SELECTIONS)
+    payload = ("{'prompt_id': prompt_id, 'language': language, 'strategy': strategy, 'teacher': teacher, 'n_completions': n_completions, "
+               "'n_scored': n_scored, 'n_language_match': n_language_match}")
+    quarantine = con.sql(f"SELECT prompt_id AS row_key, strategy || ': ' || reason AS reason, to_json({payload})::VARCHAR AS payload "
+                         f"FROM ({' UNION ALL '.join(missed)}) AS u(prompt_id, language, strategy, teacher, reason, n_completions, n_scored, n_language_match)").pl()
+    t1 = time.perf_counter()
+    con.execute("SET preserve_insertion_order = false")
+    pairs = conform(con.sql(f"""
+        SELECT {pair_id_sql('per.prompt_id', 'best_worst', 0, 'best.c', 'worst.c')} AS pair_id, per.prompt_id, language, 'best_worst' AS method, 0 AS round,
+               [{{'role': 'user', 'content': pr.text}}] AS prompt, [{{'role': 'assistant', 'content': best.x}}] AS chosen,
+               [{{'role': 'assistant', 'content': worst.x}}] AS rejected, best.c AS chosen_completion_id, worst.c AS rejected_completion_id,
+               top[1] AS chosen_reward, bottom[1] AS rejected_reward, top[1] - bottom[1] AS margin, 'bench' AS run_id, 'reward' AS rule,
+               best.t AS chosen_teacher, worst.t AS rejected_teacher
+        FROM per JOIN read_parquet({prompts}) AS pr ON per.prompt_id = pr.prompt_id
+        WHERE n_eligible >= 2 AND top[1] > bottom[1] AND trim(best.x) <> trim(worst.x) ORDER BY per.prompt_id""").pl(), PREFERENCE_PAIRS)
+    n, single_, tie, same = con.sql("SELECT count(*), count_if(n_eligible < 2), count_if(n_eligible >= 2 AND top[1] <= bottom[1]), "
+                                    "count_if(n_eligible >= 2 AND top[1] > bottom[1] AND trim(best.x) = trim(worst.x)) FROM per").fetchall()[0]
+    t2 = time.perf_counter()
+    peak = _peak_mib()
+    stats = {"n_prompts": n, "n_pairs": pairs.height, "dropped_single": single_, "dropped_tie": tie, "dropped_identical": same,
+             "dropped_margin": 0, "dropped_no_prompt": n - single_ - tie - same - pairs.height}
+    sel.write_parquet(out / "selections.parquet")
+    quarantine.write_parquet(out / "quarantine.parquet")
+    pairs.write_parquet(out / "pairs.parquet")
+    tables = ("selections", "quarantine", "pairs")
+    return {
+        "seconds": t2 - t0, "peak_rss_mib": peak, "stages": {"select": t1 - t0, "best_worst": t2 - t1},
+        "counts": {**{s: sel.filter(pl.col("strategy") == s).height for s in STRATEGIES}, "pairs": pairs.height},
+        "digests": {**{s: _digest(sel.filter(pl.col("strategy") == s)["completion_id"].to_list()) for s in STRATEGIES},
+                    "pairs": _digest(pairs["pair_id"].to_list())},
+        "stats": json.dumps(stats, sort_keys=True),
+        "tables": {t: _frame_digest(out / f"{t}.parquet") for t in tables},
+        "rows": {t: _frame_digest(out / f"{t}.parquet", ordered=False) for t in tables},
+    }
+
+
 def run_pandas(folder: str) -> dict:
     import pandas as pd
     import polars as pl
@@ -329,7 +423,7 @@ def worker(impl: str, folder: str) -> None:
     if name in PROJECT:
         run = lambda f: run_project(f, stage, name)  # noqa: E731
     else:
-        run = {"duckdb_argmax": run_duckdb_argmax, "pandas": run_pandas}[name]
+        run = {"duckdb_argmax": run_duckdb_argmax, "sql": run_sql, "pandas": run_pandas}[name]
     run(str(Path(folder) / "warmup"))  # imports, DuckDB's and polars' thread pools: not what is measured
     result = run(folder)
     result["seconds"] = round(result["seconds"], 2)
@@ -378,8 +472,8 @@ def _checkout(rev: str, into: Path) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of 2M prompts (x 5 teachers)")
-    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", *PROJECT, "pandas"], default="default",
-                    help=f"default: duckdb_argmax, {', '.join(PROJECT)}; all: and pandas")
+    ap.add_argument("--impl", choices=["default", "all", "duckdb_argmax", *PROJECT, "sql", "pandas"], default="default",
+                    help=f"default: duckdb_argmax, {', '.join(PROJECT)}, sql; all: and pandas")
     ap.add_argument("--before", default=BEFORE, help="git revision of the implementation to compare with")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per implementation, seconds")
     ap.add_argument("--out", type=Path, help="append the figures to this Markdown file")
@@ -395,7 +489,7 @@ def main() -> None:
         return worker(a.worker, a.data)
 
     n_prompts = int(2_000_000 * a.scale)
-    impls = {"default": ["duckdb_argmax", *PROJECT], "all": ["duckdb_argmax", *PROJECT, "pandas"]}.get(a.impl, [a.impl])
+    impls = {"default": ["duckdb_argmax", *PROJECT, "sql"], "all": ["duckdb_argmax", *PROJECT, "sql", "pandas"]}.get(a.impl, [a.impl])
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench_selection_") as tmp:
         t = time.perf_counter()
