@@ -298,10 +298,6 @@ class S3Warehouse(Warehouse):
             return self.refresh_catalog()
         return self.refresh_catalog(changed) if changed else []
 
-    def connect(self):
-        self.sync_catalog()
-        return super().connect()
-
 
 def _signature(table: str, items: dict[str, dict]) -> str:
     """What a table's view depends on: its manifests' ETags (append-only tables: a glob, so nothing)."""

@@ -114,6 +114,12 @@ def atomic_write_parquet(df: pl.DataFrame, path: Path, home: Path | None = None)
     """Write `df` to `path` through a temp file and a rename; a failure of the disk or its
     permissions is one WarehouseWriteError naming `home` (default: the file's folder).
     Returns the file's data version (file_version's hash), computed from the bytes as written."""
+    return _atomic_write(df, path, home)[0]
+
+
+def _atomic_write(df: pl.DataFrame, path: Path, home: Path | None = None) -> tuple[str, os.stat_result]:
+    """atomic_write_parquet, also returning the file's stat as written (taken before the rename, so
+    it is this write's even if another writer replaces the file right after)."""
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     with writing(home or path.parent, path):
         try:
@@ -123,10 +129,11 @@ def atomic_write_parquet(df: pl.DataFrame, path: Path, home: Path | None = None)
                 df.write_parquet(out, compression="zstd", statistics=True)
                 f.flush()
                 os.fsync(f.fileno())
+                st = os.fstat(f.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-    return out.version
+    return out.version, st
 
 
 def glob_escape(path: str) -> str:
@@ -201,17 +208,18 @@ class Warehouse:
         """Replace the partition's file atomically (temp file, rename); its version is recorded beside
         the home's other derived state, keyed by the file's size and mtime, so reads need not hash it."""
         path = self.table_path(table, partition)
-        version = atomic_write_parquet(df, path, self.home)
-        self._record_version(path, version)
+        version, st = _atomic_write(df, path, self.home)
+        self._record_version(path, version, st)
         return path, version
 
     def _version_record(self, path: Path) -> Path:
         return self.home / VERSIONS_DIR / f"{path.relative_to(self.home).as_posix()}.json"
 
-    def _record_version(self, path: Path, version: str) -> None:
+    def _record_version(self, path: Path, version: str, st: os.stat_result) -> None:
+        """Record `version` for the file whose stat as written is `st` (not the path's stat now: a
+        second writer may have replaced the file since, and its data must not get this version)."""
         record = self._version_record(path)
         try:
-            st = path.stat()
             record.parent.mkdir(parents=True, exist_ok=True)
             tmp = record.with_name(f"{record.name}.tmp-{uuid.uuid4().hex[:8]}")
             tmp.write_text(json.dumps({"version": version, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
@@ -474,20 +482,47 @@ class Warehouse:
         return False
 
     def ensure_view(self, table: str) -> None:
-        """Create the table's view in warehouse.duckdb if it is missing (serialised writers)."""
+        """Create the table's view in warehouse.duckdb if it is missing (serialised writers). Views
+        are derived state: while another process holds the catalog open (a DuckDB shell, a notebook,
+        a long `factory sql`), the view is left for the next write or `connect()` to build, with a
+        warning, instead of failing a write whose data is already in place."""
         marker = self.home / ".views" / table
         if marker.exists() and self._catalog_current():
             return
-        self.refresh_catalog(None if not self._catalog_current() else [table])
+        self._refresh_if_free(None if not self._catalog_current() else [table])
+
+    def sync_catalog(self) -> list[str]:
+        """Bring the views up to date before a query: all of them when the catalog was built for
+        another home (or not yet), else those a write left for later (the catalog was held open by
+        another process then). Returns the tables whose views were (re)made."""
+        if not self._catalog_current():
+            return self.refresh_catalog()
+        missing = [t for t in self.tables() if not (self.home / ".views" / t).exists()]
+        if missing:
+            self._refresh_if_free(missing)
+        return missing
+
+    def _refresh_if_free(self, tables: list[str] | None) -> None:
+        """refresh_catalog(tables), or a warning when another process holds the catalog (a lock)."""
+        import duckdb
+
+        try:
+            self.refresh_catalog(tables, attempts=8)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            logger.warning("the catalog %s is held open by another process; the views of %s are made at the next write or query",
+                           self.catalog_path, ", ".join(tables) if tables else "every table")
 
     def _catalog_current(self) -> bool:
         """The catalog exists and was built for this home (not for the folder it was copied from)."""
         marker = self.home / CATALOG_HOME_MARKER
         return self.catalog_path.exists() and marker.exists() and marker.read_text() == self.url
 
-    def refresh_catalog(self, tables: list[str] | None = None) -> list[str]:
+    def refresh_catalog(self, tables: list[str] | None = None, attempts: int = 40) -> list[str]:
         """(Re)create views for `tables` (default: every table with data, from scratch). A catalog
-        file DuckDB cannot open (zeroed, garbled) is replaced: views are derived state."""
+        file DuckDB cannot open (zeroed, garbled) is replaced: views are derived state. Another
+        process holding the catalog is waited for, `attempts` times a quarter second."""
         import duckdb
 
         names = [t for t in (tables or self.tables()) if self.files(t)]
@@ -498,7 +533,7 @@ class Warehouse:
                 self.catalog_path.with_name(self.catalog_path.name + ".wal").unlink(missing_ok=True)
             with self._catalog_file() as path:
                 try:
-                    con = _retry(lambda: duckdb.connect(str(path)))
+                    con = _retry(lambda: duckdb.connect(str(path)), attempts)
                 except duckdb.Error as exc:
                     if "lock" in str(exc).lower() or tables is None:
                         raise
@@ -548,10 +583,9 @@ class Warehouse:
         else: no file outside `tables/`, no extensions, no settings changes (DuckDB enforces it)."""
         import duckdb
 
-        if not self._catalog_current():
-            self.refresh_catalog()
-            if not self.catalog_path.exists():
-                raise FileNotFoundError(f"no warehouse yet at {self.url}: materialize something first")
+        self.sync_catalog()
+        if not self.catalog_path.exists():
+            raise FileNotFoundError(f"no warehouse yet at {self.url}: materialize something first")
         def open_read_only():
             return _retry(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config={
                 "autoinstall_known_extensions": False, "autoload_known_extensions": False,

@@ -242,3 +242,49 @@ def test_quarantine_codes_given_or_derived(any_home):
     wh.quarantine("b", None, pl.DataFrame({"row_key": ["1"], "code": ["duplicate"], "reason": ["same as p_1"],
                                            "payload": ["{}"]}), "r")
     assert wh.sql("select asset, code from quarantine order by 1").rows() == [("a", "too_long"), ("b", "duplicate")]
+
+
+HOLD_CATALOG = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)  # a DuckDB shell or notebook left open on the catalog
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_reader_holding_the_catalog_open_does_not_fail_writes(home):
+    """A write whose view cannot be made (another process holds warehouse.duckdb) still succeeds, with
+    its data and version in place; the view is made by the next query once the catalog is free."""
+    import subprocess
+    import sys
+
+    wh = Warehouse(home)
+    wh.write_table("things", _frame(3), {"language": "es"})
+    reader = subprocess.Popen([sys.executable, "-c", HOLD_CATALOG, str(home / "warehouse.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        written = wh.write_table("others", _frame(2), {"language": "ja"})  # a new table: needs a new view
+        assert wh.read_table("others").height == 2 and wh.version("others") == written.data_version
+        assert not (home / ".views" / "others").exists()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert wh.sql("select count(*) from others").item() == 2
+    assert (home / ".views" / "others").exists()
+
+
+def test_a_version_record_names_the_file_it_was_written_for(home, monkeypatch):
+    """Writer A renames its file in, writer B replaces it and records its version, then A records:
+    the partition's version must still be B's (A's record is keyed on A's file as written)."""
+    import warehouse.store as store
+
+    wh = Warehouse(home)
+    real = store.Warehouse._record_version
+    late: list = []
+    monkeypatch.setattr(store.Warehouse, "_record_version", lambda self, path, version, st: late.append((path, version, st)))
+    first = wh.write_table("things", _frame(3), {"language": "es"})  # A: renamed in, record held back
+    monkeypatch.setattr(store.Warehouse, "_record_version", real)
+    second = wh.write_table("things", _frame(5), {"language": "es"})  # B: replaces the file, records
+    real(wh, *late[0])  # A's record lands last
+    assert wh.read_table("things").height == 5
+    assert wh.version("things", {"language": "es"}) == second.data_version != first.data_version
