@@ -176,7 +176,12 @@ def load_merge_config(path: str | Path) -> MergeConfig:
     import yaml
 
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"merge config {path}: {'a folder, not a YAML file' if path.is_dir() else 'no such file'}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"merge config {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"invalid merge config {path}: expected a mapping at the top level")
     try:

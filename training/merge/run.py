@@ -138,8 +138,9 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     check_same_vocabulary(folders + ([tok_source] if tok_source not in folders else []))
     tied = check_same_tying(folders)
 
+    out = Path(os.path.abspath(out_dir))  # `..` and `.` named: the folder they are, not a name
+    check_output_folder(out, [*folders, tok_source])
     readers = {str(f): CheckpointReader(f) for f in folders}
-    out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     writer = None
@@ -317,9 +318,29 @@ def _copy_model_files(source: Path, tok_source: Path, dest: Path, dtype: str | N
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+MERGE_RECORD = "merge_config.yaml"  # written into every merged folder: what may be replaced by a new merge
+
+
+def check_output_folder(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder whose replacement would destroy something: an input model or a folder
+    holding one, a file, or an existing folder that is not an earlier merge's output (no
+    merge_config.yaml in it) and not empty. An earlier merge's output is replaced whole."""
+    for item in inputs:
+        src = Path(os.path.abspath(item))
+        if src == out or out in src.parents:
+            raise ValueError(f"the output folder {out} {'is' if src == out else 'holds'} the input model {src}: choose another folder")
+    if Path.cwd() == out or out in Path.cwd().parents:
+        raise ValueError(f"the output folder {out} holds the current folder: choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_RECORD).is_file():
+        raise ValueError(f"the output folder {out} exists and is not an earlier merge's output (no {MERGE_RECORD}); "
+                         "a merge replaces its output folder whole: choose a new or empty folder")
+
+
 def _write_merge_config(config: MergeConfig, base: Path | None, members: list[Path], dest: Path) -> None:
     import yaml
 
     data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["resolved"] = {"base_model": str(base) if base else None, "merged": [str(m) for m in members]}
-    (dest / "merge_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (dest / MERGE_RECORD).write_text(yaml.safe_dump(data, sort_keys=False))
