@@ -32,6 +32,7 @@ from factory.routing import best_mean_teacher, reward_routing, scored_frame, sel
 from factory.routing import routing_stats as stats
 from factory.scoring.score import score_generations, teacher_table
 from factory.sft_data import sft_rows
+from warehouse import schemas
 from warehouse.status import markdown_table
 
 
@@ -272,8 +273,8 @@ def preference_pairs(
         "best_worst_stats": dg.MetadataValue.json(stats), "per_method": dg.MetadataValue.md(markdown_table(counts)),
         "contaminated_removed": hits.height,
     })
-    if translated is not None and translated.height:
-        yield dg.Output(translated, output_name="native_vs_translated")
+    # always, empty when none: a run without translations replaces an earlier run's rows of this language
+    yield dg.Output(translated if translated is not None else schemas.empty(schemas.GENERATIONS), output_name="native_vs_translated")
     yield from pair_checks(kept, prompts, evals, cfg, warnings)
 
 

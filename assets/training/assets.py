@@ -188,6 +188,7 @@ def online_round_model(run_id: str, env: FactoryResource, servers, k: int, prev:
     if stopped is not None:
         rec = round_record(k, f"{SKIPPED}: stopped at round {stopped}", [], None, prev, stopped)
         rec["policy_path"] = wh.relative(str(rec["policy_path"]))
+        wh.quarantine(name, None, schemas.rejected_frame(), run_id)  # nothing judged: no earlier run's rows may stay
         return previous_kept(stage, name, prev, rec), {"decision": rec["decision"], "policy": str(prev["path"])}
     judge = configured_judge(cfg, wh.home, servers)
     scorer = arbiter_scorer(cfg, arbiter)[0]
@@ -360,8 +361,9 @@ def merged_model(
     meta = {"method": kept.method, "inputs": dg.MetadataValue.json(names), "seconds": float(info.get("seconds", 0.0))}
     config = {**kept.recorded(), "models": names}
     metrics = {k: v for k, v in info.items() if k != "config"}
+    # replaced on every run, empty without candidates: a run with them must not leave its rows to one without
+    wh.quarantine("merged_model", None, choice.quarantine if choice.record is not None else schemas.rejected_frame(), context.run_id)
     if choice.record is not None:
-        wh.quarantine("merged_model", None, choice.quarantine, context.run_id)
         best = choice.record["candidates"][choice.record["kept"]]["dev"]
         meta |= {
             "kept_merge": choice.record["kept_label"],

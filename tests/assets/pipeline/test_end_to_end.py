@@ -133,3 +133,26 @@ def test_cli_lineage_status_and_publish(pipeline_home):
     assert "preference_pairs:" in out.output
     no_token = runner.invoke(app, ["publish", "--config", "tiny", "--push-to-hub", "me/x", *home], env={"HF_TOKEN": ""})
     assert no_token.exit_code == 2 and "HF_TOKEN" in no_token.output
+
+
+def test_a_rerun_without_a_side_output_leaves_none_of_its_old_rows(pipeline_home, tmp_path):
+    """Rerunning preference_pairs for one language with native_vs_translated turned off replaces that
+    language's translated rows (the side output) with none, as it replaces the pairs. Last in this
+    module: it changes the home's config."""
+    import yaml
+
+    from assets.config import CONFIG_DIR
+    from assets.run import materialize_selection
+
+    lang = q(pipeline_home, "select language from generations where producer = 'native_vs_translated' limit 1").item()
+    assert q(pipeline_home, f"select count(*) from preference_pairs where method = 'native_vs_translated' and language = '{lang}'").item() > 0
+    best_worst = f"select pair_id from preference_pairs where method = 'best_worst' and language = '{lang}' order by 1"
+    before = q(pipeline_home, best_worst)
+    cfg = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    cfg.setdefault("pairs", {})["native_vs_translated"] = {"enabled": False}
+    config = tmp_path / "no_translations.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    materialize_selection("preference_pairs", [lang], force=True, workers=1, config=str(config), home=str(pipeline_home))
+    assert q(pipeline_home, f"select count(*) from generations where producer = 'native_vs_translated' and language = '{lang}'").item() == 0
+    assert q(pipeline_home, f"select count(*) from preference_pairs where method = 'native_vs_translated' and language = '{lang}'").item() == 0
+    assert q(pipeline_home, best_worst).equals(before)  # the rest of the partition as it was
