@@ -80,3 +80,31 @@ def test_materialization_metadata_is_described_and_home_relative(home):
         {"language": "all", "rows": 1},
         {"language": "fr", "rows": 1},
     ]
+
+
+def test_partitions_never_materialized_are_named_in_a_warning(home):
+    """An unpartitioned step reads every partition of its input; the ones never materialized read as
+    empty (a run of some languages), and the step's log says which."""
+    import logging
+
+    langs = dg.StaticPartitionsDefinition(["de", "es", "fr"])
+
+    row = {"stage": "sft", "model": "ck_m", "baseline": "ck_b", "wins": 3, "ties": 1, "losses": 0, "win_rate": 0.875, "run_id": "r"}
+
+    @dg.asset(io_manager_key="warehouse", partitions_def=langs, metadata={"table": "win_rates"})  # a declared table
+    def rows_by_language(context) -> pl.DataFrame:
+        return pl.DataFrame([{**row, "language": context.partition_key}], schema=schemas.WIN_RATES)
+
+    @dg.asset(io_manager_key="warehouse")
+    def all_rows(rows_by_language: pl.DataFrame) -> pl.DataFrame:
+        return rows_by_language
+
+    resources = {"warehouse": WarehouseIOManager(home=str(home))}
+    for key in ("de", "fr"):
+        assert dg.materialize([rows_by_language], partition_key=key, resources=resources).success
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([all_rows, rows_by_language], selection=[all_rows], resources=resources, instance=instance)
+    assert result.success
+    assert result.output_for_node("all_rows")["language"].sort().to_list() == ["de", "fr"]
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("1 of 3 partitions were never materialized and read as empty: es" in m for m in warnings), warnings
