@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -42,8 +42,21 @@ def _materialize(selection: str | None, partitions: list[str] | None, verbose: b
         raise typer.Exit(1) from None
 
 
-def _env(config: str | None, home: str | None) -> None:
-    """Options become env vars so Dagster definitions and resources see the same choice."""
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One red line on stderr, then exit with `code`."""
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _env(config: str | None, home: str | None, *, home_use: str = "create", offline: bool = True) -> None:
+    """Options become env vars so Dagster definitions and resources see the same choice.
+
+    `home_use`: "create" makes the home if missing (run, demo, ui); "read" needs an existing local
+    home and creates nothing (a mistyped --home is an error, not a new empty home); "none" leaves
+    the home alone. `offline` False leaves the hub reachable (publish --push-to-hub)."""
+    for flag, value in (("--config", config), ("--home", home)):
+        if value is not None and not value.strip():
+            _fail(f"{flag} is empty: give a value or leave the option out")
     if config:
         from assets.config import config_path
 
@@ -54,16 +67,18 @@ def _env(config: str | None, home: str | None) -> None:
         os.environ["FACTORY_HOME"] = home_url(home)  # a folder made absolute, or an s3:// URL as it is
     from factory.quiet import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries(offline=offline)
     from assets.config import ConfigError, active_config
-    from warehouse.home import WarehouseWriteError, resolve_home
+    from warehouse.home import NoWarehouse, WarehouseWriteError, existing_home, resolve_home
 
     try:
         active_config()
-        resolve_home()  # a home that cannot be created (read-only, a file in the way) is one line, here
-    except (ConfigError, WarehouseWriteError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+        if home_use == "read":
+            existing_home()
+        if home_use != "none":
+            resolve_home()  # a home that cannot be created (read-only, a file in the way) is one line, here
+    except (ConfigError, NoWarehouse, WarehouseWriteError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -121,7 +136,7 @@ def sql(
     limit: Annotated[int, typer.Option(help="Rows to print in table format.")] = 50,
 ) -> None:
     """Query any table with DuckDB SQL (read-only)."""
-    _env(None, home)
+    _env(None, home, home_use="read")
     from warehouse.sql import WriteRefused
     from warehouse.store import Warehouse
 
@@ -162,7 +177,7 @@ def _flat(df):
 @app.command()
 def status(home: HomeOpt = None) -> None:
     """Each table: rows, languages, last run."""
-    _env(None, home)
+    _env(None, home, home_use="read")
     from warehouse.status import table_status
 
     typer.echo(table_status())
@@ -174,7 +189,7 @@ def config(config: ConfigOpt = None) -> None:
     used and local paths resolved."""
     import yaml
 
-    _env(config, None)
+    _env(config, None, home_use="none")
     from assets.config import active_config, config_path
 
     cfg = active_config()
@@ -192,7 +207,7 @@ def lineage(
     home: HomeOpt = None,
 ) -> None:
     """Print the ancestry of a row: pair -> completions -> prompt, teachers, scores, runs."""
-    _env(None, home)
+    _env(None, home, home_use="read")
     from warehouse.lineage import RowNotFound, trace
 
     try:
@@ -241,7 +256,7 @@ def publish(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write the SFT data and preference pairs as Hugging Face dataset folders (FACTORY_HOME/published)."""
-    _env(config, home)
+    _env(config, home, home_use="read")
     _materialize("published_datasets", None, verbose)
     from warehouse.home import resolve_home
 

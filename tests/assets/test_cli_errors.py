@@ -1,0 +1,44 @@
+"""Bad input at the command line: one red line on stderr and a non-zero exit, never a traceback,
+and nothing created where the user did not mean to create anything."""
+
+import polars as pl
+from typer.testing import CliRunner
+
+from assets.cli import app
+from warehouse.store import Warehouse
+
+
+def _one_line_error(out, code: int = 2) -> str:
+    assert out.exit_code == code, out.output
+    assert "Traceback" not in out.output and len(out.stderr.strip().splitlines()) == 1, out.output
+    return out.stderr
+
+
+def test_read_only_commands_create_no_home_at_a_mistyped_path(tmp_path):
+    typo = tmp_path / "typo" / "home"
+    for command in (["status"], ["sql", "select 1"], ["lineage", "p_x"], ["publish"]):
+        err = _one_line_error(CliRunner().invoke(app, [*command, "--home", str(typo)]))
+        assert f"no warehouse at {typo}" in err and "factory demo --home" in err, command
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_home_or_config_option_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["status", "--home", ""], ["run", "--home", " "], ["config", "-c", ""]):
+        err = _one_line_error(CliRunner().invoke(app, command))
+        assert "is empty" in err, command
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_touches_no_home(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACTORY_HOME", raising=False)
+    out = CliRunner().invoke(app, ["config"])
+    assert out.exit_code == 0, out.output
+    assert list(tmp_path.iterdir()) == []  # no ./factory_home
+
+
+def test_read_only_commands_work_on_an_existing_home(home):
+    Warehouse(home).write_table("things", pl.DataFrame({"x": [1, 2]}))
+    out = CliRunner().invoke(app, ["status", "--home", str(home)])
+    assert out.exit_code == 0 and "things" in out.output, out.output
