@@ -256,24 +256,27 @@ def publish(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write the SFT data and preference pairs as Hugging Face dataset folders (FACTORY_HOME/published)."""
-    _env(config, home, home_use="read")
+    _env(config, home, home_use="read", offline=not push_to_hub)  # huggingface_hub reads HF_HUB_OFFLINE once
+    from warehouse.publish import PublishError, hub_token
+    from warehouse.publish import push_to_hub as push
+
+    repos = {"preference_pairs": push_to_hub, "sft_data": f"{push_to_hub}-sft"} if push_to_hub else {}
+    try:
+        for repo in repos.values():  # before the local work: a bad repo id or no token is known now
+            hub_token(repo)
+    except PublishError as exc:
+        _fail(str(exc))
     _materialize("published_datasets", None, verbose)
     from warehouse.home import resolve_home
 
     root = resolve_home() / "published"
     for name in ("preference_pairs", "sft_data"):
-        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}', download_mode='force_redownload'): "
-                   "every row; name=CONFIG for one config; the download mode skips a cached copy of an earlier publish)")
-    if push_to_hub:
-        from warehouse.publish import PublishError
-        from warehouse.publish import push_to_hub as push
-
-        try:
-            typer.echo(push(root / "preference_pairs", push_to_hub))
-            typer.echo(push(root / "sft_data", f"{push_to_hub}-sft"))
-        except PublishError as exc:
-            typer.secho(str(exc), fg="red", err=True)
-            raise typer.Exit(2) from None
+        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}'): every row; name=CONFIG for one config)")
+    try:
+        for name, repo in repos.items():
+            typer.echo(push(root / name, repo))
+    except PublishError as exc:
+        _fail(str(exc))
 
 
 @app.command()

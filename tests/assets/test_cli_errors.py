@@ -42,3 +42,19 @@ def test_read_only_commands_work_on_an_existing_home(home):
     Warehouse(home).write_table("things", pl.DataFrame({"x": [1, 2]}))
     out = CliRunner().invoke(app, ["status", "--home", str(home)])
     assert out.exit_code == 0 and "things" in out.output, out.output
+
+
+def test_publish_checks_the_repo_id_and_token_before_any_work_and_only_the_push_is_online(home, monkeypatch):
+    import os
+
+    Warehouse(home).write_table("things", pl.DataFrame({"x": [1]}))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    err = _one_line_error(CliRunner().invoke(app, ["publish", "--push-to-hub", "not a repo id", "--home", str(home)]))
+    assert "'not a repo id' is not a hub repo id" in err
+    assert "HF_HUB_OFFLINE" not in os.environ  # huggingface_hub reads it at import: the push path may not set it
+    err = _one_line_error(CliRunner().invoke(app, ["publish", "--push-to-hub", "someone/pairs", "--home", str(home)]))
+    assert "set HF_TOKEN" in err and "token=" not in err
+    assert not (home / "published").exists()  # refused before the local publish
+    assert CliRunner().invoke(app, ["status", "--home", str(home)]).exit_code == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # every other command stays offline
