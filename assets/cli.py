@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+
+from warehouse.sql import FORMATS
 
 app = typer.Typer(
     help="Multilingual preference-data factory: Dagster assets over Parquet + DuckDB.",
@@ -128,50 +131,45 @@ def demo(
     typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None, side_outputs=side))
 
 
+Format = StrEnum("Format", {f: f for f in FORMATS})  # `factory sql --format`: a choice, checked before the query
+
+
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="A read-only SQL query over the warehouse views.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    query: Annotated[str, typer.Argument(help="One read-only SQL query over the warehouse views.")],
+    format: Annotated[Format, typer.Option("--format", "-f", case_sensitive=False, help="How to print the result.")] = Format.table,
     home: HomeOpt = None,
-    limit: Annotated[int, typer.Option(help="Rows to print in table format.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to print in table format (csv and json print every row).")] = 50,
 ) -> None:
     """Query any table with DuckDB SQL (read-only)."""
     _env(None, home, home_use="read")
-    from warehouse.sql import WriteRefused
-    from warehouse.store import Warehouse
-
-    try:
-        df = Warehouse().sql(query)
-    except WriteRefused as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
-    except Exception as exc:  # duckdb errors: show the message, not a traceback
-        typer.secho(f"query failed: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
-    if format == "csv":
-        sys.stdout.write(_flat(df).write_csv())
-    elif format == "json":
-        sys.stdout.write(df.write_json() + "\n")
-    elif format == "table":
-        import polars as pl
-
-        with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
-            typer.echo(df)
-    else:
-        typer.secho(f"unknown format {format!r}: use table, csv or json", fg="red", err=True)
-        raise typer.Exit(2)
-
-
-def _flat(df):
-    """CSV cannot hold nested columns: encode them as JSON strings."""
-    import json
-
+    import duckdb
     import polars as pl
 
-    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
-    return df.with_columns(
-        [pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, ensure_ascii=False), return_dtype=pl.String) for c in nested]
-    )
+    from warehouse.sql import QueryRefused
+    from warehouse.store import Warehouse
+
+    wh = Warehouse()
+    try:
+        df = wh.sql(query, fmt=format.value)
+    except QueryRefused as exc:
+        _fail(str(exc))
+    except Exception as exc:  # duckdb errors: show the message, not a traceback
+        message = str(exc)
+        if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:  # DuckDB suggests its own tables
+            message = f"{message.splitlines()[0]} The warehouse's tables: {', '.join(wh.tables()) or 'none yet'}."
+        _fail(f"query failed: {message}", 1)
+    try:
+        if format == "csv":
+            text = df.write_csv()
+        elif format == "json":
+            text = df.write_json() + "\n"
+        else:
+            with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+                text = f"{df}\n"
+    except (Exception, pl.exceptions.PanicException) as exc:  # a panic is a BaseException
+        _fail(f"cannot print the result as {format.value}: {str(exc).splitlines()[0]}; cast that column to VARCHAR in the query", 1)
+    sys.stdout.write(text)
 
 
 @app.command()

@@ -505,10 +505,14 @@ def load_config(path: str | os.PathLike | None = None) -> FactoryConfig:
     p = config_path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a folder, not a YAML file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {p} cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {p} must be a mapping of sections")
     return parse_config(data, str(p), base_dir=p.absolute().parent)

@@ -63,7 +63,7 @@ from filelock import FileLock
 from warehouse import schemas
 from warehouse.fs import HashingWriter, is_s3
 from warehouse.home import WarehouseWriteError, home_url, os_errno, partition_dir, resolve_home, writing
-from warehouse.sql import ensure_read_only
+from warehouse.sql import ensure_read_only, printable
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
 
@@ -605,8 +605,9 @@ class Warehouse:
         con.execute("SET lock_configuration = true")
         return con
 
-    def sql(self, query: str) -> pl.DataFrame:
-        """Run a read-only query against the catalog (`warehouse.sql` says what is refused).
+    def sql(self, query: str, fmt: str | None = None) -> pl.DataFrame:
+        """Run a read-only query against the catalog (`warehouse.sql` says what is refused). With
+        `fmt` (table, csv or json), what that format cannot show comes back as text (printable).
 
         When it fails over damaged files: unreadable lineage files are set aside and the query
         runs again; an unreadable file of another table it names raises CorruptTable."""
@@ -617,7 +618,9 @@ class Warehouse:
             try:
                 ensure_read_only(query, con)
                 rel = con.sql(query)
-                return rel.pl() if rel is not None else pl.DataFrame()
+                if rel is None:
+                    return pl.DataFrame()
+                return (printable(rel, fmt) if fmt else rel).pl()
             except duckdb.ParserException:
                 raise
             except duckdb.Error as exc:

@@ -1,7 +1,11 @@
 """Bad input at the command line: one red line on stderr and a non-zero exit, never a traceback,
 and nothing created where the user did not mean to create anything."""
 
+import json
+from pathlib import Path
+
 import polars as pl
+import pytest
 from typer.testing import CliRunner
 
 from assets.cli import app
@@ -58,3 +62,40 @@ def test_publish_checks_the_repo_id_and_token_before_any_work_and_only_the_push_
     assert not (home / "published").exists()  # refused before the local publish
     assert CliRunner().invoke(app, ["status", "--home", str(home)]).exit_code == 0
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # every other command stays offline
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder that cannot hold new folders")
+def test_a_home_under_a_folder_that_cannot_hold_folders_is_one_line():
+    err = _one_line_error(CliRunner().invoke(app, ["run", "--select", "prompts", "--home", "/proc/nope/home"]))
+    assert "cannot create" in err and "/proc/nope/home" in err
+
+
+def test_a_folder_as_the_config_is_one_line(tmp_path):
+    err = _one_line_error(CliRunner().invoke(app, ["config", "-c", str(tmp_path)]))
+    assert "is a folder, not a YAML file" in err
+
+
+def test_sql_prints_values_of_any_type_in_every_format(home):
+    Warehouse(home).write_table("things", pl.DataFrame({"x": [1]}))
+    query = "select map {'a': 1} m, 'x'::blob b, interval 1 day i, union_value(k := 1) u, [1, 2] l from things"
+    outs = {f: CliRunner().invoke(app, ["sql", query, "--home", str(home), "-f", f]) for f in ("table", "csv", "json")}
+    assert all(o.exit_code == 0 and "Traceback" not in o.output for o in outs.values()), {f: o.output for f, o in outs.items()}
+    assert outs["csv"].stdout.splitlines() == ["m,b,i,u,l", '"{""a"":1}",x,1 day,1,"[1,2]"']
+    assert json.loads(outs["json"].stdout) == [{"m": {"a": 1}, "b": "x", "i": "1 day", "u": "1", "l": [1, 2]}]
+    settings = CliRunner().invoke(app, ["sql", "select * from duckdb_settings()", "--home", str(home), "-f", "csv"])
+    assert settings.exit_code == 0 and settings.stdout.startswith("name,value"), settings.output
+
+
+def test_sql_options_and_statements_are_checked_before_the_query_runs(home):
+    Warehouse(home).write_table("things", pl.DataFrame({"x": [1, 2, 3]}))
+
+    def sql(*args):
+        return CliRunner().invoke(app, ["sql", *args, "--home", str(home)])
+
+    for bad in (["select 1", "-f", "xml"], ["select 1", "--limit", "0"], ["select 1", "--limit", "-5"]):
+        out = sql(*bad)
+        assert out.exit_code == 2 and "Traceback" not in out.output, (bad, out.output)
+    assert "one query at a time" in _one_line_error(sql("select 1 as a; select 2 as b"))
+    unknown = _one_line_error(sql("select * from thigns"), code=1)
+    assert "thigns does not exist" in unknown and "tables: things" in unknown and "pg_" not in unknown
+    assert sql("select x from things", "--limit", "1", "-f", "CSV").stdout.splitlines() == ["x", "1", "2", "3"]
