@@ -97,7 +97,10 @@ def run(
     """Materialize the selected assets, all partitions, as Dagster runs (parallel across languages), with progress."""
     _env(config, home)
     steps = _materialize(select, partition or None, verbose, force, workers)
-    typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
+    from warehouse.home import home_option
+
+    at = home_option()
+    typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status{at}` or `factory sql \"...\"{at}`.")
 
 
 @app.command()
@@ -128,7 +131,10 @@ def demo(
 
     graph = build_definitions().resolve_asset_graph()
     side = frozenset(k.to_python_identifier() for k in graph.get_all_asset_keys() if graph.get(k).metadata.get(SIDE_OUTPUT))
-    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None, side_outputs=side))
+    from assets.config import config_option
+
+    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None,
+                            side_outputs=side, config_option=config_option()))
 
 
 Format = StrEnum("Format", {f: f for f in FORMATS})  # `factory sql --format`: a choice, checked before the query

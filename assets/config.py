@@ -16,6 +16,7 @@ name, a served model name). Local paths must exist.
 from __future__ import annotations
 
 import os
+import shlex
 from functools import lru_cache
 from pathlib import Path
 
@@ -499,6 +500,15 @@ def config_path(path: str | os.PathLike | None = None) -> Path:
     if raw and not Path(raw).exists() and (CONFIG_DIR / f"{raw}.yaml").exists():
         return CONFIG_DIR / f"{raw}.yaml"  # a shipped profile by name, e.g. `tiny`
     return Path(raw) if raw else DEFAULT_CONFIG
+
+
+def config_option() -> str:
+    """` -c C` for a command printed as a hint when the run's config is not the default: a shipped
+    profile by name, else the file's absolute path; '' for the default."""
+    path = config_path().resolve()
+    if path == DEFAULT_CONFIG.resolve():
+        return ""
+    return f" -c {shlex.quote(path.stem if path.parent == CONFIG_DIR.resolve() else str(path))}"
 
 
 def load_config(path: str | os.PathLike | None = None) -> FactoryConfig:

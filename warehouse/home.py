@@ -97,6 +97,13 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def home_option(home: str | os.PathLike | None = None) -> str:
+    """` --home H` for a command printed as a hint, so that pasted it runs against the same home: H
+    is `home` or $FACTORY_HOME as home_url gives it; '' when neither is set (the default home)."""
+    raw = home or os.environ.get("FACTORY_HOME")
+    return f" --home {shlex.quote(home_url(raw))}" if raw else ""
+
+
 def existing_home(home: str | os.PathLike | None = None) -> str:
     """The home's URL as home_url gives it, for commands that only read: a local home must be an
     existing folder (a mistyped path is an error, not a new empty home). An S3 home is taken as it

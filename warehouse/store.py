@@ -62,7 +62,7 @@ from filelock import FileLock
 
 from warehouse import schemas
 from warehouse.fs import HashingWriter, is_s3
-from warehouse.home import WarehouseWriteError, home_url, os_errno, partition_dir, resolve_home, writing
+from warehouse.home import WarehouseWriteError, home_option, home_url, os_errno, partition_dir, resolve_home, writing
 from warehouse.sql import ensure_read_only, printable
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
@@ -352,7 +352,7 @@ class Warehouse:
         """The CorruptTable error for an unreadable file of `table`: the file, why, and what to rerun."""
         rel = self.rel(path)
         asset, part = self._writer(table, path)
-        rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "")
+        rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "") + home_option(self.url)
         return CorruptTable(f"{rel} of table {table} cannot be read ({_first_line(cause)}): rerun `{rerun}`")
 
     def _writer(self, table: str, path: Path | str) -> tuple[str, str | None]:
