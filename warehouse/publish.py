@@ -22,7 +22,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +317,8 @@ def publish_dataset(
         summary = config_summary(parts)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: its 0700 would stay on the published folder; this one follows the umask
     try:
         written = {}
         for config, part in parts.items():

@@ -189,3 +189,15 @@ def test_another_folder_of_the_same_layout_is_not_served_from_the_cache(pairs, t
     # the same data published again gives the same card (the digest is of content, not of time)
     again = publish(fewer, tmp_path / "home_c" / "preference_pairs")
     assert (again / "README.md").read_text() == (second / "README.md").read_text()
+
+
+def test_a_published_folder_has_the_permissions_of_any_new_folder(pairs, tmp_path):
+    """Not mkdtemp's 0700: the umask decides, as for every other folder in the home."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = publish(pairs, tmp_path / "ds")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary folder left beside it
