@@ -287,9 +287,17 @@ def publish(
 def ui(
     config: ConfigOpt = None,
     home: HomeOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
 ) -> None:
     """Open the Dagster UI (`dagster dev`) on this home and config, with runs recorded in FACTORY_HOME/.dagster."""
+    import socket
+
+    with socket.socket() as probe:  # dagster dev keeps running when its web server cannot bind: check first
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (TIME_WAIT is free)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            _fail(f"port {port} on 127.0.0.1 is taken ({exc.strerror}): pass --port with a free one")
     _env(config, home)
     from warehouse.home import resolve_home
 

@@ -99,3 +99,20 @@ def test_sql_options_and_statements_are_checked_before_the_query_runs(home):
     unknown = _one_line_error(sql("select * from thigns"), code=1)
     assert "thigns does not exist" in unknown and "tables: things" in unknown and "pg_" not in unknown
     assert sql("select x from things", "--limit", "1", "-f", "CSV").stdout.splitlines() == ["x", "1", "2", "3"]
+
+
+def test_ui_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path, monkeypatch):
+    import os
+    import socket
+
+    def no_exec(*args):
+        raise AssertionError(f"dagster dev started: {args}")
+
+    monkeypatch.setattr(os, "execv", no_exec)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _one_line_error(CliRunner().invoke(app, ["ui", "--port", str(port), "--home", str(tmp_path / "home")]))
+    assert f"port {port} on 127.0.0.1 is taken" in err and "--port" in err
+    assert list(tmp_path.iterdir()) == []
