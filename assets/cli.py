@@ -10,6 +10,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from assets.profiles import profile_names
 from warehouse.sql import FORMATS
 
 app = typer.Typer(
@@ -20,7 +21,7 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="Run config YAML (or a shipped profile name: default, tiny). Env: FACTORY_CONFIG."),
+    typer.Option("--config", "-c", help=f"Run config YAML (or a shipped profile name: {', '.join(profile_names())}). Env: FACTORY_CONFIG."),
 ]
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On failure, print the whole trace (the run log keeps it anyway).")]

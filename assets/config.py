@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from assets.profiles import CONFIG_DIR, DEFAULT_CONFIG
 from factory.arbitrage import ArbitrageConfig
 from factory.engines.ray_data import RayConfig
 from factory.evaluation import EvaluationConfig
@@ -58,9 +59,6 @@ from training.merge.config import MergeSettings
 from training.reward_model import ArbiterConfig
 from training.teachers import ModelsConfig
 from warehouse.publish import PublishConfig
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 class ConfigError(ValueError):

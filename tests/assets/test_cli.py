@@ -105,3 +105,11 @@ def test_hints_name_the_home_and_a_config_other_than_the_default(tmp_path, monke
     assert home_option() == ""
     monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "a home"))
     assert home_option() == f" --home '{tmp_path / 'a home'}'"
+
+
+def test_config_help_lists_every_shipped_profile():
+    from assets.profiles import CONFIG_DIR
+
+    text = " ".join(CliRunner().invoke(app, ["run", "--help"], terminal_width=400).output.split())
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert "smol" in names and all(f"{n}," in text or f"{n})" in text for n in names), text
