@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+
+from assets.profiles import profile_names
+from warehouse.sql import FORMATS
 
 app = typer.Typer(
     help="Multilingual preference-data factory: Dagster assets over Parquet + DuckDB.",
@@ -17,7 +21,7 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="Run config YAML (or a shipped profile name: default, tiny). Env: FACTORY_CONFIG."),
+    typer.Option("--config", "-c", help=f"Run config YAML (or a shipped profile name: {', '.join(profile_names())}). Env: FACTORY_CONFIG."),
 ]
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Warehouse folder. Env: FACTORY_HOME (default ./factory_home).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="On failure, print the whole trace (the run log keeps it anyway).")]
@@ -42,8 +46,21 @@ def _materialize(selection: str | None, partitions: list[str] | None, verbose: b
         raise typer.Exit(1) from None
 
 
-def _env(config: str | None, home: str | None) -> None:
-    """Options become env vars so Dagster definitions and resources see the same choice."""
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One red line on stderr, then exit with `code`."""
+    typer.secho(message, fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _env(config: str | None, home: str | None, *, home_use: str = "create", offline: bool = True) -> None:
+    """Options become env vars so Dagster definitions and resources see the same choice.
+
+    `home_use`: "create" makes the home if missing (run, demo, ui); "read" needs an existing local
+    home and creates nothing (a mistyped --home is an error, not a new empty home); "none" leaves
+    the home alone. `offline` False leaves the hub reachable (publish --push-to-hub)."""
+    for flag, value in (("--config", config), ("--home", home)):
+        if value is not None and not value.strip():
+            _fail(f"{flag} is empty: give a value or leave the option out")
     if config:
         from assets.config import config_path
 
@@ -54,16 +71,18 @@ def _env(config: str | None, home: str | None) -> None:
         os.environ["FACTORY_HOME"] = home_url(home)  # a folder made absolute, or an s3:// URL as it is
     from factory.quiet import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries(offline=offline)
     from assets.config import ConfigError, active_config
-    from warehouse.home import WarehouseWriteError, resolve_home
+    from warehouse.home import NoWarehouse, WarehouseWriteError, existing_home, resolve_home
 
     try:
         active_config()
-        resolve_home()  # a home that cannot be created (read-only, a file in the way) is one line, here
-    except (ConfigError, WarehouseWriteError) as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
+        if home_use == "read":
+            existing_home()
+        if home_use != "none":
+            resolve_home()  # a home that cannot be created (read-only, a file in the way) is one line, here
+    except (ConfigError, NoWarehouse, WarehouseWriteError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -79,7 +98,10 @@ def run(
     """Materialize the selected assets, all partitions, as Dagster runs (parallel across languages), with progress."""
     _env(config, home)
     steps = _materialize(select, partition or None, verbose, force, workers)
-    typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status` or `factory sql`.")
+    from warehouse.home import home_option
+
+    at = home_option()
+    typer.echo(f"done: {len(steps)} step(s). Inspect with `factory status{at}` or `factory sql \"...\"{at}`.")
 
 
 @app.command()
@@ -110,59 +132,57 @@ def demo(
 
     graph = build_definitions().resolve_asset_graph()
     side = frozenset(k.to_python_identifier() for k in graph.get_all_asset_keys() if graph.get(k).metadata.get(SIDE_OUTPUT))
-    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None, side_outputs=side))
+    from assets.config import config_option
+
+    typer.echo(demo_summary(home_dir, since=started, wall_s=wall, tables=url if url != str(home_dir) else None,
+                            side_outputs=side, config_option=config_option()))
+
+
+Format = StrEnum("Format", {f: f for f in FORMATS})  # `factory sql --format`: a choice, checked before the query
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="A read-only SQL query over the warehouse views.")],
-    format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
+    query: Annotated[str, typer.Argument(help="One read-only SQL query over the warehouse views.")],
+    format: Annotated[Format, typer.Option("--format", "-f", case_sensitive=False, help="How to print the result.")] = Format.table,
     home: HomeOpt = None,
-    limit: Annotated[int, typer.Option(help="Rows to print in table format.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to print in table format (csv and json print every row).")] = 50,
 ) -> None:
     """Query any table with DuckDB SQL (read-only)."""
-    _env(None, home)
-    from warehouse.sql import WriteRefused
-    from warehouse.store import Warehouse
-
-    try:
-        df = Warehouse().sql(query)
-    except WriteRefused as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(2) from None
-    except Exception as exc:  # duckdb errors: show the message, not a traceback
-        typer.secho(f"query failed: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
-    if format == "csv":
-        sys.stdout.write(_flat(df).write_csv())
-    elif format == "json":
-        sys.stdout.write(df.write_json() + "\n")
-    elif format == "table":
-        import polars as pl
-
-        with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
-            typer.echo(df)
-    else:
-        typer.secho(f"unknown format {format!r}: use table, csv or json", fg="red", err=True)
-        raise typer.Exit(2)
-
-
-def _flat(df):
-    """CSV cannot hold nested columns: encode them as JSON strings."""
-    import json
-
+    _env(None, home, home_use="read")
+    import duckdb
     import polars as pl
 
-    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
-    return df.with_columns(
-        [pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v, ensure_ascii=False), return_dtype=pl.String) for c in nested]
-    )
+    from warehouse.sql import QueryRefused
+    from warehouse.store import Warehouse
+
+    wh = Warehouse()
+    try:
+        df = wh.sql(query, fmt=format.value)
+    except QueryRefused as exc:
+        _fail(str(exc))
+    except Exception as exc:  # duckdb errors: show the message, not a traceback
+        message = str(exc)
+        if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:  # DuckDB suggests its own tables
+            message = f"{message.splitlines()[0]} The warehouse's tables: {', '.join(wh.tables()) or 'none yet'}."
+        _fail(f"query failed: {message}", 1)
+    try:
+        if format == "csv":
+            text = df.write_csv()
+        elif format == "json":
+            text = df.write_json() + "\n"
+        else:
+            with pl.Config(tbl_rows=limit, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+                text = f"{df}\n"
+    except (Exception, pl.exceptions.PanicException) as exc:  # a panic is a BaseException
+        _fail(f"cannot print the result as {format.value}: {str(exc).splitlines()[0]}; cast that column to VARCHAR in the query", 1)
+    sys.stdout.write(text)
 
 
 @app.command()
 def status(home: HomeOpt = None) -> None:
     """Each table: rows, languages, last run."""
-    _env(None, home)
+    _env(None, home, home_use="read")
     from warehouse.status import table_status
 
     typer.echo(table_status())
@@ -174,7 +194,7 @@ def config(config: ConfigOpt = None) -> None:
     used and local paths resolved."""
     import yaml
 
-    _env(config, None)
+    _env(config, None, home_use="none")
     from assets.config import active_config, config_path
 
     cfg = active_config()
@@ -192,7 +212,7 @@ def lineage(
     home: HomeOpt = None,
 ) -> None:
     """Print the ancestry of a row: pair -> completions -> prompt, teachers, scores, runs."""
-    _env(None, home)
+    _env(None, home, home_use="read")
     from warehouse.lineage import RowNotFound, trace
 
     try:
@@ -241,33 +261,44 @@ def publish(
     verbose: VerboseOpt = False,
 ) -> None:
     """Write the SFT data and preference pairs as Hugging Face dataset folders (FACTORY_HOME/published)."""
-    _env(config, home)
+    _env(config, home, home_use="read", offline=not push_to_hub)  # huggingface_hub reads HF_HUB_OFFLINE once
+    from warehouse.publish import PublishError, hub_token
+    from warehouse.publish import push_to_hub as push
+
+    repos = {"preference_pairs": push_to_hub, "sft_data": f"{push_to_hub}-sft"} if push_to_hub else {}
+    try:
+        for repo in repos.values():  # before the local work: a bad repo id or no token is known now
+            hub_token(repo)
+    except PublishError as exc:
+        _fail(str(exc))
     _materialize("published_datasets", None, verbose)
     from warehouse.home import resolve_home
 
     root = resolve_home() / "published"
     for name in ("preference_pairs", "sft_data"):
-        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}', download_mode='force_redownload'): "
-                   "every row; name=CONFIG for one config; the download mode skips a cached copy of an earlier publish)")
-    if push_to_hub:
-        from warehouse.publish import PublishError
-        from warehouse.publish import push_to_hub as push
-
-        try:
-            typer.echo(push(root / "preference_pairs", push_to_hub))
-            typer.echo(push(root / "sft_data", f"{push_to_hub}-sft"))
-        except PublishError as exc:
-            typer.secho(str(exc), fg="red", err=True)
-            raise typer.Exit(2) from None
+        typer.echo(f"{name}: {root / name}  (datasets.load_dataset('{root / name}'): every row; name=CONFIG for one config)")
+    try:
+        for name, repo in repos.items():
+            typer.echo(push(root / name, repo))
+    except PublishError as exc:
+        _fail(str(exc))
 
 
 @app.command()
 def ui(
     config: ConfigOpt = None,
     home: HomeOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
 ) -> None:
     """Open the Dagster UI (`dagster dev`) on this home and config, with runs recorded in FACTORY_HOME/.dagster."""
+    import socket
+
+    with socket.socket() as probe:  # dagster dev keeps running when its web server cannot bind: check first
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (TIME_WAIT is free)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            _fail(f"port {port} on 127.0.0.1 is taken ({exc.strerror}): pass --port with a free one")
     _env(config, home)
     from warehouse.home import resolve_home
 

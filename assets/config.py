@@ -16,6 +16,7 @@ name, a served model name). Local paths must exist.
 from __future__ import annotations
 
 import os
+import shlex
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from assets.profiles import CONFIG_DIR, DEFAULT_CONFIG
 from factory.arbitrage import ArbitrageConfig
 from factory.engines.ray_data import RayConfig
 from factory.evaluation import EvaluationConfig
@@ -57,9 +59,6 @@ from training.merge.config import MergeSettings
 from training.reward_model import ArbiterConfig
 from training.teachers import ModelsConfig
 from warehouse.publish import PublishConfig
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 
 class ConfigError(ValueError):
@@ -501,14 +500,27 @@ def config_path(path: str | os.PathLike | None = None) -> Path:
     return Path(raw) if raw else DEFAULT_CONFIG
 
 
+def config_option() -> str:
+    """` -c C` for a command printed as a hint when the run's config is not the default: a shipped
+    profile by name, else the file's absolute path; '' for the default."""
+    path = config_path().resolve()
+    if path == DEFAULT_CONFIG.resolve():
+        return ""
+    return f" -c {shlex.quote(path.stem if path.parent == CONFIG_DIR.resolve() else str(path))}"
+
+
 def load_config(path: str | os.PathLike | None = None) -> FactoryConfig:
     p = config_path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a folder, not a YAML file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {p} cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {p} must be a mapping of sections")
     return parse_config(data, str(p), base_dir=p.absolute().parent)

@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
+from assets.config import config_option
 from factory.version import code_version
 from warehouse import schemas
+from warehouse.home import home_option
 from warehouse.status import markdown_table
 from warehouse.store import Warehouse
 
@@ -158,7 +160,7 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             needed_by = sc.step.key if sc else "ASSET"
             raise MissingUpstream(
                 f"upstream {which} has not been materialized in {wh.home}: "
-                f"`factory run --select +{needed_by}` builds it and everything it needs"
+                f"`factory run --select +{needed_by}{config_option()}{home_option(self.home)}` builds it and everything it needs"
             )
         if missing := [str(key) for key, ok in present.items() if not ok]:  # a run of some languages: says which are left out
             context.log.warning(f"{asset}: {len(missing)} of {len(keys)} partitions were never materialized and read as empty: "

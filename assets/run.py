@@ -35,12 +35,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.config import config_option as find_config_option
 from assets.config import config_path as find_config
 from assets.definitions import build_definitions
 from assets.io_manager import SIDE_OUTPUT
 from assets.resources import FactoryResource
 from factory.quiet import quiet_libraries
-from warehouse.home import home_url, resolve_home
+from warehouse.home import home_option, home_url, resolve_home
 from warehouse.housekeeping import clean_leftovers, describe_leftovers, pid_alive
 
 PID_TAG, HOST_TAG = "factory/pid", "factory/host"
@@ -178,7 +179,7 @@ class StepFailed(RuntimeError):
         where = f"run {run_id[:8]}: " if run_id else ""
         super().__init__(
             f"{label} failed: {cause}\n  ({where}`--verbose` prints the trace; "
-            f"`factory ui` (dagster dev -m assets.definitions) shows the run's full log)"
+            f"`factory ui{find_config_option()}{home_option()}` (dagster dev -m assets.definitions) shows the run's full log)"
         )
 
 

@@ -7,13 +7,17 @@ import os
 import warnings
 
 
-def quiet_libraries() -> None:
-    """Silence library banners, per-file progress bars and deprecation chatter (errors still show)."""
+def quiet_libraries(offline: bool = True) -> None:
+    """Silence library banners, per-file progress bars and deprecation chatter (errors still show).
+    `offline` (the default path never downloads) sets HF_HUB_OFFLINE unless the environment has
+    it; huggingface_hub reads it once, at import (here, through transformers), so a process that
+    pushes to the hub passes False before anything imports it."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default path never downloads
+    if offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
     for name in ("transformers", "datasets", "trl", "accelerate", "torch"):

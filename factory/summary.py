@@ -9,6 +9,7 @@ import polars as pl
 
 from factory.machine import describe_machine
 from factory.routing import strategy_comparison
+from warehouse.home import home_option
 from warehouse.status import markdown_table, table_status
 from warehouse.store import Warehouse
 
@@ -63,10 +64,11 @@ def steps_in_flight(wh: Warehouse, since: datetime | None = None, side_outputs: 
 
 def demo_summary(
     home: Path, since: datetime | None = None, wall_s: float | None = None, tables: str | None = None,
-    side_outputs: frozenset[str] = frozenset(),
+    side_outputs: frozenset[str] = frozenset(), config_option: str = "",
 ) -> str:
     """`home` is the local folder (models, reports, published datasets); `tables` where the tables
-    are when that is elsewhere (an s3:// home)."""
+    are when that is elsewhere (an s3:// home). The printed commands name the home, and the run's
+    config where they take one (`config_option`, ` -c C` for a config other than the default)."""
     wh = Warehouse(tables or home)
     lines = [table_status(wh), ""]
     if wh.has("selections"):
@@ -94,6 +96,7 @@ def demo_summary(
                       f"(start-up and scheduling between steps), one {flight['one']:.0f}s (the serial chain: more workers "
                       f"do not shorten it), two or more {flight['two_or_more']:.0f}s"]
         lines += ["", "This machine:", describe_machine(), ""]
+    at = home_option(tables or home)
     lines += [
         "Where things are:",
         f"  tables      {tables or home / 'tables'}   (catalog: {home / 'warehouse.duckdb'})",
@@ -101,8 +104,8 @@ def demo_summary(
         f"  datasets    {home / 'published'}/preference_pairs, sft_data  (datasets.load_dataset(folder): every row; name=CONFIG: one language or online round)",
         f"  models      {home / 'models'}",
         "Next:",
-        "  factory sql \"select code, count(*) from quarantine group by 1\"",
-        "  factory lineage <pair_id>          # e.g. from: factory sql \"select pair_id from preference_pairs limit 1\"",
-        f"  factory ui --home {home}           # the asset graph, checks and metadata in the Dagster UI",
+        f"  factory sql \"select code, count(*) from quarantine group by 1\"{at}",
+        f"  factory lineage <pair_id>{at}          # e.g. from: factory sql \"select pair_id from preference_pairs limit 1\"{at}",
+        f"  factory ui{config_option}{at}           # the asset graph, checks and metadata in the Dagster UI",
     ]
     return "\n".join(lines)

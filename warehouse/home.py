@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,16 @@ WRITE_ERRORS = {
     errno.ENOTDIR: ("a file is where a folder should be (not a folder)", "move that file away or set FACTORY_HOME elsewhere"),
     errno.EEXIST: ("a file is where a folder should be (not a folder)", "move that file away or set FACTORY_HOME elsewhere"),
 }
+# Creating a folder, ENOENT too: a folder on its path cannot hold new folders (/proc/x). Elsewhere a
+# missing file is a race or a bug and keeps its traceback.
+CREATE_ERRORS = {
+    **WRITE_ERRORS,
+    errno.ENOENT: ("a folder on its path cannot hold new folders", "set FACTORY_HOME to a folder that can be created"),
+}
+
+
+class NoWarehouse(ValueError):
+    """A command that only reads was pointed at a local home that does not exist."""
 
 
 class WarehouseWriteError(RuntimeError):
@@ -49,13 +60,14 @@ def os_errno(exc: BaseException) -> int | None:
 def writing(home: Path, target: Path, action: str = "write") -> Iterator[None]:
     """Turn a disk-full, read-only, permission or file-in-the-way failure while writing `target`
     into one WarehouseWriteError naming the home and what to do."""
+    known = CREATE_ERRORS if action == "create" else WRITE_ERRORS
     try:
         yield
     except Exception as exc:
         code = os_errno(exc)
-        if code not in WRITE_ERRORS:
+        if code not in known:
             raise
-        what, todo = WRITE_ERRORS[code]
+        what, todo = known[code]
         target = Path(target)
         if target == home:
             where = f"warehouse {home}"
@@ -83,6 +95,24 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     with writing(path, path, "create"):
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def home_option(home: str | os.PathLike | None = None) -> str:
+    """` --home H` for a command printed as a hint, so that pasted it runs against the same home: H
+    is `home` or $FACTORY_HOME as home_url gives it; '' when neither is set (the default home)."""
+    raw = home or os.environ.get("FACTORY_HOME")
+    return f" --home {shlex.quote(home_url(raw))}" if raw else ""
+
+
+def existing_home(home: str | os.PathLike | None = None) -> str:
+    """The home's URL as home_url gives it, for commands that only read: a local home must be an
+    existing folder (a mistyped path is an error, not a new empty home). An S3 home is taken as it
+    is (checking it would reach the network)."""
+    url = home_url(home)
+    if not is_s3(url) and not Path(url).is_dir():
+        quoted = shlex.quote(url)
+        raise NoWarehouse(f"no warehouse at {url} (run `factory demo --home {quoted}` or `factory run --home {quoted}` first)")
+    return url
 
 
 def partition_dir(root: Path, partition: dict[str, str] | None) -> Path:

@@ -44,7 +44,7 @@ CONFIG_RECORD = "config.json"
 _PID_NAMES = (re.compile(r"^\..+\.tmp-(\d+)$"), re.compile(r"^.+\.(\d+)\.tmp$"))
 # `{name}.tmp-{uuid8}` (warehouse/store.py)
 _RANDOM_NAME = re.compile(r"^.+\.tmp-[0-9a-f]{8,32}$")
-# `tempfile.mkdtemp(prefix=".{name}.")` in warehouse/publish.py: a hidden folder holding a dataset being written
+# `.{name}.{8 hex digits}` (warehouse/publish.py): a hidden folder holding a dataset being written
 _PUBLISH_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")
 _PUBLISH_ENTRIES = frozenset({"data", "README.md"})
 # `out.tmp/`, `build.json.tmp`, `.{shard}.tmp`, `chart.tmp.png`: fixed names, rewritten by their writer

@@ -22,7 +22,7 @@ import math
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -317,7 +317,8 @@ def publish_dataset(
         summary = config_summary(parts)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: its 0700 would stay on the published folder; this one follows the umask
     try:
         written = {}
         for config, part in parts.items():
@@ -352,25 +353,41 @@ def publish_dataset(
     return out
 
 
+def hub_token(repo_id: str, token: str | None = None) -> str:
+    """The token for pushing to `repo_id`: `token`, else the HF_TOKEN environment variable. Checked
+    before any work: PublishError when the repo id is not one the hub takes, or there is no token."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as exc:
+        raise PublishError(f"{repo_id!r} is not a hub repo id (ORG/NAME): {exc}") from None
+    token = token or os.environ.get("HF_TOKEN")
+    if not token:
+        raise PublishError(f"cannot push to {repo_id}: no Hugging Face token; set HF_TOKEN to a write token")
+    return token
+
+
 def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = True) -> str:
     """Upload a published folder to a Hugging Face dataset repo; returns the commit URL.
 
-    The token comes from `token` or the HF_TOKEN environment variable; without one this
-    raises PublishError before touching the network.
+    The token comes from `token` or the HF_TOKEN environment variable (hub_token); without one,
+    or when the hub or the connection fails (offline mode, a refused token), this raises
+    PublishError with the hub's message in one line.
     """
-    token = token or os.environ.get("HF_TOKEN")
-    if not token:
-        raise PublishError(
-            f"cannot push {folder} to {repo_id}: no Hugging Face token. Set HF_TOKEN (a write token) or pass token=..."
-        )
+    token = hub_token(repo_id, token)
     folder = Path(folder)
     if not (folder / "README.md").is_file():
-        raise PublishError(f"{folder} is not a published dataset folder (no README.md); run publish_dataset first")
+        raise PublishError(f"{folder} is not a published dataset folder (no README.md): publish it first (`factory publish`)")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type="dataset", commit_message="Publish dataset"
-    )
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type="dataset", commit_message="Publish dataset"
+        )
+    except Exception as exc:  # the network boundary: whatever the hub or the connection says, as one line
+        reason = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+        raise PublishError(f"cannot push {folder} to {repo_id}: {reason}") from exc
     return str(getattr(info, "commit_url", info))

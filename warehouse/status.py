@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from warehouse.home import home_option
 from warehouse.store import CorruptTable, Warehouse
 
 SCHEMA = {
@@ -41,7 +42,8 @@ def table_status(wh: Warehouse | None = None) -> str:
     wh = wh or Warehouse()
     df = status_frame(wh)
     if df.height == 0:
-        return f"warehouse {wh.url} is empty: run `factory demo` or `factory run`."
+        home = home_option(wh.url)
+        return f"warehouse {wh.url} is empty: run `factory demo{home}` or `factory run{home}`."
     problems = [*df["problem"].drop_nulls().to_list(), *wh.problems]
     for f in wh.set_aside_files():
         rel = wh.rel(f)

@@ -62,8 +62,8 @@ from filelock import FileLock
 
 from warehouse import schemas
 from warehouse.fs import HashingWriter, is_s3
-from warehouse.home import WarehouseWriteError, home_url, os_errno, partition_dir, resolve_home, writing
-from warehouse.sql import ensure_read_only
+from warehouse.home import WarehouseWriteError, home_option, home_url, os_errno, partition_dir, resolve_home, writing
+from warehouse.sql import ensure_read_only, printable
 
 __all__ = ["CorruptTable", "Warehouse", "WarehouseWriteError", "WriteResult", "atomic_write_parquet", "file_version"]
 
@@ -352,7 +352,7 @@ class Warehouse:
         """The CorruptTable error for an unreadable file of `table`: the file, why, and what to rerun."""
         rel = self.rel(path)
         asset, part = self._writer(table, path)
-        rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "")
+        rerun = f"factory run --select {asset}" + (f" --partition {part}" if part else "") + home_option(self.url)
         return CorruptTable(f"{rel} of table {table} cannot be read ({_first_line(cause)}): rerun `{rerun}`")
 
     def _writer(self, table: str, path: Path | str) -> tuple[str, str | None]:
@@ -605,8 +605,9 @@ class Warehouse:
         con.execute("SET lock_configuration = true")
         return con
 
-    def sql(self, query: str) -> pl.DataFrame:
-        """Run a read-only query against the catalog (`warehouse.sql` says what is refused).
+    def sql(self, query: str, fmt: str | None = None) -> pl.DataFrame:
+        """Run a read-only query against the catalog (`warehouse.sql` says what is refused). With
+        `fmt` (table, csv or json), what that format cannot show comes back as text (printable).
 
         When it fails over damaged files: unreadable lineage files are set aside and the query
         runs again; an unreadable file of another table it names raises CorruptTable."""
@@ -617,7 +618,9 @@ class Warehouse:
             try:
                 ensure_read_only(query, con)
                 rel = con.sql(query)
-                return rel.pl() if rel is not None else pl.DataFrame()
+                if rel is None:
+                    return pl.DataFrame()
+                return (printable(rel, fmt) if fmt else rel).pl()
             except duckdb.ParserException:
                 raise
             except duckdb.Error as exc:

@@ -33,6 +33,8 @@ def test_a_failed_step_is_one_line_naming_asset_partition_and_cause(home):
     lines = [line for line in out.output.splitlines() if line.strip()]
     assert len(lines) <= 3, out.output  # no stack trace
     assert "generations [es] failed" in out.output and "has not been materialized" in out.output
+    assert f"`factory run --select +generations -c tiny --home {home}`" in out.output  # pasted, it runs here
+    assert f"`factory ui -c tiny --home {home}`" in out.output
     assert "Traceback" not in out.output
     verbose = CliRunner().invoke(app, ["run", "--select", "generations", "--partition", "es", "--home", str(home), "-v"])
     assert verbose.exit_code == 1 and "MissingUpstream" in verbose.output
@@ -86,3 +88,28 @@ def test_a_run_that_fails_before_any_step_names_its_cause(home, monkeypatch):
     with pytest.raises(StepFailed) as info:
         materialize_selection("prompts", ["es"], echo=lambda _: None)
     assert "disk on fire" in str(info.value) and "see the Dagster run log" not in str(info.value)
+
+
+def test_hints_name_the_home_and_a_config_other_than_the_default(tmp_path, monkeypatch):
+    from assets.config import DEFAULT_CONFIG, config_option
+    from warehouse.home import home_option
+
+    monkeypatch.setenv("FACTORY_CONFIG", "tiny")
+    assert config_option() == " -c tiny"
+    monkeypatch.setenv("FACTORY_CONFIG", str(DEFAULT_CONFIG))
+    assert config_option() == ""
+    mine = tmp_path / "my run.yaml"
+    monkeypatch.setenv("FACTORY_CONFIG", str(mine))
+    assert config_option() == f" -c '{mine}'"
+    monkeypatch.delenv("FACTORY_HOME", raising=False)
+    assert home_option() == ""
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "a home"))
+    assert home_option() == f" --home '{tmp_path / 'a home'}'"
+
+
+def test_config_help_lists_every_shipped_profile():
+    from assets.profiles import CONFIG_DIR
+
+    text = " ".join(CliRunner().invoke(app, ["run", "--help"], terminal_width=400).output.split())
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert "smol" in names and all(f"{n}," in text or f"{n})" in text for n in names), text

@@ -66,3 +66,16 @@ def test_steps_in_flight_splits_the_span_by_how_many_steps_ran(tmp_path):
     flight = steps_in_flight(wh, since=t)
     assert flight == {"none": 2.0, "one": 12.0, "two_or_more": 1.0}
     assert sum(flight.values()) == 15.0  # the whole span from the first start to the last end
+
+
+def test_demo_summary_commands_name_the_home_and_config(tmp_path):
+    """Every command under "Next:" runs against the demo's home when pasted; `ui` also with its config."""
+    import shlex
+
+    from factory.summary import demo_summary
+
+    home = tmp_path / "my home"
+    text = demo_summary(home, config_option=" -c tiny")
+    commands = [line.split("#")[0] for line in text.split("Next:\n")[1].splitlines()]
+    assert len(commands) == 3 and all(shlex.split(c)[-2:] == ["--home", str(home)] for c in commands), commands
+    assert shlex.split(commands[2])[:4] == ["factory", "ui", "-c", "tiny"]

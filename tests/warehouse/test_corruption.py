@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 
@@ -62,7 +63,7 @@ def test_read_table_names_the_file_the_table_and_the_asset_to_rerun(wh, damage):
     msg = str(info.value)
     assert "\n" not in msg
     assert msg.startswith("tables/things/language=es/data.parquet of table things cannot be read (")
-    assert msg.endswith("rerun `factory run --select things --partition es`")
+    assert msg.endswith(f"rerun `factory run --select things --partition es --home {wh.url}`")
     assert wh.read_table("things", {"language": "ja"}).height == 3  # the other partition still reads
 
 
@@ -83,7 +84,7 @@ def test_the_asset_to_rerun_is_the_producer_or_the_writer_named_in_lineage(wh):
         path = wh.tables_dir.joinpath(table, *parts, "data.parquet")
         good = path.read_bytes()
         _truncate(path)
-        with pytest.raises(CorruptTable, match="rerun `factory run " + hint.replace("`", "") + "`$"):
+        with pytest.raises(CorruptTable, match=re.escape(f"rerun `factory run {hint.replace('`', '')} --home {wh.url}`") + "$"):
             wh.read_table(table)
         path.write_bytes(good)
 
@@ -95,7 +96,7 @@ def test_status_shows_every_table_and_names_the_corrupt_one(wh):
     row = df.filter(pl.col("table") == "things").row(0, named=True)
     assert row["rows"] is None and "tables/things/language=ja/data.parquet" in row["problem"]
     text = table_status(wh)
-    assert "rerun `factory run --select things --partition ja`" in text
+    assert f"rerun `factory run --select things --partition ja --home {wh.url}`" in text
 
 
 def test_sql_over_a_corrupt_table_names_it_and_other_tables_still_work(wh):

@@ -148,6 +148,21 @@ def test_push_to_hub_without_token_is_a_clear_error(pairs, tmp_path, monkeypatch
         push_to_hub(folder, "someone/tiny-pairs")
 
 
+def test_push_to_hub_failures_are_one_line(pairs, tmp_path, monkeypatch):
+    """A bad repo id, a missing folder or the hub out of reach: a PublishError in one line, never the
+    hub library's exception (no network here: offline mode stands in for an unreachable hub)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = publish(pairs, tmp_path / "ds")
+    for where, repo, expected in ((folder, "not a repo id", "is not a hub repo id"),
+                                  (tmp_path, "someone/tiny-pairs", "run `factory publish`|publish it first"),
+                                  (folder, "someone/tiny-pairs", "offline mode")):
+        with pytest.raises(PublishError, match=expected) as info:
+            push_to_hub(where, repo, token="hf_not_a_real_token")
+        assert len(str(info.value).splitlines()) == 1
+
+
 def test_unsafe_config_names_and_pipes_in_provenance(pairs, tmp_path):
     with pytest.raises(ValueError, match="folder names"):
         publish(pairs.with_columns(language=pl.lit("../evil")), tmp_path / "a")
@@ -174,3 +189,15 @@ def test_another_folder_of_the_same_layout_is_not_served_from_the_cache(pairs, t
     # the same data published again gives the same card (the digest is of content, not of time)
     again = publish(fewer, tmp_path / "home_c" / "preference_pairs")
     assert (again / "README.md").read_text() == (second / "README.md").read_text()
+
+
+def test_a_published_folder_has_the_permissions_of_any_new_folder(pairs, tmp_path):
+    """Not mkdtemp's 0700: the umask decides, as for every other folder in the home."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = publish(pairs, tmp_path / "ds")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary folder left beside it
