@@ -8,6 +8,7 @@ judgment -> the checkpoints it compared.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -47,7 +48,8 @@ def _run(wh: Warehouse, run_id: str | None) -> Node:
     if not rows.height:
         return Node(f"run {run_id}")
     r = rows.row(0, named=True)
-    return Node(f"run {run_id[:8]} ({r['asset']}[{r['partition']}], code {r['code_version']}, {r['finished_at']:%Y-%m-%d %H:%M})")
+    step = f"{r['asset']}[{r['partition']}]" if r["partition"] else r["asset"]  # an unpartitioned step: no []
+    return Node(f"run {run_id[:8]} ({step}, code {r['code_version']}, {r['finished_at']:%Y-%m-%d %H:%M})")
 
 
 def prompt_node(wh: Warehouse, pid: str) -> Node:
@@ -82,8 +84,10 @@ def pair_node(wh: Warehouse, pair_id: str) -> Node:
     row = _one(wh, "preference_pairs", "pair_id", pair_id)
     if row is None:
         return Node(f"pair {pair_id} (not found)")
+    rule = {"language": ", rule language: chosen in the prompt's language, rejected not, whatever their rewards",
+            "translation": ", rule translation"}.get(row.get("rule") or "", "")
     return Node(
-        f"pair {pair_id} [{row['language']}, {row['method']}, round {row['round']}] "
+        f"pair {pair_id} [{row['language']}, {row['method']}, round {row['round']}{rule}] "
         f"chosen {row['chosen_reward']:.3f} vs rejected {row['rejected_reward']:.3f}",
         [
             Node("chosen", [completion_node(wh, row["chosen_completion_id"])]),
@@ -99,12 +103,19 @@ def checkpoint_node(wh: Warehouse, ck: str, depth: int = 0) -> Node:
         return Node(f"checkpoint {ck} (not found)")
     node = Node(f"checkpoint {ck} {row['name']} [{row['stage']}] at {row['path']}")
     datasets = json.loads(row["datasets"] or "{}")
-    for name, version in sorted(datasets.items()):
-        node.children.append(Node(f"trained on {name} version {version}"))
+    for name, value in sorted(datasets.items()):
+        node.children.append(Node(_dataset_line(name, value)))
     if depth < 12:
         node.children += [checkpoint_node(wh, p, depth + 1) for p in row["parents"] or []]
     node.children.append(_run(wh, row["run_id"]))
     return node
+
+
+def _dataset_line(name: str, value) -> str:
+    """A checkpoint's `datasets` entry: a table's data version, or what was taken of it (languages, methods, a strategy)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value):
+        return f"trained on {name} version {value}"
+    return f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def judgment_node(wh: Warehouse, jid: str) -> Node:

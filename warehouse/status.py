@@ -33,7 +33,9 @@ def status_frame(wh: Warehouse | None = None) -> pl.DataFrame:
         except CorruptTable as exc:
             rows.append({"table": table, "last_run": last_run, "finished_at": last_at, "problem": str(exc)})
             continue
-        langs = df["language"].n_unique() if "language" in df.columns else None
+        # languages: not the `all` rows (win_rates' macro average); quarantine's are its partitions
+        col = "language" if "language" in df.columns else "partition" if table == "quarantine" else None
+        langs = df[col].filter(df[col].is_not_null() & (df[col] != "all")).n_unique() if col else None
         rows.append({"table": table, "rows": df.height, "languages": langs, "last_run": last_run, "finished_at": last_at})
     return pl.DataFrame(rows, schema=SCHEMA)
 

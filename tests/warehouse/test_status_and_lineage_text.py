@@ -1,0 +1,35 @@
+"""What `factory status` and `factory lineage` print: counts of languages that are languages, and
+lineage lines that say what a value is."""
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from warehouse import schemas
+from warehouse.lineage import checkpoint_node
+from warehouse.status import status_frame
+from warehouse.store import Warehouse
+
+
+def test_status_counts_languages_not_the_macro_row_and_quarantine_partitions(home):
+    wh = Warehouse(home)
+    rates = [{"stage": "sft", "model": "m", "baseline": "b", "language": lang, "wins": 1, "ties": 0, "losses": 0, "win_rate": 1.0,
+              "run_id": "r"} for lang in ("de", "fr", "all")]
+    wh.write_table("win_rates", pl.DataFrame(rates, schema=schemas.WIN_RATES))
+    for part in ("de", "ja", "all"):
+        wh.quarantine("some_step", part if part != "all" else None, pl.DataFrame({"row_key": ["x"], "reason": ["bad: x"], "payload": ["{}"]}), "r")
+    languages = dict(status_frame(wh).select("table", "languages").iter_rows())
+    assert languages["win_rates"] == 2  # de, fr: not the macro-average row `all`
+    assert languages["quarantine"] == 2  # de, ja: its partitions, not `all`
+
+
+def test_checkpoint_lineage_says_versions_and_lists_apart(home):
+    wh = Warehouse(home)
+    row = {"checkpoint_id": "ck_1", "stage": "cluster", "name": "east_asian", "path": "models/x", "parents": [],
+           "datasets": '{"languages": ["ja", "ko"], "preference_pairs": "3c3bf5d9606cf0cb", "strategy": "reward_routing"}',
+           "config": "{}", "metrics": "{}", "created_at": datetime.now(UTC), "run_id": "r"}
+    wh.write_table("checkpoints", pl.DataFrame([row], schema=schemas.CHECKPOINTS))
+    lines = [c.label for c in checkpoint_node(wh, "ck_1").children]
+    assert "languages: ja, ko" in lines
+    assert "trained on preference_pairs version 3c3bf5d9606cf0cb" in lines
+    assert "strategy: reward_routing" in lines  # not a version
