@@ -220,8 +220,9 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Cast `df` to `schema`, declared columns first; extra columns are kept after them.
     A column with a DEFAULTS entry is filled from it where missing or null.
 
-    Raises a ValueError naming the missing columns, so a producer that breaks the
-    contract fails loudly at write time rather than downstream.
+    Raises a ValueError naming the missing columns, or the integer columns given fractional floats
+    (a cast would truncate them), so a producer that breaks the contract fails loudly at write time
+    rather than downstream.
     """
     missing = [c for c in schema if c not in df.columns and c not in DEFAULTS]
     if missing:
@@ -232,6 +233,10 @@ def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     ]
     if filled:
         df = df.with_columns(filled)
+    fractional = [c for c, t in schema.items() if t.is_integer() and c in df.columns and df.schema[c].is_float()
+                  and df.select((pl.col(c) != pl.col(c).round()).any()).item()]  # a cast would truncate them silently
+    if fractional:
+        raise ValueError(f"columns declared integer hold fractional values: {', '.join(fractional)}")
     extra = [c for c in df.columns if c not in schema]
     return df.select([pl.col(c).cast(t) for c, t in schema.items()] + extra)
 

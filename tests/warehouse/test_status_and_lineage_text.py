@@ -33,3 +33,14 @@ def test_checkpoint_lineage_says_versions_and_lists_apart(home):
     assert "languages: ja, ko" in lines
     assert "trained on preference_pairs version 3c3bf5d9606cf0cb" in lines
     assert "strategy: reward_routing" in lines  # not a version
+
+
+def test_conform_refuses_fractional_values_for_integer_columns():
+    rates = {"stage": ["sft"], "model": ["m"], "baseline": ["b"], "language": ["de"], "wins": [2.0], "ties": [1.0], "losses": [0.5],
+             "win_rate": [0.5], "ci_low": [0.1], "ci_high": [0.9], "run_id": ["r"]}
+    import pytest
+
+    with pytest.raises(ValueError, match="fractional values: losses"):
+        schemas.conform(pl.DataFrame(rates), schemas.WIN_RATES)
+    whole = schemas.conform(pl.DataFrame(rates | {"losses": [0.0]}), schemas.WIN_RATES)  # whole floats cast as before
+    assert whole["losses"].dtype == pl.Int64 and whole["wins"].to_list() == [2]
