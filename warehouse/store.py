@@ -496,7 +496,8 @@ class Warehouse:
         another home (or not yet), else those a write left for later (the catalog was held open by
         another process then). Returns the tables whose views were (re)made."""
         if not self._catalog_current():
-            return self.refresh_catalog()
+            # no tables, no catalog: a folder that is not a home (yet) gets no files from a query
+            return self.refresh_catalog() if self.tables() else []
         missing = [t for t in self.tables() if not (self.home / ".views" / t).exists()]
         if missing:
             self._refresh_if_free(missing)
@@ -585,7 +586,8 @@ class Warehouse:
 
         self.sync_catalog()
         if not self.catalog_path.exists():
-            raise FileNotFoundError(f"no warehouse yet at {self.url}: materialize something first")
+            raise FileNotFoundError(f"no warehouse yet at {self.url}: it has no tables (run `factory demo{home_option(self.url)}` "
+                                    f"or `factory run{home_option(self.url)}` first)")
         def open_read_only():
             return _retry(lambda: duckdb.connect(str(self.catalog_path), read_only=True, config={
                 "autoinstall_known_extensions": False, "autoload_known_extensions": False,

@@ -288,3 +288,13 @@ def test_a_version_record_names_the_file_it_was_written_for(home, monkeypatch):
     real(wh, *late[0])  # A's record lands last
     assert wh.read_table("things").height == 5
     assert wh.version("things", {"language": "es"}) == second.data_version != first.data_version
+
+
+def test_a_query_on_a_folder_without_tables_writes_nothing_there(tmp_path):
+    """`factory sql` pointed at an existing folder that is not a home (or not yet) makes no catalog,
+    lock or marker in it: it says there is no warehouse."""
+    folder = tmp_path / "not_a_home"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match="no warehouse yet"):
+        Warehouse(folder).sql("select 1")
+    assert list(folder.iterdir()) == []
