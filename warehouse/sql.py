@@ -17,7 +17,7 @@ READ_TYPES = {"SELECT", "EXPLAIN", "MULTI"}
 # DuckDB types (by id) that polars holds and writes as they are, as CSV, JSON and its table.
 PLAIN_TYPES = {
     "boolean", "tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
-    "ubigint", "uhugeint", "float", "double", "decimal", "varchar", "date", "time", "timestamp", "timestamp_s",
+    "ubigint", "float", "double", "decimal", "varchar", "date", "time", "timestamp", "timestamp_s",
     "timestamp_ms", "timestamp_ns", "timestamp with time zone", "uuid", "enum", "null",
 }
 CONTAINER_TYPES = {"list", "array", "struct", "map"}
@@ -64,14 +64,14 @@ def printable(rel, fmt: str):
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")
     columns, changed = [], False
-    for name, t in zip(rel.columns, rel.types, strict=True):
-        col = '"' + name.replace('"', '""') + '"'
+    for i, (name, t) in enumerate(zip(rel.columns, rel.types, strict=True), start=1):
+        alias = '"' + name.replace('"', '""') + '"'  # by position: a join's result repeats names
         if fmt == "csv" and t.id in CONTAINER_TYPES:
-            columns.append(f"to_json({col})::VARCHAR AS {col}")
+            columns.append(f"to_json(#{i})::VARCHAR AS {alias}")
         elif not _plain(t):
-            columns.append(f"{col}::VARCHAR AS {col}")
+            columns.append(f"#{i}::VARCHAR AS {alias}")
         else:
-            columns.append(col)
+            columns.append(f"#{i} AS {alias}")
             continue
         changed = True
     return rel.project(", ".join(columns)) if changed else rel

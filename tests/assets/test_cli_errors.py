@@ -82,6 +82,11 @@ def test_sql_prints_values_of_any_type_in_every_format(home):
     assert all(o.exit_code == 0 and "Traceback" not in o.output for o in outs.values()), {f: o.output for f, o in outs.items()}
     assert outs["csv"].stdout.splitlines() == ["m,b,i,u,l", '"{""a"":1}",x,1 day,1,"[1,2]"']
     assert json.loads(outs["json"].stdout) == [{"m": {"a": 1}, "b": "x", "i": "1 day", "u": "1", "l": [1, 2]}]
+    joined = "select * from things a join (select 1 x, [7] l) b on a.x = b.x join (select 1 x, 'z'::blob l) c on a.x = c.x"
+    repeated = CliRunner().invoke(app, ["sql", joined, "--home", str(home), "-f", "csv"])  # names repeat: columns by position
+    assert repeated.exit_code == 0 and repeated.stdout.splitlines()[1:] == ["1,1,[7],1,z"], repeated.output
+    big = CliRunner().invoke(app, ["sql", "select 340282366920938463463374607431768211455::uhugeint u", "--home", str(home), "-f", "csv"])
+    assert big.stdout.splitlines()[1:] == ["340282366920938463463374607431768211455"], big.output  # not polars' wrap-around
     settings = CliRunner().invoke(app, ["sql", "select * from duckdb_settings()", "--home", str(home), "-f", "csv"])
     assert settings.exit_code == 0 and settings.stdout.startswith("name,value"), settings.output
 
