@@ -48,12 +48,19 @@ def test_factory_merge_never_deletes_what_is_not_an_earlier_merge(tmp_path, monk
     work = tmp_path / "work" / "here"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)  # `..` is tmp_path/work: it holds no model, only the current folder
-    for out, why in ((precious, "not an earlier merge"), (paths[0], "is the input model"), (models, "holds the input model"),
+    mine = tmp_path / "my_configs"  # a folder holding the merge config, named as the merge's own record
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me too")
+    (mine / "merge_config.yaml").write_text(cfg.read_text())
+    for out, why in ((precious, "not an earlier merge"), (paths[0], f"is {paths[0]}, an input"), (models, "an input of this merge"),
+                     (mine, "merge_config.yaml, an input of this merge"),
                      (Path(".."), "holds the current folder"), (precious / "notes.txt", "is a file")):
-        result = CliRunner().invoke(app, ["merge", str(cfg), str(out)])
+        config = mine / "merge_config.yaml" if out == mine else cfg
+        result = CliRunner().invoke(app, ["merge", str(config), str(out)])
         assert result.exit_code == 2 and why in result.output, (out, result.output)
     assert (precious / "notes.txt").read_text() == "keep me" and all((p / "config.json").exists() for p in paths)
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["merge.yaml", "models", "precious", "work"]
+    assert (mine / "notes.txt").read_text() == "keep me too"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["merge.yaml", "models", "my_configs", "precious", "work"]
     for _ in range(2):  # a new folder, then the same folder again: an earlier merge's output is replaced
         result = CliRunner().invoke(app, ["merge", str(cfg), str(tmp_path / "merged")])
         assert result.exit_code == 0, result.output

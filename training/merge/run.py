@@ -48,7 +48,7 @@ _PARAM_KEYS = {"t": "t", "normalize": "normalize", "rescale": "rescale", "lambda
 def merge_from_yaml(config_path: str | Path, out_dir: str | Path) -> dict:
     """Merge as described by a mergekit-style YAML into `out_dir`; relative model paths resolve against the YAML's folder."""
     config = load_merge_config(config_path)
-    return run_merge(config, out_dir, relative_to=Path(config_path).parent)
+    return run_merge(config, out_dir, relative_to=Path(config_path).parent, config_file=Path(config_path))
 
 
 def merge_models(
@@ -124,7 +124,7 @@ def merge_with_settings(
     )
 
 
-def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None = None) -> dict:
+def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None = None, config_file: Path | None = None) -> dict:
     """Execute a validated merge config; returns {method, inputs, base, n_tensors, seconds, output, ...}."""
     start = time.perf_counter()
     method = get_method(config.merge_method)
@@ -138,8 +138,8 @@ def run_merge(config: MergeConfig, out_dir: str | Path, relative_to: Path | None
     check_same_vocabulary(folders + ([tok_source] if tok_source not in folders else []))
     tied = check_same_tying(folders)
 
-    out = Path(os.path.abspath(out_dir))  # `..` and `.` named: the folder they are, not a name
-    check_output_folder(out, [*folders, tok_source])
+    out = Path(out_dir).resolve()  # `..`, `.` and links named: the folder they are, not a name
+    check_output_folder(out, [*folders, tok_source, *([config_file] if config_file else [])])
     readers = {str(f): CheckpointReader(f) for f in folders}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -322,20 +322,22 @@ MERGE_RECORD = "merge_config.yaml"  # written into every merged folder: what may
 
 
 def check_output_folder(out: Path, inputs: list[Path]) -> None:
-    """Refuse an output folder whose replacement would destroy something: an input model or a folder
-    holding one, a file, or an existing folder that is not an earlier merge's output (no
-    merge_config.yaml in it) and not empty. An earlier merge's output is replaced whole."""
+    """Refuse an output folder whose replacement would destroy something: an input (a model, the
+    merge config) or a folder holding one, the current folder or one holding it, a file, or an
+    existing folder that is not empty and not an earlier merge's output (merge_config.yaml and
+    config.json in it). An earlier merge's output is replaced whole."""
+    out = out.resolve()
     for item in inputs:
-        src = Path(os.path.abspath(item))
+        src = Path(item).resolve()
         if src == out or out in src.parents:
-            raise ValueError(f"the output folder {out} {'is' if src == out else 'holds'} the input model {src}: choose another folder")
-    if Path.cwd() == out or out in Path.cwd().parents:
+            raise ValueError(f"the output folder {out} {'is' if src == out else 'holds'} {src}, an input of this merge: choose another folder")
+    if Path.cwd().resolve() == out or out in Path.cwd().resolve().parents:
         raise ValueError(f"the output folder {out} holds the current folder: choose another folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MERGE_RECORD).is_file():
-        raise ValueError(f"the output folder {out} exists and is not an earlier merge's output (no {MERGE_RECORD}); "
-                         "a merge replaces its output folder whole: choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not ((out / MERGE_RECORD).is_file() and (out / "config.json").is_file()):
+        raise ValueError(f"the output folder {out} exists and is not an earlier merge's output (no {MERGE_RECORD} and "
+                         "config.json); a merge replaces its output folder whole: choose a new or empty folder")
 
 
 def _write_merge_config(config: MergeConfig, base: Path | None, members: list[Path], dest: Path) -> None:

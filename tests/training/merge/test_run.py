@@ -186,6 +186,7 @@ def test_relative_paths_resolve_against_the_yaml_folder_and_output_is_replaced(t
     out = tmp_path / "out"
     out.mkdir()
     (out / "merge_config.yaml").write_text("merge_method: linear\n")  # an earlier merge's output: replaced whole
+    (out / "config.json").write_text("{}")
     (out / "stale.txt").write_text("old")
     info = merge_from_yaml(cfg, out)
     assert not (out / "stale.txt").exists()
