@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 DATA_FILE = "data.parquet"
 CATALOG_FILE = "warehouse.duckdb"
 CATALOG_HOME_MARKER = ".views/.home"  # the home the catalog's views were built for
+DEFERRED_VIEWS = ".views/.deferred"  # tables whose view a write left for later (the catalog was held open)
 VERSIONS_DIR = ".versions"  # data versions recorded at write time: <home>/.versions/<file>.json
 PATH_COLUMNS = {"checkpoints": "path"}  # tables whose paths under the home are stored relative to it
 APPEND_ONLY = {"lineage"}  # one file per write: an unreadable one is set aside, not fatal
@@ -260,7 +261,7 @@ class Warehouse:
         """Store rejected rows (row_key, reason, payload, and optionally code) for one asset partition;
         replaces that partition's previous quarantine so reruns do not double count. Without a
         `code` column, the code is the reason's lead (its text before the first ':'), slugged."""
-        part = partition or "all"
+        part = partition or schemas.UNPARTITIONED
         rows = rows if rows.height else schemas.rejected_frame()
         code = pl.col("code").cast(pl.String) if "code" in rows.columns else reason_code(pl.col("reason"))
         df = rows.select(
@@ -370,7 +371,7 @@ class Warehouse:
                 return rows["asset"][-1], rows["partition"][-1] or None
         if table == "quarantine" and "asset" in segments:
             part = segments.get("partition")
-            return segments["asset"], None if part in (None, "all") else part
+            return segments["asset"], None if part in (None, schemas.UNPARTITIONED) else part
         producer = segments.get("producer")
         if producer:
             producer = next((asset for prefix, asset in SIDE_WRITERS if producer.startswith(prefix)), producer)
@@ -493,27 +494,42 @@ class Warehouse:
 
     def sync_catalog(self) -> list[str]:
         """Bring the views up to date before a query: all of them when the catalog was built for
-        another home (or not yet), else those a write left for later (the catalog was held open by
-        another process then). Returns the tables whose views were (re)made."""
+        another home (or not yet), else those a write left for later because another process held
+        the catalog (DEFERRED_VIEWS). Best effort: a catalog still held, or one this user cannot
+        write, leaves them for the next query. Returns the tables whose views were (re)made."""
         if not self._catalog_current():
             # no tables, no catalog: a folder that is not a home (yet) gets no files from a query
             return self.refresh_catalog() if self.tables() else []
-        missing = [t for t in self.tables() if not (self.home / ".views" / t).exists()]
-        if missing:
-            self._refresh_if_free(missing)
-        return missing
+        folder = self.home / DEFERRED_VIEWS
+        deferred = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if not deferred:
+            return []
+        try:
+            return deferred if self._refresh_if_free(deferred) else []
+        except WarehouseWriteError as exc:  # e.g. a home this user may read but not write
+            logger.warning("the views of %s could not be made: %s", ", ".join(deferred), exc)
+            return []
 
-    def _refresh_if_free(self, tables: list[str] | None) -> None:
-        """refresh_catalog(tables), or a warning when another process holds the catalog (a lock)."""
+    def _refresh_if_free(self, tables: list[str] | None) -> bool:
+        """refresh_catalog(tables); False, with a warning and the tables recorded in DEFERRED_VIEWS,
+        when another process holds the catalog (a lock)."""
         import duckdb
 
+        folder = self.home / DEFERRED_VIEWS
         try:
             self.refresh_catalog(tables, attempts=8)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
                 raise
-            logger.warning("the catalog %s is held open by another process; the views of %s are made at the next write or query",
-                           self.catalog_path, ", ".join(tables) if tables else "every table")
+            for table in tables or []:
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / table).touch()
+            logger.warning("the catalog %s is held open by another process; the views of %s are made by the next query "
+                           "(or write of that table)", self.catalog_path, ", ".join(tables) if tables else "every table")
+            return False
+        for table in tables or []:
+            (folder / table).unlink(missing_ok=True)
+        return True
 
     def _catalog_current(self) -> bool:
         """The catalog exists and was built for this home (not for the folder it was copied from)."""
@@ -557,6 +573,7 @@ class Warehouse:
                     (views / t).unlink(missing_ok=True)
             if tables is None:
                 (self.home / CATALOG_HOME_MARKER).write_text(self.url)
+                shutil.rmtree(self.home / DEFERRED_VIEWS, ignore_errors=True)  # every view was just made
         return names
 
     @contextmanager

@@ -265,12 +265,27 @@ def test_a_reader_holding_the_catalog_open_does_not_fail_writes(home):
         assert reader.stdout.readline().strip() == "open"
         written = wh.write_table("others", _frame(2), {"language": "ja"})  # a new table: needs a new view
         assert wh.read_table("others").height == 2 and wh.version("others") == written.data_version
-        assert not (home / ".views" / "others").exists()
+        assert not (home / ".views" / "others").exists() and (home / ".views" / ".deferred" / "others").exists()
     finally:
         reader.kill()
         reader.wait()
     assert wh.sql("select count(*) from others").item() == 2
-    assert (home / ".views" / "others").exists()
+    assert (home / ".views" / "others").exists() and not (home / ".views" / ".deferred" / "others").exists()
+
+
+def test_queries_do_not_rewrite_the_catalog_for_a_table_whose_view_failed(home):
+    """Only views a write deferred are made by queries: a table whose view could not be built (an
+    unreadable file) is left to its next write, not rebuilt, with a write lock, by every query."""
+    wh = Warehouse(home)
+    wh.write_table("things", _frame(3), {"language": "es"})
+    wh.write_table("broken", _frame(2), {"language": "es"})
+    (home / "tables/broken/language=es/data.parquet").write_bytes(b"not parquet")
+    wh.refresh_catalog()  # the broken table's view fails: no marker for it
+    assert not (home / ".views" / "broken").exists()
+    before = (home / "warehouse.duckdb").stat().st_mtime_ns
+    for _ in range(2):
+        assert wh.sql("select count(*) from things").item() == 3
+    assert (home / "warehouse.duckdb").stat().st_mtime_ns == before
 
 
 def test_a_version_record_names_the_file_it_was_written_for(home, monkeypatch):
