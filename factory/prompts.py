@@ -30,6 +30,7 @@ from factory.sources.config import PromptSource
 from factory.sources.files import read_records
 from factory.sources.raw import RawPrompt, utf8_problem, utf8_safe
 from warehouse import schemas
+from warehouse.schemas import UNROUTED
 
 # Accepted spellings of language labels in user data -> Aya code.
 _ALIASES = {c.lower(): c for c in LANGUAGES} | {
@@ -37,7 +38,6 @@ _ALIASES = {c.lower(): c for c in LANGUAGES} | {
     "zh-tw": "zh-Hant", "zh_tw": "zh-Hant", "zh-hk": "zh-Hant", "zh_hant": "zh-Hant",
     "pt-br": "pt", "pt_br": "pt", "pt-pt": "pt", "en-us": "en", "en-gb": "en", "es-419": "es",
 }
-UNROUTED = "unrouted"  # quarantine partition for rows no language partition of the run takes
 
 __all__ = ["RawPrompt", "PromptBatch", "UNROUTED", "build_prompts", "clean_text", "load_prompts", "read_source"]
 

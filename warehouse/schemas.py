@@ -149,6 +149,11 @@ WIN_RATES = {
     "run_id": pl.String,
 }
 
+# Quarantine partitions that are not languages: `all` (an unpartitioned step's rows) and the prompts
+# step's rows that no language partition of the run takes.
+UNPARTITIONED = "all"
+UNROUTED = "unrouted"
+
 QUARANTINE = {
     "asset": pl.String,
     "partition": pl.String,

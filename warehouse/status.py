@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from warehouse import schemas
 from warehouse.home import home_option
 from warehouse.store import CorruptTable, Warehouse
 
@@ -33,9 +34,9 @@ def status_frame(wh: Warehouse | None = None) -> pl.DataFrame:
         except CorruptTable as exc:
             rows.append({"table": table, "last_run": last_run, "finished_at": last_at, "problem": str(exc)})
             continue
-        # languages: not the `all` rows (win_rates' macro average); quarantine's are its partitions
+        # languages: not win_rates' macro average `all`; quarantine's are its partitions, less those that are not languages
         col = "language" if "language" in df.columns else "partition" if table == "quarantine" else None
-        langs = df[col].filter(df[col].is_not_null() & (df[col] != "all")).n_unique() if col else None
+        langs = df[col].filter(df[col].is_not_null() & ~df[col].is_in([schemas.UNPARTITIONED, schemas.UNROUTED])).n_unique() if col else None
         rows.append({"table": table, "rows": df.height, "languages": langs, "last_run": last_run, "finished_at": last_at})
     return pl.DataFrame(rows, schema=SCHEMA)
 

@@ -16,11 +16,11 @@ def test_status_counts_languages_not_the_macro_row_and_quarantine_partitions(hom
     rates = [{"stage": "sft", "model": "m", "baseline": "b", "language": lang, "wins": 1, "ties": 0, "losses": 0, "win_rate": 1.0,
               "run_id": "r"} for lang in ("de", "fr", "all")]
     wh.write_table("win_rates", pl.DataFrame(rates, schema=schemas.WIN_RATES))
-    for part in ("de", "ja", "all"):
-        wh.quarantine("some_step", part if part != "all" else None, pl.DataFrame({"row_key": ["x"], "reason": ["bad: x"], "payload": ["{}"]}), "r")
+    for part in ("de", "ja", None, schemas.UNROUTED):  # None: an unpartitioned step's rows, partition `all`
+        wh.quarantine("some_step", part, pl.DataFrame({"row_key": ["x"], "reason": ["bad: x"], "payload": ["{}"]}), "r")
     languages = dict(status_frame(wh).select("table", "languages").iter_rows())
     assert languages["win_rates"] == 2  # de, fr: not the macro-average row `all`
-    assert languages["quarantine"] == 2  # de, ja: its partitions, not `all`
+    assert languages["quarantine"] == 2  # de, ja: its partitions, not `all` or `unrouted`
 
 
 def test_checkpoint_lineage_says_versions_and_lists_apart(home):
