@@ -164,12 +164,13 @@ def dev_decision(figures: dict, stop_below: float) -> str:
 
 
 def pick_candidate(candidates: list[dict]) -> int:
-    """Index of the beta candidate to keep: the highest pooled dev win rate; ties go to the first listed
-    (no verdicts counts as 0.5). Picking the best of several on the same dev prompts flatters it a
-    little (the winner's curse); the stop rule sees the picked one's figure."""
-    rates = [c["dev"].get("win_rate") for c in candidates]
-    rates = [0.5 if r is None else r for r in rates]
-    return max(range(len(candidates)), key=lambda i: (rates[i], -i))
+    """Index of the candidate to keep: the highest pooled dev win rate; ties go to the first listed. A
+    candidate without dev verdicts (all quarantined: the judge failed) comes after every judged one,
+    so it can neither beat a measured candidate nor skip the stop rule; only when none was judged is
+    the first kept. Picking the best of several on the same dev prompts flatters it a little (the
+    winner's curse); the stop rule sees the picked one's figure."""
+    rates = [c["dev"].get("win_rate") if c["dev"].get("n", 1) else None for c in candidates]
+    return max(range(len(candidates)), key=lambda i: (rates[i] is not None, rates[i] or 0.0, -i))
 
 
 def stopped_at(previous_online: dict | None) -> int | None:

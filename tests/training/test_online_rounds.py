@@ -64,7 +64,11 @@ def test_stop_below_is_the_threshold_and_no_verdicts_continue():
 def test_pick_the_best_beta_on_dev_ties_to_the_first():
     cands = [{"dev": dev_figures(verdicts(("de", s)))} for s in ("wl", "wwl", "wwl", "ll")]
     assert pick_candidate(cands) == 1
-    assert pick_candidate([{"dev": {"win_rate": None}}, {"dev": {"win_rate": 0.5}}]) == 0
+    unjudged = {"dev": dev_figures(verdicts())}  # every verdict quarantined: no figure at all
+    fell = {"dev": dev_figures(verdicts(("de", "wll")))}  # measured, and below the stop line
+    assert pick_candidate([fell, unjudged]) == 0 and pick_candidate([unjudged, fell]) == 1  # measured beats unmeasured
+    assert dev_decision(fell["dev"], stop_below=0.5) == STOP  # so the stop rule sees the fall
+    assert pick_candidate([unjudged, unjudged]) == 0
 
 
 def test_a_stop_carries_to_every_later_round():
