@@ -113,7 +113,7 @@ def judge_against_baseline(judge, prompts: pl.DataFrame, answers: pl.DataFrame, 
           for r in both.iter_rows(named=True)]
     a, b = both["a"].to_list(), both["b"].to_list()
     verdicts = judge.judge(jp, a, b)
-    order = "both" if getattr(judge, "name", "") == "llm" else "ab"
+    order = getattr(judge, "order", "ab")  # the LLM judge's name is "llm:<backend>": ask the judge, not its name
     return judgments_frame(jp, a, b, verdicts, judge=judge.name, model=model_id, baseline=baseline_id,
                            stage=stage, run_id=run_id, order=order, opponent=opponent)
 

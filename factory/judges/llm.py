@@ -81,6 +81,8 @@ def combine(label_ab: str, label_ba: str, strong_weight: float = 3.0) -> Verdict
 class LLMJudge:
     """Pairwise judge backed by an LLM on any GenerationBackend (vLLM, OpenAI-compatible, a fake)."""
 
+    order = "both"  # every verdict combines both presentation orders (judgments' `order` column)
+
     def __init__(self, backend: GenerationBackend, config: LLMJudgeConfig | None = None) -> None:
         self.backend = backend
         self.config = config or LLMJudgeConfig()

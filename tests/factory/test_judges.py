@@ -162,3 +162,21 @@ def test_judgments_frame_quarantines_unparsed():
     assert kept["verdict"].to_list() == ["win"] and kept["score"].to_list() == [1.0]
     assert kept["judgment_id"][0].startswith("j_")
     assert "no label" in bad["reason"][0] and "p_fr" in bad["payload"][0]
+
+
+def test_judgments_say_which_orders_were_judged():
+    """The LLM judge (named "llm:<backend>") judges both presentation orders, and its judgment ids say
+    so (they hash the order); the reference judge reads one."""
+    import polars as pl
+
+    from factory.evaluation import judge_against_baseline
+    from factory.ids import judgment_id
+
+    prompts = pl.DataFrame({"prompt_id": ["p1"], "language": ["en"], "text": ["hi"], "references": [["hello"]], "split": ["eval"]})
+    answers = pl.DataFrame({"prompt_id": ["p1"], "text": ["good answer"]})
+    baseline = pl.DataFrame({"prompt_id": ["p1"], "text": ["weak answer"]})
+    llm = LLMJudge(ScriptedBackend(lambda shown_a, seed: "[[A>B]]" if shown_a.startswith("good") else "[[B>A]]"))
+    assert llm.name == "llm:scripted"
+    for judge, order in ((llm, "both"), (ReferenceJudge(), "ab")):
+        kept, _ = judge_against_baseline(judge, prompts, answers, baseline, "ck_m", "ck_b", "sft", "r")
+        assert kept["judgment_id"].to_list() == [judgment_id("p1", "ck_m", "ck_b", judge.name, order)], judge.name
