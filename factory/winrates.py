@@ -49,6 +49,8 @@ def validate_judgments(judgments: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFr
     score that disagrees with the verdict. A missing score is filled from the verdict.
     """
     df = judgments
+    if "score" not in df.columns:  # filled from the verdict below, as a null score is
+        df = df.with_columns(score=pl.lit(None, pl.Float64))
     if "judge" not in df.columns:
         df = df.with_columns(judge=pl.lit(""))
     if "opponent" not in df.columns:
@@ -182,6 +184,9 @@ def bradley_terry(
     good, bad = validate_judgments(judgments)
     if bad.height:
         raise ValueError(f"{bad.height} invalid judgments; quarantine them with validate_judgments")
+    if good.is_empty():  # no games, no ratings
+        return pl.DataFrame(schema={"model": pl.String, "rating": pl.Float64, "strength": pl.Float64,
+                                    **({"ci_low": pl.Float64, "ci_high": pl.Float64} if n_boot > 0 else {})})
     models = sorted(set(good["model"].to_list()) | set(good["baseline"].to_list()))
     index = {m: i for i, m in enumerate(models)}
     a = np.array([index[m] for m in good["model"].to_list()], dtype=int)

@@ -157,3 +157,11 @@ def test_opponent_column_does_not_move_existing_rows():
     b = win_rates(named, WinRateConfig(n_boot=200)).drop("opponent")
     assert a.equals(b)  # same rates and the same bootstrap CIs
     assert set(win_rates(plain, WinRateConfig(n_boot=10))["opponent"]) == {"sft_single_teacher"}  # the baseline's name
+
+
+def test_no_judgments_give_no_ratings_and_a_missing_score_column_is_filled():
+    rows = judgments({"en": ["win", "tie"]})
+    none = rows.head(0)
+    assert bradley_terry(none).is_empty() and bradley_terry(none, n_boot=10).columns == ["model", "rating", "strength", "ci_low", "ci_high"]
+    good, bad = validate_judgments(rows.drop("score"))  # a judgments frame without the column: scores from the verdicts
+    assert bad.is_empty() and good["score"].to_list() == [1.0, 0.5]
