@@ -16,7 +16,9 @@
   Bearer value redacted, since servers sometimes echo request headers.
 
 A conversation that fails for good raises `BackendRequestError`; its `rows`
-say which conversations succeeded, so callers quarantine only the failed ones.
+say which conversations succeeded, so callers quarantine only the failed ones
+(each failure a `RowError` saying whether asking again can succeed: not for a
+status outside RETRYABLE_STATUS, such as 400).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from factory.generation.base import Completion, GenerationError, Message, SamplingConfig
+from factory.generation.base import Completion, GenerationError, Message, RowError, SamplingConfig, retryable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,12 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):[^/\s@]+@")
 
 
 class BackendRequestError(GenerationError):
-    """A generation request failed for good (non-retryable status, retries exhausted, or circuit open)."""
+    """A generation request failed for good (non-retryable status, retries exhausted, or circuit open).
+    `retryable` is False when asking again cannot succeed (a status such as 400: this input is refused)."""
+
+    def __init__(self, message: str, rows=None, retryable: bool = True):
+        super().__init__(message, rows=rows)
+        self.retryable = retryable
 
 
 class CircuitOpenError(BackendRequestError):
@@ -221,7 +228,7 @@ class OpenAIBackend:
             if payload is not None:
                 return payload
             if not retryable:
-                raise BackendRequestError(f"{self._redact(self.url)} {last}")
+                raise BackendRequestError(f"{self._redact(self.url)} {last}", retryable=False)
             if attempt < self.max_retries:
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
                 await asyncio.sleep(min(self.max_backoff_s, max(delay, retry_after or 0.0)))
@@ -308,7 +315,7 @@ class OpenAIBackend:
                 try:
                     return await self._samples(client, conversation, sampling, n)
                 except BackendRequestError as exc:
-                    return str(exc)
+                    return RowError(str(exc), exc.retryable)
                 except Exception as exc:  # a malformed answer: this row fails, the others go on
                     return self._redact(f"{type(exc).__name__}: {exc}")
 
@@ -332,5 +339,5 @@ class OpenAIBackend:
             message = (
                 errors[0] if len(rows) == 1 else f"{len(errors)} of {len(rows)} requests failed; first: {errors[0]}"
             )
-            raise BackendRequestError(message, rows=rows)
+            raise BackendRequestError(message, rows=rows, retryable=any(retryable(e) for e in errors))
         return rows  # type: ignore[return-value]

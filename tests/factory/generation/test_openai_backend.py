@@ -399,3 +399,32 @@ def test_llm_judges_quarantine_a_failed_request_per_row(server, monkeypatch):
     assert out[0].outcome != "unparsed"
     assert out[1].outcome == "unparsed" and "request failed" in out[1].explanation
     assert "HTTP 400" in out[1].explanation
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_runner_keeps_the_answered_rows_of_a_failed_batch_and_quarantines_the_400(server, tmp_path, retries):
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=server.url, api_key_env=None,
+                        batch_size=4, max_retries=1)  # fmt: skip
+    backend = make_backend(cfg)
+    backend.backoff_s = 0.01
+    texts = ["hello one", "hello two", "bad request please", "hello three"]
+    prompts = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(4)], "language": ["en"] * 4, "text": texts})
+    gens, quarantine = generate_completions(prompts, [(cfg, backend)], 2, tmp_path, "r", retries=retries,
+                                            progress=False)  # fmt: skip
+    assert sorted(gens["prompt_id"].unique()) == ["p0", "p1", "p3"] and gens.height == 3 * 2
+    assert server.attempts == {t: 1 for t in texts}  # answered rows kept, not asked again; the 400 not retried
+    assert quarantine["row_key"].to_list() == ["p2"]
+    assert "HTTP 400" in quarantine["reason"][0] and "not retried" in quarantine["reason"][0]
+    assert gens["prompt_id"].n_unique() + quarantine.height == prompts.height
+
+
+def test_runner_asks_again_only_the_rows_that_failed_retryably(server, tmp_path):
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=server.url, api_key_env=None,
+                        batch_size=3, max_retries=0)  # fmt: skip
+    backend = make_backend(cfg)
+    backend.backoff_s = 0.01
+    texts = ["fine one", "500 twice here", "fine two"]
+    prompts = pl.DataFrame({"prompt_id": ["a", "b", "c"], "language": ["en"] * 3, "text": texts})
+    gens, quarantine = generate_completions(prompts, [(cfg, backend)], 1, tmp_path, "r", retries=2, progress=False)
+    assert sorted(gens["prompt_id"]) == ["a", "b", "c"] and quarantine.height == 0
+    assert server.attempts == {"fine one": 1, "500 twice here": 3, "fine two": 1}
