@@ -7,13 +7,15 @@ built, so the caller passes it as `model_path` (or resolves the config with
 
 `model_identity` says which model a teacher runs, for completion ids: a local
 folder or file by the content hash of its weights (wherever it lies), a hub name
-by its name, an OpenAI-compatible server by model name and api_base.
+by its name, an OpenAI-compatible server by model name and api_base (without any
+`user:password@` in it: the identity is stored on every row; requests still use the full URL).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,12 +59,31 @@ def with_model_path(cfg: TeacherConfig, model_path: str | Path | None = None) ->
     return cfg
 
 
+def without_userinfo(url: str) -> str:
+    """`url` without the `user:password@` (or `user@`) of its authority, for what is stored or shown."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def without_api_base_userinfo(obj):
+    """`obj` (a config as JSON: dicts, lists, values) with every `api_base` stripped of user-info,
+    for a config that is stored or shown."""
+    if isinstance(obj, dict):
+        return {k: without_userinfo(v) if k == "api_base" and isinstance(v, str) else without_api_base_userinfo(v)
+                for k, v in obj.items()}  # fmt: skip
+    if isinstance(obj, list):
+        return [without_api_base_userinfo(v) for v in obj]
+    return obj
+
+
 def model_identity(cfg: TeacherConfig, model_path: str | Path | None = None) -> dict:
     """What generates for `cfg`: the backend kind plus the weights' content hash (a local folder or
     file), the served model and api_base (openai), or the model name (a hub name)."""
     cfg = with_model_path(cfg, model_path)
     if cfg.backend == "openai":
-        return {"backend": "openai", "model": cfg.model, "api_base": cfg.api_base.rstrip("/")}
+        return {"backend": "openai", "model": cfg.model, "api_base": without_userinfo(cfg.api_base).rstrip("/")}
     if Path(cfg.model).exists():
         return {"backend": cfg.backend, "weights": weights_digest(cfg.model)}
     return {"backend": cfg.backend, "model": cfg.model}

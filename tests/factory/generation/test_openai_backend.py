@@ -12,8 +12,14 @@ import pytest
 
 from factory.generation.base import SamplingConfig, generate_per_row
 from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, redact
-from factory.generation.registry import TeacherConfig, make_backend
-from factory.generation.runner import generate_completions
+from factory.generation.registry import (
+    TeacherConfig,
+    make_backend,
+    model_identity,
+    without_api_base_userinfo,
+    without_userinfo,
+)
+from factory.generation.runner import generate_completions, read_shards
 from factory.judges.llm import LLMJudge
 from factory.pairs import native_vs_translated
 from factory.scoring.llm_judge import LLMJudgeScorer
@@ -428,3 +434,23 @@ def test_runner_asks_again_only_the_rows_that_failed_retryably(server, tmp_path)
     gens, quarantine = generate_completions(prompts, [(cfg, backend)], 1, tmp_path, "r", retries=2, progress=False)
     assert sorted(gens["prompt_id"]) == ["a", "b", "c"] and quarantine.height == 0
     assert server.attempts == {"fine one": 1, "500 twice here": 3, "fine two": 1}
+
+
+def test_a_password_in_api_base_is_sent_but_never_stored(server, tmp_path):
+    import base64
+
+    url = server.url.replace("http://", "http://alice:s3cret@")
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=url, api_key_env=None, max_retries=0)
+    prompts = pl.DataFrame({"prompt_id": ["a", "b"], "language": ["en"] * 2, "text": ["fine", "bad request"]})
+    gens, quarantine = generate_completions(prompts, [(cfg, make_backend(cfg))], 1, tmp_path, "r", progress=False)
+    assert gens.height == 1 and quarantine.height == 1
+    # the full URL is used for requests (httpx sends its user-info as Basic auth) ...
+    assert {r["auth"] for r in server.requests} == {"Basic " + base64.b64encode(b"alice:s3cret").decode()}
+    # ... and stored nowhere: not in the model identity column, the ids' identity, the shards or the quarantine
+    assert json.loads(gens["model"][0])["api_base"] == server.url
+    assert model_identity(cfg)["api_base"] == server.url
+    assert "s3cret" not in read_shards(tmp_path).write_csv()
+    assert "s3cret" not in quarantine.write_csv()
+    shown = without_api_base_userinfo({"teachers": [cfg.model_dump(mode="json")], "judge": {"api_base": url}})
+    assert "s3cret" not in json.dumps(shown) and "alice" not in json.dumps(shown)
+    assert without_userinfo("https://u@h:1/v1?q=1") == "https://h:1/v1?q=1" and without_userinfo("serve:x") == "serve:x"
