@@ -8,7 +8,8 @@ built, so the caller passes it as `model_path` (or resolves the config with
 `model_identity` says which model a teacher runs, for completion ids: a local
 folder or file by the content hash of its weights (wherever it lies), a hub name
 by its name, an OpenAI-compatible server by model name and api_base (without any
-`user:password@` in it: the identity is stored on every row; requests still use the full URL).
+`user:password@` in it: the identity is stored on every row; requests still use the full URL),
+and a server the run starts itself (`api_base: serve:NAME`) also by the weights it serves.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class TeacherConfig(BaseModel):
     max_retries: int = 5  # openai
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    # Set by the run, never in a config: for an `api_base: serve:NAME` teacher, what that serve entry
+    # serves (`served_identity`: its weights' digest, or the hub name), part of `model_identity`.
+    served: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -78,12 +82,20 @@ def without_api_base_userinfo(obj):
     return obj
 
 
+def served_identity(folder: str | Path) -> str:
+    """What a server started from `folder` (a local folder or file, or a hub name) serves, as
+    TeacherConfig.served: the weights' content hash, else the name. Needs no running server."""
+    return weights_digest(folder) if Path(folder).exists() else str(folder)
+
+
 def model_identity(cfg: TeacherConfig, model_path: str | Path | None = None) -> dict:
     """What generates for `cfg`: the backend kind plus the weights' content hash (a local folder or
-    file), the served model and api_base (openai), or the model name (a hub name)."""
+    file), the served model and api_base (openai; for `serve:NAME`, also what that entry serves:
+    `cfg.served`), or the model name (a hub name)."""
     cfg = with_model_path(cfg, model_path)
     if cfg.backend == "openai":
-        return {"backend": "openai", "model": cfg.model, "api_base": without_userinfo(cfg.api_base).rstrip("/")}
+        identity = {"backend": "openai", "model": cfg.model, "api_base": without_userinfo(cfg.api_base).rstrip("/")}
+        return {**identity, "served": cfg.served} if cfg.served is not None else identity
     if Path(cfg.model).exists():
         return {"backend": cfg.backend, "weights": weights_digest(cfg.model)}
     return {"backend": cfg.backend, "model": cfg.model}
