@@ -40,6 +40,7 @@ class TeacherConfig(BaseModel):
     max_concurrency: int = 8  # openai
     timeout_s: float = 60.0  # openai
     max_retries: int = 5  # openai
+    max_retry_after_s: float = 300.0  # openai: the longest a server's Retry-After is waited for
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
     # Set by the run, never in a config: for an `api_base: serve:NAME` teacher, what that serve entry
@@ -119,7 +120,7 @@ def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> Generatio
 
     return OpenAIBackend(
         model, cfg.api_base, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
-        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, max_retry_after_s=cfg.max_retry_after_s,
     )  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from factory.generation.base import SamplingConfig, generate_per_row
-from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, redact
+from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, parse_retry_after, redact
 from factory.generation.registry import (
     TeacherConfig,
     make_backend,
@@ -454,3 +454,20 @@ def test_a_password_in_api_base_is_sent_but_never_stored(server, tmp_path):
     shown = without_api_base_userinfo({"teachers": [cfg.model_dump(mode="json")], "judge": {"api_base": url}})
     assert "s3cret" not in json.dumps(shown) and "alice" not in json.dumps(shown)
     assert without_userinfo("https://u@h:1/v1?q=1") == "https://h:1/v1?q=1" and without_userinfo("serve:x") == "serve:x"
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(" 0.3 ", now) == 0.3
+    assert parse_retry_after("Wed, 21 Oct 2026 07:30:00 GMT", now) == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2026 07:00:00 GMT", now) == 0.0  # already past
+    assert parse_retry_after("-5", now) == 0.0
+    for bad in (None, "", "soon", "nan", "inf"):
+        assert parse_retry_after(bad, now) is None
+    # a Retry-After longer than max_backoff_s is honoured, up to its own cap
+    backend = OpenAIBackend("m", "http://127.0.0.1:9/v1", api_key_env=None)
+    assert (backend.max_backoff_s, backend.max_retry_after_s) == (30.0, 300.0)
+    assert make_backend(TeacherConfig(name="t", backend="openai", model="m", max_retry_after_s=60)).max_retry_after_s == 60
