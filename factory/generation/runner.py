@@ -126,8 +126,8 @@ def _ask(
 
 def _batch_with_retries(
     backend: GenerationBackend, batch: list[dict], cfg: TeacherConfig, k: int, retries: int
-) -> tuple[list[tuple[dict, list[Completion]]], list[dict]]:
-    """(answered prompts, quarantine rows). The batch is asked at once; the prompts it answered are
+) -> tuple[list[tuple[dict, list[Completion]]], list[tuple[dict, str]]]:
+    """(answered prompts, [(failed prompt, reason)]). The batch is asked at once; the prompts it answered are
     kept (also when the backend's error reports them as done), and each failed prompt is asked up to
     `retries` more times: together when the backend reported failures per prompt, else one by one
     (to isolate the prompt that breaks the batch). A failure the backend marks as not retryable
@@ -154,8 +154,7 @@ def _batch_with_retries(
             answered.append((prompt, r))
             continue
         why = "not retried: asking again cannot succeed" if not retryable(r) else f"asked {n} times"
-        reason = f"teacher {cfg.name} failed ({why}): {r}"
-        failed.append(rejected(prompt["prompt_id"], reason, {**prompt, "teacher": cfg.name, "k": k}))
+        failed.append((prompt, f"teacher {cfg.name} failed ({why}): {r}"))
     return answered, failed
 
 
@@ -188,7 +187,8 @@ def answer_chunk(
     run_id: str,
 ) -> tuple[list[dict], list[dict]]:
     """Answer one batch of `plan_teacher`'s todo and write its wanted rows as one shard.
-    Returns (rows written, quarantine rows)."""
+    Returns (rows written, quarantine rows: row_key "<prompt_id>|<teacher>", the payload naming the
+    sample indices left missing)."""
     answered, failed = _batch_with_retries(backend, [p for p, _, _ in chunk], cfg, k, retries)
     plan = {p["prompt_id"]: (ids, wanted) for p, ids, wanted in chunk}
     rows = []
@@ -197,7 +197,13 @@ def answer_chunk(
         rows.extend(_rows(p, cfg, model_json, completions, ids, wanted, run_id))
     if rows:
         _write_shard(rows, shard_dir, cfg.name)
-    return rows, failed
+    quarantine = []
+    for p, reason in failed:
+        ids, wanted = plan[p["prompt_id"]]
+        missing = [i for i, cid in enumerate(ids) if cid in wanted]
+        payload = {**p, "teacher": cfg.name, "k": k, "missing_samples": missing}
+        quarantine.append(rejected(f"{p['prompt_id']}|{cfg.name}", reason, payload))
+    return rows, quarantine
 
 
 def prompt_records(prompts: pl.DataFrame) -> list[dict]:
@@ -228,7 +234,7 @@ def generate_completions(
 
     Returns (generations, quarantine). Generations holds exactly the requested
     completion ids that exist (resumed or new), one row each; quarantine holds a
-    row per (prompt, teacher) that still failed after `retries` more attempts (or at once, when the
+    row per (prompt, teacher) (row_key "<prompt_id>|<teacher>", payload with `missing_samples`) that still failed after `retries` more attempts (or at once, when the
     backend says asking again cannot succeed), with the backend's reason.
     Each `cfg.model` must name what its backend loads (resolve embedded teachers with
     `registry.with_model_path`): its identity is part of every completion id.

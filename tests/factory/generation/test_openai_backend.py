@@ -419,7 +419,7 @@ def test_runner_keeps_the_answered_rows_of_a_failed_batch_and_quarantines_the_40
                                             progress=False)  # fmt: skip
     assert sorted(gens["prompt_id"].unique()) == ["p0", "p1", "p3"] and gens.height == 3 * 2
     assert server.attempts == {t: 1 for t in texts}  # answered rows kept, not asked again; the 400 not retried
-    assert quarantine["row_key"].to_list() == ["p2"]
+    assert quarantine["row_key"].to_list() == ["p2|served"]
     assert "HTTP 400" in quarantine["reason"][0] and "not retried" in quarantine["reason"][0]
     assert gens["prompt_id"].n_unique() + quarantine.height == prompts.height
 
