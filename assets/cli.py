@@ -196,10 +196,12 @@ def config(config: ConfigOpt = None) -> None:
 
     _env(config, None, home_use="none")
     from assets.config import active_config, config_path
+    from factory.generation.registry import without_api_base_userinfo
 
     cfg = active_config()
     shown = cfg.model_dump(mode="json")
     shown["teachers"] = [t.model_dump(mode="json") for t in cfg.resolved_teachers()]
+    shown = without_api_base_userinfo(shown)
     typer.echo(f"# {config_path()}")
     if not cfg.teachers:
         typer.echo("# teachers: not configured, so the embedded pool's teachers for these languages (listed below)")

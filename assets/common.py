@@ -10,7 +10,7 @@ import polars as pl
 
 from factory import ids
 from factory.decontam import contamination_report, decontamination_gate, eval_prompts
-from factory.generation.registry import EMBEDDED_PREFIX, make_backend, with_model_path
+from factory.generation.registry import EMBEDDED_PREFIX, make_backend, served_identity, with_model_path
 from factory.generation.serve import SERVE_PREFIX
 from factory.model_sources import parse_model_ref, read_source_record
 from factory.scoring.sequence_classifier import SequenceClassifierScorer
@@ -65,10 +65,29 @@ def model_folder(ref: str, home, pool: pl.DataFrame | None = None) -> tuple[str,
     return record["path"], checkpoint_frame([record], "")["checkpoint_id"].to_list()
 
 
-def serving(cfg, home, servers):
-    """`name -> (api_base, model)` for slots whose api_base is `serve:NAME`: the run's ModelServers
-    resource starts the server on first use. None without the resource."""
-    return (lambda name: servers.endpoint(cfg, name, home)) if servers is not None else None
+class Serving:
+    """The run's `serve:` entries for resolve_slot: `serving(NAME)` is `(api_base, model name to
+    send)`, starting the server on first use; `serving.identity(NAME)` is what that entry serves
+    (`registry.served_identity` of its resolved folder), without starting anything."""
+
+    def __init__(self, cfg, home, servers):
+        self.cfg, self.home, self.servers = cfg, home, servers
+        self._identity: dict[str, str] = {}
+
+    def __call__(self, name: str) -> tuple[str, str]:
+        return self.servers.endpoint(self.cfg, name, self.home)
+
+    def identity(self, name: str) -> str:
+        if name not in self._identity:
+            spec = next(s for s in self.cfg.serve if s.name == name)
+            self._identity[name] = served_identity(resolve_model(spec.model, home=self.home))
+        return self._identity[name]
+
+
+def serving(cfg, home, servers) -> Serving | None:
+    """The run's served models (see Serving) for slots whose api_base is `serve:NAME`: the run's
+    ModelServers resource starts each server on first use. None without the resource."""
+    return Serving(cfg, home, servers) if servers is not None else None
 
 
 def backend_for(t, pool: pl.DataFrame | None, home, serving=None):
@@ -84,11 +103,14 @@ def resolve_slot(t, pool: pl.DataFrame | None, home, serving=None):
     (`serving(NAME)` gives its api_base and model name), anything else (a folder, a hub name, a
     served model) is used as given. The first config is what the completion ids hash: for a
     `serve:` slot it keeps `serve:NAME` and the configured model, so ids do not change with the
-    port the server got; the two differ only there."""
+    port the server got, plus what the entry serves (`served`: its weights' digest), so pointing
+    the entry at another checkpoint answers its prompts again; the two differ only there."""
     if t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
         if serving is None:
             raise ValueError(f"{t.name}: api_base {t.api_base} needs the run's model servers")
-        api_base, served = serving(t.api_base.removeprefix(SERVE_PREFIX))
+        name = t.api_base.removeprefix(SERVE_PREFIX)
+        t = t.model_copy(update={"served": serving.identity(name)})
+        api_base, served = serving(name)
         return t, t.model_copy(update={"api_base": api_base, "model": served})
     if t.embedded or t.backend != "openai":
         t = with_model_path(t, model_folder(t.model, home, pool)[0])

@@ -262,6 +262,8 @@ def _check_served(cfg: FactoryConfig) -> Problems:
     names = [s.name for s in cfg.serve]
     problems: Problems = [("serve", f"served model {n!r} is listed twice") for n in set(names) if names.count(n) > 1]
     for key, t in _model_slots(cfg):
+        if t.served is not None:
+            problems.append((f"{key}.served", "is set by the run (what a serve: entry serves); leave it out"))
         if t.backend == "openai" and t.api_base.startswith(SERVE_PREFIX):
             name = t.api_base.removeprefix(SERVE_PREFIX)
             if name not in names:

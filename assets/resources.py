@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from assets.config import FactoryConfig, config_path, load_config
+from factory.generation.registry import without_api_base_userinfo
 from factory.generation.serve import ModelServer
 from training.convert import resolve_model
 from warehouse.home import resolve_home
@@ -73,6 +74,7 @@ class FactoryResource(dg.ConfigurableResource):
         cfg = self.settings()
         shown = cfg.model_dump(mode="json")
         shown["teachers"] = [t.model_dump(mode="json") for t in cfg.resolved_teachers()]
+        shown = without_api_base_userinfo(shown)  # no password of a server URL in the home's config.json
         return check_home_config(
             resolve_home(self.home), config_identity(cfg), shown, str(config_path(self.config_path).absolute()),
             force=force or _forced_by_env(),

@@ -52,12 +52,34 @@ class GenerationBackend(Protocol):
         ...
 
 
+class RowError(str):
+    """Why one conversation failed (a str), and whether asking again can succeed: an HTTP 400
+    for this input will not, a 503 or a timeout may."""
+
+    retryable: bool
+
+    def __new__(cls, reason: str, retryable: bool = True):
+        obj = super().__new__(cls, reason)
+        obj.retryable = retryable
+        return obj
+
+    def __reduce__(self):
+        return (RowError, (str(self), self.retryable))
+
+
+def retryable(reason: str) -> bool:
+    """Whether a row that failed with `reason` may succeed when asked again (True unless a
+    RowError says it cannot)."""
+    return getattr(reason, "retryable", True)
+
+
 class GenerationError(RuntimeError):
     """generate() failed for some conversations.
 
     `rows`, when the backend knows it, holds per conversation (same order) either
-    its completions or the reason it failed, so callers keep what succeeded
-    without asking again.
+    its completions or the reason it failed (a str, a RowError when the backend
+    knows whether asking again can help), so callers keep what succeeded without
+    asking again.
     """
 
     def __init__(self, message: str, rows: Sequence[list[Completion] | str] | None = None):

@@ -1,8 +1,9 @@
 """Generation through any OpenAI-compatible `/v1/chat/completions` server (vLLM serve, TGI, SGLang, APIs).
 
 - Requests run with bounded concurrency. 429, 5xx, timeouts and connection
-  errors are retried with exponential backoff plus jitter (a server's
-  Retry-After wins when it asks for longer).
+  errors are retried with exponential backoff plus jitter, capped at
+  `max_backoff_s`; a server's Retry-After (seconds or an HTTP-date) wins when
+  it asks for longer, up to its own cap `max_retry_after_s` (300 s).
 - `timeout_s` is a deadline for the whole of one attempt (connect, send,
   headers, body): a server trickling bytes cannot hold a request longer.
 - Servers that ignore `n` (llama.cpp, TGI, `transformers serve`) return fewer
@@ -16,23 +17,28 @@
   Bearer value redacted, since servers sometimes echo request headers.
 
 A conversation that fails for good raises `BackendRequestError`; its `rows`
-say which conversations succeeded, so callers quarantine only the failed ones.
+say which conversations succeeded, so callers quarantine only the failed ones
+(each failure a `RowError` saying whether asking again can succeed: not for a
+status outside RETRYABLE_STATUS, such as 400).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
-from factory.generation.base import Completion, GenerationError, Message, SamplingConfig
+from factory.generation.base import Completion, GenerationError, Message, RowError, SamplingConfig, retryable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,12 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]+):[^/\s@]+@")
 
 
 class BackendRequestError(GenerationError):
-    """A generation request failed for good (non-retryable status, retries exhausted, or circuit open)."""
+    """A generation request failed for good (non-retryable status, retries exhausted, or circuit open).
+    `retryable` is False when asking again cannot succeed (a status such as 400: this input is refused)."""
+
+    def __init__(self, message: str, rows=None, retryable: bool = True):
+        super().__init__(message, rows=rows)
+        self.retryable = retryable
 
 
 class CircuitOpenError(BackendRequestError):
@@ -64,12 +75,28 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return _URL_PASSWORD.sub(rf"\g<1>:{REDACTED}@", text)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds ("120") or an HTTP-date
+    ("Wed, 21 Oct 2026 07:28:00 GMT", measured from `now`, default the current time; a date in the
+    past is 0). None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
     try:
-        return float(value) if value is not None else None
+        seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def _split_tokens(total: int | None, texts: list[str]) -> list[int]:
@@ -98,6 +125,7 @@ class OpenAIBackend:
         max_retries: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
         supports_n: bool = True,
         circuit_failures: int = 5,
         circuit_cooldown_s: float = 30.0,
@@ -109,7 +137,8 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.max_backoff_s = max_backoff_s  # cap of our own backoff
+        self.max_retry_after_s = max_retry_after_s  # cap of a server's Retry-After (which wins when longer)
         self.supports_n = supports_n  # turned off when the server is seen ignoring `n`
         self.circuit_failures = circuit_failures
         self.circuit_cooldown_s = circuit_cooldown_s
@@ -221,10 +250,10 @@ class OpenAIBackend:
             if payload is not None:
                 return payload
             if not retryable:
-                raise BackendRequestError(f"{self._redact(self.url)} {last}")
+                raise BackendRequestError(f"{self._redact(self.url)} {last}", retryable=False)
             if attempt < self.max_retries:
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                await asyncio.sleep(min(self.max_backoff_s, max(delay, retry_after or 0.0)))
+                await asyncio.sleep(max(delay, min(self.max_retry_after_s, retry_after or 0.0)))
         raise BackendRequestError(
             f"{self._redact(self.url)} failed after {self.max_retries + 1} attempts; last: {last}"
         )
@@ -308,7 +337,7 @@ class OpenAIBackend:
                 try:
                     return await self._samples(client, conversation, sampling, n)
                 except BackendRequestError as exc:
-                    return str(exc)
+                    return RowError(str(exc), exc.retryable)
                 except Exception as exc:  # a malformed answer: this row fails, the others go on
                     return self._redact(f"{type(exc).__name__}: {exc}")
 
@@ -332,5 +361,5 @@ class OpenAIBackend:
             message = (
                 errors[0] if len(rows) == 1 else f"{len(errors)} of {len(rows)} requests failed; first: {errors[0]}"
             )
-            raise BackendRequestError(message, rows=rows)
+            raise BackendRequestError(message, rows=rows, retryable=any(retryable(e) for e in errors))
         return rows  # type: ignore[return-value]

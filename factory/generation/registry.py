@@ -7,13 +7,16 @@ built, so the caller passes it as `model_path` (or resolves the config with
 
 `model_identity` says which model a teacher runs, for completion ids: a local
 folder or file by the content hash of its weights (wherever it lies), a hub name
-by its name, an OpenAI-compatible server by model name and api_base.
+by its name, an OpenAI-compatible server by model name and api_base (without any
+`user:password@` in it: the identity is stored on every row; requests still use the full URL),
+and a server the run starts itself (`api_base: serve:NAME`) also by the weights it serves.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,8 +40,12 @@ class TeacherConfig(BaseModel):
     max_concurrency: int = 8  # openai
     timeout_s: float = 60.0  # openai
     max_retries: int = 5  # openai
+    max_retry_after_s: float = 300.0  # openai: the longest a server's Retry-After is waited for
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
+    # Set by the run, never in a config: for an `api_base: serve:NAME` teacher, what that serve entry
+    # serves (`served_identity`: its weights' digest, or the hub name), part of `model_identity`.
+    served: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -57,12 +64,39 @@ def with_model_path(cfg: TeacherConfig, model_path: str | Path | None = None) ->
     return cfg
 
 
+def without_userinfo(url: str) -> str:
+    """`url` without the `user:password@` (or `user@`) of its authority, for what is stored or shown."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def without_api_base_userinfo(obj):
+    """`obj` (a config as JSON: dicts, lists, values) with every `api_base` stripped of user-info,
+    for a config that is stored or shown."""
+    if isinstance(obj, dict):
+        return {k: without_userinfo(v) if k == "api_base" and isinstance(v, str) else without_api_base_userinfo(v)
+                for k, v in obj.items()}  # fmt: skip
+    if isinstance(obj, list):
+        return [without_api_base_userinfo(v) for v in obj]
+    return obj
+
+
+def served_identity(folder: str | Path) -> str:
+    """What a server started from `folder` (a local folder or file, or a hub name) serves, as
+    TeacherConfig.served: the weights' content hash, else the name. Needs no running server."""
+    return weights_digest(folder) if Path(folder).exists() else str(folder)
+
+
 def model_identity(cfg: TeacherConfig, model_path: str | Path | None = None) -> dict:
     """What generates for `cfg`: the backend kind plus the weights' content hash (a local folder or
-    file), the served model and api_base (openai), or the model name (a hub name)."""
+    file), the served model and api_base (openai; for `serve:NAME`, also what that entry serves:
+    `cfg.served`), or the model name (a hub name)."""
     cfg = with_model_path(cfg, model_path)
     if cfg.backend == "openai":
-        return {"backend": "openai", "model": cfg.model, "api_base": cfg.api_base.rstrip("/")}
+        identity = {"backend": "openai", "model": cfg.model, "api_base": without_userinfo(cfg.api_base).rstrip("/")}
+        return {**identity, "served": cfg.served} if cfg.served is not None else identity
     if Path(cfg.model).exists():
         return {"backend": cfg.backend, "weights": weights_digest(cfg.model)}
     return {"backend": cfg.backend, "model": cfg.model}
@@ -86,7 +120,7 @@ def make_backend(cfg: TeacherConfig, model_path: str | None = None) -> Generatio
 
     return OpenAIBackend(
         model, cfg.api_base, name=cfg.name, api_key_env=cfg.api_key_env, max_concurrency=cfg.max_concurrency,
-        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, max_retry_after_s=cfg.max_retry_after_s,
     )  # fmt: skip
 
 

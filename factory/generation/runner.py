@@ -10,8 +10,11 @@ already in the shards are skipped, so a killed run resumes and generates only
 what is missing. A completion id includes the teacher's model identity
 (`registry.model_identity`: the weights' content hash, or the served model and
 api_base), so a teacher whose model changed is answered again in full and its old
-rows are not returned (they stay in the shards, where a switch back finds them). A batch that raises is retried prompt by prompt; a prompt that
-keeps failing is quarantined for that teacher, and every other answer is kept.
+rows are not returned (they stay in the shards, where a switch back finds them). When a batch
+raises, the prompts the backend's error reports as answered are kept (never asked again), the
+failed ones are asked again up to `retries` times (one by one when the error does not say which
+prompt failed), except failures that cannot succeed (an HTTP 400); a prompt that still fails is
+quarantined for that teacher with the backend's reason, and every other answer is kept.
 One run per `shard_dir` at a time (give each partition its own): a starting run
 clears temp files it finds there.
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import Field
 
-from factory.generation.base import Completion, GenerationBackend
+from factory.generation.base import Completion, GenerationBackend, GenerationError, retryable
 from factory.generation.registry import TeacherConfig, model_identity
 from factory.ids import completion_id
 from factory.settings import Engine, Strict
@@ -103,26 +106,55 @@ def _generate_checked(backend: GenerationBackend, prompts: list[dict], cfg: Teac
     return out
 
 
+def _ask(
+    backend: GenerationBackend, prompts: list[dict], cfg: TeacherConfig, k: int
+) -> tuple[list[list[Completion] | str], bool]:
+    """One generate() call: (per prompt, its k completions or why it failed; whether the failures
+    are known per prompt). A GenerationError's `rows` say which prompts were answered: those are
+    kept. Any other error fails the whole call, and says nothing about which prompt caused it."""
+    try:
+        return _generate_checked(backend, prompts, cfg, k), True
+    except Exception as exc:
+        error = exc
+    rows = error.rows if isinstance(error, GenerationError) else None
+    if rows is not None and len(rows) == len(prompts):
+        return [r if isinstance(r, str) or len(r) == k else f"backend returned {len(r)} completions, not {k}"
+                for r in rows], True  # fmt: skip
+    reason = str(error) if isinstance(error, GenerationError) else f"{type(error).__name__}: {error}"
+    return [reason] * len(prompts), len(prompts) == 1
+
+
 def _batch_with_retries(
     backend: GenerationBackend, batch: list[dict], cfg: TeacherConfig, k: int, retries: int
-) -> tuple[list[tuple[dict, list[Completion]]], list[dict]]:
-    """(answered prompts, quarantine rows): the whole batch at once, else prompt by prompt."""
-    try:
-        return list(zip(batch, _generate_checked(backend, batch, cfg, k), strict=True)), []
-    except Exception as exc:
-        log.warning("teacher %s: batch of %d failed (%s); retrying prompt by prompt", cfg.name, len(batch), exc)
-    answered, failed = [], []
-    for prompt in batch:
-        error: Exception = RuntimeError("the batch failed and retries=0")
-        for _ in range(max(0, retries)):
-            try:
-                answered.append((prompt, _generate_checked(backend, [prompt], cfg, k)[0]))
-                break
-            except Exception as exc:
-                error = exc
+) -> tuple[list[tuple[dict, list[Completion]]], list[tuple[dict, str]]]:
+    """(answered prompts, [(failed prompt, reason)]). The batch is asked at once; the prompts it answered are
+    kept (also when the backend's error reports them as done), and each failed prompt is asked up to
+    `retries` more times: together when the backend reported failures per prompt, else one by one
+    (to isolate the prompt that breaks the batch). A failure the backend marks as not retryable
+    (e.g. HTTP 400) is quarantined at once, with its reason."""
+    outcome, per_row = _ask(backend, batch, cfg, k)
+    asked = [1] * len(batch)
+    for _ in range(max(0, retries)):
+        again = [i for i, r in enumerate(outcome) if isinstance(r, str) and retryable(r)]
+        if not again:
+            break
+        log.warning("teacher %s: %d of %d prompts failed (%s); asking them again",
+                    cfg.name, len(again), len(batch), outcome[again[0]])  # fmt: skip
+        if per_row:
+            new, per_row = _ask(backend, [batch[i] for i in again], cfg, k)
         else:
-            reason = f"teacher {cfg.name} failed after {retries} retries: {type(error).__name__}: {error}"
-            failed.append(rejected(prompt["prompt_id"], reason, {**prompt, "teacher": cfg.name, "k": k}))
+            new = [_ask(backend, [batch[i]], cfg, k)[0][0] for i in again]
+            per_row = True
+        for i, r in zip(again, new, strict=True):
+            outcome[i] = r
+            asked[i] += 1
+    answered, failed = [], []
+    for prompt, r, n in zip(batch, outcome, asked, strict=True):
+        if not isinstance(r, str):
+            answered.append((prompt, r))
+            continue
+        why = "not retried: asking again cannot succeed" if not retryable(r) else f"asked {n} times"
+        failed.append((prompt, f"teacher {cfg.name} failed ({why}): {r}"))
     return answered, failed
 
 
@@ -155,7 +187,8 @@ def answer_chunk(
     run_id: str,
 ) -> tuple[list[dict], list[dict]]:
     """Answer one batch of `plan_teacher`'s todo and write its wanted rows as one shard.
-    Returns (rows written, quarantine rows)."""
+    Returns (rows written, quarantine rows: row_key "<prompt_id>|<teacher>", the payload naming the
+    sample indices left missing)."""
     answered, failed = _batch_with_retries(backend, [p for p, _, _ in chunk], cfg, k, retries)
     plan = {p["prompt_id"]: (ids, wanted) for p, ids, wanted in chunk}
     rows = []
@@ -164,7 +197,13 @@ def answer_chunk(
         rows.extend(_rows(p, cfg, model_json, completions, ids, wanted, run_id))
     if rows:
         _write_shard(rows, shard_dir, cfg.name)
-    return rows, failed
+    quarantine = []
+    for p, reason in failed:
+        ids, wanted = plan[p["prompt_id"]]
+        missing = [i for i, cid in enumerate(ids) if cid in wanted]
+        payload = {**p, "teacher": cfg.name, "k": k, "missing_samples": missing}
+        quarantine.append(rejected(f"{p['prompt_id']}|{cfg.name}", reason, payload))
+    return rows, quarantine
 
 
 def prompt_records(prompts: pl.DataFrame) -> list[dict]:
@@ -195,7 +234,8 @@ def generate_completions(
 
     Returns (generations, quarantine). Generations holds exactly the requested
     completion ids that exist (resumed or new), one row each; quarantine holds a
-    row per (prompt, teacher) that failed after `retries` prompt-by-prompt attempts.
+    row per (prompt, teacher) (row_key "<prompt_id>|<teacher>", payload with `missing_samples`) that still failed after `retries` more attempts (or at once, when the
+    backend says asking again cannot succeed), with the backend's reason.
     Each `cfg.model` must name what its backend loads (resolve embedded teachers with
     `registry.with_model_path`): its identity is part of every completion id.
     (factory.engines.ray_data runs the same plan and batches on a Ray cluster.)
@@ -225,5 +265,5 @@ def generate_completions(
 
 class GenerationSettings(Strict):
     k: int = Field(2, ge=1)  # samples per prompt per teacher
-    retries: int = Field(2, ge=0)  # prompt-by-prompt retries of a failed batch before quarantine
+    retries: int = Field(2, ge=0)  # more attempts at a failed prompt before quarantine (not for e.g. HTTP 400)
     engine: Engine = "in_process"

@@ -11,9 +11,15 @@ import polars as pl
 import pytest
 
 from factory.generation.base import SamplingConfig, generate_per_row
-from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, redact
-from factory.generation.registry import TeacherConfig, make_backend
-from factory.generation.runner import generate_completions
+from factory.generation.openai_backend import BackendRequestError, OpenAIBackend, parse_retry_after, redact
+from factory.generation.registry import (
+    TeacherConfig,
+    make_backend,
+    model_identity,
+    without_api_base_userinfo,
+    without_userinfo,
+)
+from factory.generation.runner import generate_completions, read_shards
 from factory.judges.llm import LLMJudge
 from factory.pairs import native_vs_translated
 from factory.scoring.llm_judge import LLMJudgeScorer
@@ -399,3 +405,69 @@ def test_llm_judges_quarantine_a_failed_request_per_row(server, monkeypatch):
     assert out[0].outcome != "unparsed"
     assert out[1].outcome == "unparsed" and "request failed" in out[1].explanation
     assert "HTTP 400" in out[1].explanation
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_runner_keeps_the_answered_rows_of_a_failed_batch_and_quarantines_the_400(server, tmp_path, retries):
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=server.url, api_key_env=None,
+                        batch_size=4, max_retries=1)  # fmt: skip
+    backend = make_backend(cfg)
+    backend.backoff_s = 0.01
+    texts = ["hello one", "hello two", "bad request please", "hello three"]
+    prompts = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(4)], "language": ["en"] * 4, "text": texts})
+    gens, quarantine = generate_completions(prompts, [(cfg, backend)], 2, tmp_path, "r", retries=retries,
+                                            progress=False)  # fmt: skip
+    assert sorted(gens["prompt_id"].unique()) == ["p0", "p1", "p3"] and gens.height == 3 * 2
+    assert server.attempts == {t: 1 for t in texts}  # answered rows kept, not asked again; the 400 not retried
+    assert quarantine["row_key"].to_list() == ["p2|served"]
+    assert "HTTP 400" in quarantine["reason"][0] and "not retried" in quarantine["reason"][0]
+    assert gens["prompt_id"].n_unique() + quarantine.height == prompts.height
+
+
+def test_runner_asks_again_only_the_rows_that_failed_retryably(server, tmp_path):
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=server.url, api_key_env=None,
+                        batch_size=3, max_retries=0)  # fmt: skip
+    backend = make_backend(cfg)
+    backend.backoff_s = 0.01
+    texts = ["fine one", "500 twice here", "fine two"]
+    prompts = pl.DataFrame({"prompt_id": ["a", "b", "c"], "language": ["en"] * 3, "text": texts})
+    gens, quarantine = generate_completions(prompts, [(cfg, backend)], 1, tmp_path, "r", retries=2, progress=False)
+    assert sorted(gens["prompt_id"]) == ["a", "b", "c"] and quarantine.height == 0
+    assert server.attempts == {"fine one": 1, "500 twice here": 3, "fine two": 1}
+
+
+def test_a_password_in_api_base_is_sent_but_never_stored(server, tmp_path):
+    import base64
+
+    url = server.url.replace("http://", "http://alice:s3cret@")
+    cfg = TeacherConfig(name="served", backend="openai", model="m", api_base=url, api_key_env=None, max_retries=0)
+    prompts = pl.DataFrame({"prompt_id": ["a", "b"], "language": ["en"] * 2, "text": ["fine", "bad request"]})
+    gens, quarantine = generate_completions(prompts, [(cfg, make_backend(cfg))], 1, tmp_path, "r", progress=False)
+    assert gens.height == 1 and quarantine.height == 1
+    # the full URL is used for requests (httpx sends its user-info as Basic auth) ...
+    assert {r["auth"] for r in server.requests} == {"Basic " + base64.b64encode(b"alice:s3cret").decode()}
+    # ... and stored nowhere: not in the model identity column, the ids' identity, the shards or the quarantine
+    assert json.loads(gens["model"][0])["api_base"] == server.url
+    assert model_identity(cfg)["api_base"] == server.url
+    assert "s3cret" not in read_shards(tmp_path).write_csv()
+    assert "s3cret" not in quarantine.write_csv()
+    shown = without_api_base_userinfo({"teachers": [cfg.model_dump(mode="json")], "judge": {"api_base": url}})
+    assert "s3cret" not in json.dumps(shown) and "alice" not in json.dumps(shown)
+    assert without_userinfo("https://u@h:1/v1?q=1") == "https://h:1/v1?q=1" and without_userinfo("serve:x") == "serve:x"
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(" 0.3 ", now) == 0.3
+    assert parse_retry_after("Wed, 21 Oct 2026 07:30:00 GMT", now) == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2026 07:00:00 GMT", now) == 0.0  # already past
+    assert parse_retry_after("-5", now) == 0.0
+    for bad in (None, "", "soon", "nan", "inf"):
+        assert parse_retry_after(bad, now) is None
+    # a Retry-After longer than max_backoff_s is honoured, up to its own cap
+    backend = OpenAIBackend("m", "http://127.0.0.1:9/v1", api_key_env=None)
+    assert (backend.max_backoff_s, backend.max_retry_after_s) == (30.0, 300.0)
+    assert make_backend(TeacherConfig(name="t", backend="openai", model="m", max_retry_after_s=60)).max_retry_after_s == 60

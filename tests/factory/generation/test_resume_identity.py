@@ -102,3 +102,23 @@ def test_unresolved_embedded_teacher_is_refused_by_the_runner(tmp_path):
     cfg = TeacherConfig(name="europe", model="embedded:europe")
     with pytest.raises(ValueError, match="embedded"):
         generate_completions(make_prompts(1), [(cfg, EchoBackend("europe"))], 1, tmp_path, "r", progress=False)
+
+
+def test_a_serve_teacher_identity_names_the_served_weights(tmp_path):
+    from factory.generation.registry import served_identity
+    from factory.ids import completion_id
+
+    folders = []
+    for name, weights in (("a", b"one"), ("b", b"two")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(weights)
+        folders.append(folder)
+    t = TeacherConfig(name="t", backend="openai", model="smol", api_base="serve:smol")
+    ids = {completion_id("p", "t", t.sampling.key(), 0, model=model_identity(t.model_copy(update={"served": served_identity(f)})))
+           for f in folders}  # fmt: skip
+    assert len(ids) == 2  # another checkpoint behind serve:smol answers again
+    assert model_identity(t.model_copy(update={"served": served_identity(folders[0])}))["served"] == weights_digest(folders[0])
+    assert served_identity("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "served" not in model_identity(t)  # ids of other openai teachers are unchanged

@@ -127,10 +127,11 @@ def test_failing_prompts_are_quarantined_and_other_answers_kept(tmp_path):
     empty = flaky.filter(pl.col("prompt_id") == prompts["prompt_id"][1])
     assert empty["text"].to_list() == ["", ""] and empty["finish_reason"].to_list() == ["stop", "stop"]
     assert quarantine.columns == ["row_key", "reason", "payload"]
-    assert quarantine["row_key"].to_list() == [prompts["prompt_id"][3]]
+    assert quarantine["row_key"].to_list() == [f"{prompts['prompt_id'][3]}|flaky"]
     assert "flaky" in quarantine["reason"][0] and "boom on number 3" in quarantine["reason"][0]
     payload = json.loads(quarantine["payload"][0])
     assert payload["text"] == "prompt number 3" and payload["teacher"] == "flaky"
+    assert payload["missing_samples"] == list(range(K))
     # rows in = rows kept + quarantined, per teacher
     assert flaky["prompt_id"].n_unique() + quarantine.height == prompts.height
     # a rerun retries only the quarantined prompt
@@ -144,3 +145,13 @@ def test_duplicate_teacher_names_are_refused(tmp_path):
     cfg = TeacherConfig(name="same", model="x")
     with pytest.raises(ValueError, match="unique"):
         generate_completions(make_prompts(1), [(cfg, EchoBackend("a")), (cfg, EchoBackend("b"))], 1, tmp_path, "r")
+
+
+def test_two_teachers_failing_on_one_prompt_get_distinct_quarantine_keys(tmp_path):
+    prompts = make_prompts(2)
+    cfgs = [TeacherConfig(name=n, model=n, batch_size=2) for n in ("x", "y")]
+    teachers = [(c, EchoBackend(c.name, fail_on="number 1")) for c in cfgs]
+    gens, quarantine = generate_completions(prompts, teachers, K, tmp_path, "r", retries=1, progress=False)
+    pid = prompts["prompt_id"][1]
+    assert sorted(quarantine["row_key"]) == [f"{pid}|x", f"{pid}|y"] and quarantine["row_key"].is_unique().all()
+    assert gens.height + K * quarantine.height == prompts.height * len(cfgs) * K
