@@ -1,7 +1,7 @@
 """Evaluation charts as PNG files (matplotlib, Agg backend, imported lazily).
 
 step_chart: the headline picture, overall (macro) win rate against one fixed
-baseline after each stage, with bootstrap CI error bars, n per stage and the 50% line.
+baseline after each stage, with 95% CI error bars, n per stage and the 50% line.
 language_chart: per language, each stage's win rate with its CI as error bars, n in
 the language labels (a language judged on one prompt shows as n=1, not as a
 confident 0 or 100).
@@ -82,7 +82,7 @@ def step_chart(
     fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(stages)), 4.5))
     x = list(range(len(stages)))
     ax.bar(x, y, color="#4C72B0", alpha=0.85)
-    ax.errorbar(x, y, yerr=[lo, hi], fmt="o", color="black", capsize=5, label="95% bootstrap CI")
+    ax.errorbar(x, y, yerr=[lo, hi], fmt="o", color="black", capsize=5, label="95% CI")
     ax.axhline(50, color="#C44E52", linestyle="--", linewidth=1, label="50% (parity)")
     if "mdd" in rows.columns and rows["mdd"].drop_nulls().len():
         mdd = 100 * float(rows["mdd"].drop_nulls().max())
@@ -164,7 +164,7 @@ def language_chart(
     ax.set_xlim(-2, 102)
     ax.set_xlabel(f"win rate vs {baseline} (%)")
     ax.set_title(
-        f"Win rate against {baseline} per language\n({TIE_RULE}; 95% bootstrap CI; hollow: n < {SMALL_N} prompts, CI unreliable)",
+        f"Win rate against {baseline} per language\n({TIE_RULE}; 95% CI; hollow: n < {SMALL_N} prompts, few verdicts)",
         fontsize=10,
     )
     from matplotlib.lines import Line2D
@@ -234,6 +234,6 @@ def head_to_head_chart(win_rates: pl.DataFrame, out_png: str | Path) -> Path:
     ax.set_yticks(range(0, 101, 25))
     ax.set_ylabel("win rate of stage vs opponent (%)")
     ax.set_title(f"Head to head: each stage against the model it should improve on\n"
-                 f"(macro average over the compared languages; {TIE_RULE}; 95% bootstrap CI)", fontsize=10)
+                 f"(macro average over the compared languages; {TIE_RULE}; 95% CI)", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, out_png)

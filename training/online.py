@@ -147,7 +147,7 @@ def dev_counts(judgments: pl.DataFrame) -> dict:
 def dev_figures(judgments: pl.DataFrame, config: WinRateConfig | None = None) -> dict:
     """The head-to-head on dev: `dev_counts` pooled over every dev prompt (what the decision uses: each
     prompt weighs the same, languages have 1-15 dev prompts), and the macro average over languages with
-    its bootstrap CI and mdd (as the eval table reports)."""
+    its CI and mdd (as the eval table reports)."""
     out = dev_counts(judgments)
     if out["n"]:
         macro = win_rates(judgments, config).filter(pl.col("language") == "all").row(0, named=True)

@@ -84,7 +84,7 @@ def configured_judge(cfg, home, servers):
 @dg.asset(io_manager_key="warehouse", group_name="evaluation", kinds={"polars"})
 def win_rates(context: dg.AssetExecutionContext, env: FactoryResource, judgments: pl.DataFrame) -> pl.DataFrame:
     """Win rate (ties count half) per language and overall (macro average) against the baseline,
-    with seeded bootstrap 95% CIs, and the step-by-step chart (also under FACTORY_HOME/reports/)."""
+    with 95% CIs (per-prompt variance pooled within languages), and the step-by-step chart (also under FACTORY_HOME/reports/)."""
     cfg = env.settings()
     wh = env.warehouse()
     valid, quarantine = validate_judgments(judgments)
