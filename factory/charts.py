@@ -87,7 +87,7 @@ def step_chart(
     if "mdd" in rows.columns and rows["mdd"].drop_nulls().len():
         mdd = 100 * float(rows["mdd"].drop_nulls().max())
         ax.axhspan(50 - mdd, 50 + mdd, color="#C44E52", alpha=0.08,
-                   label=f"parity +/- {mdd:.1f} (minimum detectable difference)")
+                   label=f"parity +/- {mdd:.1f} (mdd: the CI half-width)")
     for xi, s in zip(x, stages, strict=True):
         r = by_stage[s]
         text = f"{100 * r['win_rate']:.1f}\n[{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]"
@@ -208,7 +208,7 @@ def routing_chart(routing_stats: pl.DataFrame, out_png: str | Path) -> Path:
 
 def head_to_head_chart(win_rates: pl.DataFrame, out_png: str | Path) -> Path:
     """Overall win rate of each direct comparison ("stage vs opponent", language "all" rows), with its
-    95% CI and, as a band around 50%, its own minimum detectable difference (mdd).
+    95% CI and, as a band around 50%, its own mdd (the interval's half-width).
 
     Reads WIN_RATES columns stage, opponent, language, win_rate, ci_low, ci_high, mdd and `n` (or
     wins, ties, losses). One bar per (stage, opponent), in the table's order.

@@ -81,7 +81,7 @@ def demo_summary(
     heads = home / "reports" / "head_to_head.md"
     if heads.exists():
         lines += ["Head to head: each stage against the model it should improve on (offline DPO vs arbitrage SFT; "
-                  "merged vs the cluster models, each on its own languages; mdd = minimum detectable difference):",
+                  "merged vs the cluster models, each on its own languages; mdd = the 95% interval's half-width: a smaller difference from 0.5 cannot be told from parity):",
                   heads.read_text(), ""]
     timings = step_timings(wh, since, side_outputs)
     if timings.height:
