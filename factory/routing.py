@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -176,14 +177,18 @@ class ScoredTable:
         got = dict(zip(sliced, self._fetch_sliced([requests[i] for i in sliced]), strict=True))
         return [got[i] if i in got else self._fetch_joined(*requests[i]) for i in range(len(requests))]
 
-    def _long_columns(self) -> set[str]:
-        """Columns averaging over _LONG_BYTES a value, uncompressed, in the Parquet metadata."""
+    @cached_property
+    def _metadata(self) -> list:
+        """Each Parquet file's footer (pyarrow FileMetaData), read once for the fetch's plans."""
         import pyarrow.parquet as pq
 
+        return [pq.ParquetFile(file).metadata for file in self.files]
+
+    def _long_columns(self) -> set[str]:
+        """Columns averaging over _LONG_BYTES a value, uncompressed, in the Parquet metadata."""
         size: dict[str, int] = {}
         rows = 0
-        for file in self.files:
-            meta = pq.ParquetFile(file).metadata
+        for meta in self._metadata:
             rows += meta.num_rows
             for g in range(meta.num_row_groups):
                 for j in range(meta.num_columns):
@@ -245,11 +250,8 @@ class ScoredTable:
 
     def _slices(self, rows: int = 1 << 20) -> list[tuple[int, str, int, int]]:
         """(global start, file, start in the file, length): runs of whole row groups of about `rows` rows."""
-        import pyarrow.parquet as pq
-
         out = []
-        for file, offset in zip(self.files, self.offsets, strict=False):
-            meta = pq.ParquetFile(file).metadata
+        for file, offset, meta in zip(self.files, self.offsets[:-1], self._metadata, strict=True):
             local = length = 0
             for g in range(meta.num_row_groups):
                 length += meta.row_group(g).num_rows
